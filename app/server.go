@@ -1,0 +1,180 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// BufSize is how much one read of the server takes at most.
+const BufSize = 64 << 10
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	// Out receives the seed's lines ("listening at port: ...",
+	// "PEER connected", "PEER disconnected"). Nil discards them.
+	Out io.Writer
+	// IdleClose, when positive, closes a connection that has received
+	// nothing for that long (the server then closes first, so TIME-WAIT
+	// lands on the server's side).
+	IdleClose time.Duration
+}
+
+// Server uppercases whatever its clients send, byte for byte, and sends it
+// back as soon as it arrives.
+type Server struct {
+	ln   net.Listener
+	opts ServerOptions
+	log  *slog.Logger
+
+	outMu sync.Mutex
+
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	closing  bool
+	handlers sync.WaitGroup
+}
+
+// NewServer returns a server for ln. Call Serve to run it.
+func NewServer(ln net.Listener, opts ServerOptions, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Out == nil {
+		opts.Out = io.Discard
+	}
+	return &Server{ln: ln, opts: opts, log: log, conns: make(map[net.Conn]struct{})}
+}
+
+// ListenLine is the seed's first line for a listener on addr.
+func ListenLine(addr net.Addr) string {
+	host, port := "0.0.0.0", "?"
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		if len(ta.IP) != 0 && !ta.IP.IsUnspecified() {
+			host = ta.IP.String()
+		}
+		port = fmt.Sprint(ta.Port)
+	}
+	return fmt.Sprintf("listening at port: %s:%s, waiting for connections...", host, port)
+}
+
+func (s *Server) println(format string, args ...any) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	fmt.Fprintf(s.opts.Out, format+"\n", args...)
+}
+
+// Serve prints the listening line and accepts connections until Shutdown.
+// It returns nil after Shutdown and the accept error otherwise.
+func (s *Server) Serve() error {
+	s.println("%s", ListenLine(s.ln.Addr()))
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.handlers.Add(1)
+		s.mu.Unlock()
+		go s.handle(c)
+	}
+}
+
+func (s *Server) handle(c net.Conn) {
+	defer s.handlers.Done()
+	peer := c.RemoteAddr().String()
+	s.println("%s connected", peer)
+	buf := make([]byte, BufSize)
+	for {
+		if s.opts.IdleClose > 0 {
+			c.SetReadDeadline(time.Now().Add(s.opts.IdleClose))
+		}
+		n, err := c.Read(buf)
+		if n > 0 {
+			Upper(buf[:n])
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				s.log.Debug("write failed", "peer", peer, "err", werr)
+				break
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				s.log.Debug("read failed", "peer", peer, "err", err)
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) && !s.isClosing() {
+				s.log.Info("closing idle connection", "peer", peer, "idle", s.opts.IdleClose)
+			}
+			break
+		}
+	}
+	c.Close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.println("%s disconnected", peer)
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Shutdown stops accepting, ends every connection with a FIN (each handler
+// finishes the echo it is writing, then closes) and waits for the handlers,
+// or until ctx ends, when it closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for c := range s.conns {
+		// Wake a handler blocked in Read; it then closes its connection.
+		c.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	s.ln.Close()
+
+	done := make(chan struct{})
+	go func() { s.handlers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		n := len(s.conns)
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return fmt.Errorf("shutdown: forced %d connection(s) closed: %w", n, ctx.Err())
+	}
+}
+
+// Conns reports how many connections are open.
+func (s *Server) Conns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}

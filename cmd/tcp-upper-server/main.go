@@ -1,0 +1,191 @@
+// Command tcp-upper-server is the lab's server: it uppercases what clients
+// send. Its TCP is gVisor's netstack on a TUN device (the default) or, for
+// comparison, the kernel's.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/tun"
+)
+
+const prog = "tcp-upper-server"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// config is the server's command line.
+type config struct {
+	port     cli.Port
+	stack    string
+	tun      string
+	addr     cli.Prefix
+	tunAddr  netip.Prefix // invalid: leave the device alone
+	mtu      int
+	mtuSet   bool
+	logLevel string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{port: 9999}
+	c.addr.Set("10.0.2.2/24")
+	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]")
+	fs.Var(&c.port, "p", "TCP port to listen on (short for --port)")
+	fs.Var(&c.port, "port", "TCP port to listen on")
+	fs.StringVar(&c.stack, "stack", "netstack", "whose TCP serves: netstack (gVisor on a TUN) or kernel (plain net.Listen)")
+	fs.StringVar(&c.tun, "tun", "tun0", "TUN device: created if absent (and deleted on exit), attached if it exists as a persistent device")
+	fs.Var(&c.addr, "addr", "the server's address inside the user-space stack")
+	tunAddr := fs.String("tun-addr", "", "address for the kernel side of the TUN (default: the first host of --addr's network, e.g. 10.0.2.1/24); none leaves a pre-configured device alone")
+	fs.IntVar(&c.mtu, "mtu", 1500, "MTU of the TUN and of the stack's NIC")
+	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
+	if err := cli.Parse(fs, args); err != nil {
+		return nil, err
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "mtu" {
+			c.mtuSet = true
+		}
+	})
+	switch c.stack {
+	case "netstack", "kernel":
+	default:
+		return nil, cli.Usagef("bad --stack %q: want netstack or kernel", c.stack)
+	}
+	if c.mtu < 68 || c.mtu > 65535 {
+		return nil, cli.Usagef("bad --mtu %d: want 68 to 65535", c.mtu)
+	}
+	if err := tun.ValidName(c.tun); err != nil {
+		return nil, cli.Usagef("bad --tun: %v", err)
+	}
+	switch *tunAddr {
+	case "none":
+	case "":
+		c.tunAddr = cli.FirstHost(c.addr.Prefix)
+		if c.tunAddr.Addr() == c.addr.Addr() {
+			return nil, cli.Usagef("--addr %s is the first host of its network, which the kernel side takes by default: give --tun-addr", c.addr)
+		}
+	default:
+		p, err := cli.ParseHostPrefix(*tunAddr)
+		if err != nil {
+			return nil, cli.Usagef("bad --tun-addr: %v", err)
+		}
+		if p.Addr() == c.addr.Addr() {
+			return nil, cli.Usagef("--tun-addr %s equals --addr: the kernel side and the stack need different addresses", p)
+		}
+		if !p.Masked().Contains(c.addr.Addr()) {
+			return nil, cli.Usagef("--addr %s is outside --tun-addr's network %s: the kernel would not route to the stack", c.addr.Addr(), p.Masked())
+		}
+		c.tunAddr = p
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	c, err := parseFlags(args, stderr)
+	if err != nil {
+		return cli.Exit(stderr, prog, err)
+	}
+	log, err := cli.Logger(stderr, c.logLevel)
+	if err != nil {
+		return cli.Exit(stderr, prog, err)
+	}
+	if c.stack == "kernel" {
+		return cli.Exit(stderr, prog, serveKernel(ctx, c, stdout, log))
+	}
+	return cli.Exit(stderr, prog, serveNetstack(ctx, c, stdout, log))
+}
+
+func serveKernel(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) error {
+	ln, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", c.port))
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("listen on 0.0.0.0:%d: port in use: stop the other server or pick another -p", c.port)
+		}
+		if errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("listen on 0.0.0.0:%d: permission denied: ports below 1024 need root; pick another -p", c.port)
+		}
+		return err
+	}
+	srv := app.NewServer(ln, app.ServerOptions{Out: stdout}, log)
+	return serve(ctx, srv, nil, nil, log)
+}
+
+func serveNetstack(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) error {
+	mtu := c.mtu
+	if !c.tunAddr.IsValid() && !c.mtuSet {
+		mtu = 0 // adopt the pre-configured device's MTU
+	}
+	dev, err := tun.Open(tun.Config{Name: c.tun, MTU: mtu, Addr: c.tunAddr}, log)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	linkErr := make(chan error, 1)
+	st, err := netstack.New(dev, netstack.Options{
+		Addr:        c.addr.Prefix,
+		OnLinkError: func(err error) { linkErr <- err },
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ln, err := st.Listen(uint16(c.port))
+	if err != nil {
+		return err
+	}
+	log.Info("serving", "tun", dev.Name(), "created", dev.Created(), "addr", c.addr, "mtu", dev.MTU())
+	srv := app.NewServer(ln, app.ServerOptions{Out: stdout}, log)
+	return serve(ctx, srv, st, linkErr, log)
+}
+
+// serve runs srv until ctx ends (SIGINT/SIGTERM: a clean shutdown, exit 0),
+// the link fails, or accepting fails.
+func serve(ctx context.Context, srv *app.Server, st *netstack.Stack, linkErr <-chan error, log *slog.Logger) error {
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+	select {
+	case err := <-served:
+		return err
+	case err := <-linkErr:
+		shutdown(srv, nil, log)
+		return err
+	case <-ctx.Done():
+	}
+	shutdown(srv, st, log)
+	return nil
+}
+
+// shutdown stops accepting, closes every connection with a FIN and, on our
+// stack, waits (briefly) for the FINs to be acknowledged before the device
+// goes away. A signal asked for a clean exit, so what could not close in
+// time is logged, not failed on.
+func shutdown(srv *app.Server, st *netstack.Stack, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("shutdown", "err", err)
+	}
+	if st != nil {
+		if err := st.Drain(ctx); err != nil {
+			log.Warn("waiting for FINs to be acknowledged", "err", err)
+		}
+	}
+}

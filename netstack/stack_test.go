@@ -1,0 +1,101 @@
+package netstack_test
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/tun"
+)
+
+// pair builds two stacks joined in memory: server 10.0.2.2, client 10.0.2.3.
+func pair(t *testing.T) (srv, cli *netstack.Stack) {
+	t.Helper()
+	a, b := tun.Pipe("srv0", "cli0", 1500)
+	var err error
+	srv, err = netstack.New(a, netstack.Options{Addr: netip.MustParsePrefix("10.0.2.2/24")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	cli, err = netstack.New(b, netstack.Options{Addr: netip.MustParsePrefix("10.0.2.3/24")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cli.Close)
+	return srv, cli
+}
+
+func TestSessionInMemory(t *testing.T) {
+	srv, cli := pair(t)
+	ln, err := srv.Listen(9999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	s := app.NewServer(ln, app.ServerOptions{Out: &out}, nil)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve() }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := conn.LocalAddr().String()
+	var replies bytes.Buffer
+	in := app.NewPipeLines(strings.NewReader("abc\nhello world!\nfasionchan.com\n"))
+	if err := app.Session(conn, in, &replies); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := replies.String(), "ABC\nHELLO WORLD!\nFASIONCHAN.COM\n"; got != want {
+		t.Fatalf("replies %q, want %q", got, want)
+	}
+	waitFor(t, func() bool { return strings.Contains(out.String(), local+" disconnected") })
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	want := "listening at port: 0.0.0.0:9999, waiting for connections...\n" +
+		local + " connected\n" + local + " disconnected\n"
+	if out.String() != want {
+		t.Fatalf("server printed %q, want %q", out.String(), want)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,220 @@
+// Package tests holds the end-to-end tests: the real programs, the kernel's
+// TCP as the client inside network namespaces made by each test, and real
+// tcpdump/tshark/ss as observers. Tests that need root skip without it,
+// unless TCP_UPPER_REQUIRE_ROOT=1 (as .ci/run sets), where a skip is a
+// failure.
+package tests
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/lab"
+)
+
+// binDir holds the programs built once for all tests.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tcp-upper-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../cmd/...")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build programs:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func bin(name string) string { return filepath.Join(binDir, name) }
+
+// requireRoot skips a test that needs root, or fails it when the
+// environment says root tests must run (CI).
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if err := lab.CheckPrivileges(); err != nil {
+		if os.Getenv("TCP_UPPER_REQUIRE_ROOT") == "1" {
+			t.Fatalf("TCP_UPPER_REQUIRE_ROOT=1 but this test cannot run: %v", err)
+		}
+		t.Skipf("needs root: %v", err)
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		if os.Getenv("TCP_UPPER_REQUIRE_ROOT") == "1" {
+			t.Fatalf("TCP_UPPER_REQUIRE_ROOT=1 but /dev/net/tun is missing: %v", err)
+		}
+		t.Skipf("needs /dev/net/tun: %v", err)
+	}
+}
+
+// requireTool skips (or, under TCP_UPPER_REQUIRE_ROOT=1, fails) when a
+// program the test drives is not installed.
+func requireTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("TCP_UPPER_REQUIRE_ROOT") == "1" {
+			t.Fatalf("TCP_UPPER_REQUIRE_ROOT=1 but %s is not installed", name)
+		}
+		t.Skipf("needs %s", name)
+	}
+}
+
+// newLab builds a lab with a unique name and removes it when the test ends,
+// pass or fail.
+func newLab(t *testing.T) *lab.Lab {
+	t.Helper()
+	requireRoot(t)
+	b := make([]byte, 3)
+	rand.Read(b)
+	l, err := lab.New("t"+hex.EncodeToString(b), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Down(); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		if l.Exists() {
+			t.Errorf("lab %s still exists after Down", l.Name)
+		}
+	})
+	if err := l.Up(); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// proc is a program the test started, with its output collected.
+type proc struct {
+	cmd    *exec.Cmd
+	stdout *watch
+	stderr *watch
+	done   chan struct{}
+	err    error
+}
+
+// startIn starts a program inside host of l (or in our own namespace for
+// l == nil) and stops it (SIGKILL) when the test ends if it still runs.
+func startIn(t *testing.T, l *lab.Lab, host string, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{stdout: &watch{}, stderr: &watch{}, done: make(chan struct{})}
+	p.cmd = exec.Command(name, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	var err error
+	if l == nil {
+		err = p.cmd.Start()
+	} else {
+		err = l.Start(host, p.cmd)
+	}
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// startServer runs tcp-upper-server in apple on tun0 and waits until it
+// listens.
+func startServer(t *testing.T, l *lab.Lab, args ...string) *proc {
+	t.Helper()
+	args = append([]string{"--tun", "tun0", "--addr", lab.ServerAddr.String()}, args...)
+	p := startIn(t, l, lab.Apple, bin("tcp-upper-server"), args...)
+	if !p.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: stdout %q stderr %q", p.stdout.String(), p.stderr.String())
+	}
+	return p
+}
+
+// stop sends sig and waits for the exit, returning the exit code.
+func (p *proc) stop(t *testing.T, sig syscall.Signal, timeout time.Duration) int {
+	t.Helper()
+	p.cmd.Process.Signal(sig)
+	return p.wait(t, timeout)
+}
+
+// wait waits for the program to exit and returns its exit code.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.cmd.Process.Kill()
+		<-p.done
+		t.Fatalf("%s did not exit within %v; stderr %q", p.cmd.Path, timeout, p.stderr.String())
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// dialAnt connects from ant with the kernel's TCP.
+func dialAnt(t *testing.T, l *lab.Lab, addr string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	err := l.Do(lab.Ant, func() error {
+		var err error
+		c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(context.Background(), "tcp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial %s from ant: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+var serverAddr = fmt.Sprintf("%s:%d", lab.ServerAddr.Addr(), lab.Port)
+
+// watch is a goroutine-safe buffer one can wait on.
+type watch struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *watch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *watch) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+func (w *watch) waitFor(s string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if strings.Contains(w.String(), s) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return strings.Contains(w.String(), s)
+}
