@@ -307,10 +307,22 @@ func (l *Lab) Exec(host string, argv []string) error {
 	if err != nil {
 		return fmt.Errorf("open namespace %s: %w", l.NetNS(host), err)
 	}
-	runtime.LockOSThread() // exec from this thread, in the namespace
+	// As ip netns exec does: a private mount namespace for this thread (it
+	// must first stop sharing its filesystem context with the other
+	// threads), then /sys mounted afresh so /sys/class/net shows the
+	// host's own interfaces. Then exec from this thread.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_FS); err == nil {
+		if err := unix.Unshare(unix.CLONE_NEWNS); err == nil {
+			unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, "")
+		}
+	}
 	if err := netns.Set(target); err != nil {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("enter namespace %s: %w", l.NetNS(host), err)
+	}
+	if err := unix.Unmount("/sys", unix.MNT_DETACH); err == nil {
+		unix.Mount(l.NetNS(host), "/sys", "sysfs", 0, "")
 	}
 	err = unix.Exec(path, argv, os.Environ())
 	return fmt.Errorf("exec %s: %w", strings.Join(argv, " "), err)

@@ -152,11 +152,11 @@ func (st *Stack) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error
 	return c, nil
 }
 
-// Drain waits until no connection of ours has unacknowledged data or an
-// unacknowledged FIN (no endpoint in SYN-SENT, SYN-RECV, FIN-WAIT-1,
-// CLOSING or LAST-ACK), or ctx ends. Call it after closing the
-// application's connections so their FINs reach the peer before the device
-// goes away.
+// Drain waits until every closing connection has finished its FIN
+// exchange (no endpoint in SYN-SENT, SYN-RECV, FIN-WAIT-1, FIN-WAIT-2,
+// CLOSING or LAST-ACK: each is closed or in TIME-WAIT), or ctx ends. Call it
+// after closing the application's connections so their FINs are delivered
+// and acknowledged before the device goes away.
 func (st *Stack) Drain(ctx context.Context) error {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -168,7 +168,7 @@ func (st *Stack) Drain(ctx context.Context) error {
 				continue
 			}
 			switch tcp.EndpointState(te.State()) {
-			case tcp.StateSynSent, tcp.StateSynRecv, tcp.StateFinWait1, tcp.StateClosing, tcp.StateLastAck:
+			case tcp.StateSynSent, tcp.StateSynRecv, tcp.StateFinWait1, tcp.StateFinWait2, tcp.StateClosing, tcp.StateLastAck:
 				busy++
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
@@ -33,6 +34,7 @@ func pair(t *testing.T) (srv, cli *netstack.Stack) {
 }
 
 func TestSessionInMemory(t *testing.T) {
+	leakcheck.Check(t)
 	srv, cli := pair(t)
 	ln, err := srv.Listen(9999)
 	if err != nil {
@@ -98,4 +100,18 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestListenPortInUse(t *testing.T) {
+	leakcheck.Check(t)
+	srv, _ := pair(t)
+	ln, err := srv.Listen(9999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, err = srv.Listen(9999)
+	if err == nil || !strings.Contains(err.Error(), "listen on 0.0.0.0:9999 in the user-space stack") || !strings.Contains(err.Error(), "port is in use") {
+		t.Fatalf("second listen: %v", err)
+	}
 }

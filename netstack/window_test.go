@@ -11,6 +11,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/tun"
@@ -32,6 +33,7 @@ import (
 // scripts/unpatched.sh go test ./netstack -run TestReceiveWindowShrink shows
 // it failing without the patch.
 func TestReceiveWindowShrinkAcceptsInFlight(t *testing.T) {
+	leakcheck.Check(t)
 	srvDev, peerDev := tun.Pipe("srv0", "peer0", 1500)
 	var sndUna atomic.Uint32 // the server's snd.una, as the TCP probe saw it
 	st, err := netstack.New(srvDev, netstack.Options{

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/tcp-upper/tcp-upper/lab"
 )
 
@@ -40,10 +42,38 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
+	// Readable by the unprivileged user some tests run programs as.
+	os.Chmod(dir, 0o755)
 	binDir = dir
+	before := leftovers()
 	code := m.Run()
 	os.RemoveAll(dir)
+	// Nothing a test made may outlive it: no namespace, no device in the
+	// root namespace.
+	for k := range leftovers() {
+		if !before[k] {
+			fmt.Fprintf(os.Stderr, "leaked by the tests: %s\n", k)
+			code = 1
+		}
+	}
 	os.Exit(code)
+}
+
+// leftovers lists the named network namespaces and the TUN/veth devices of
+// the root namespace.
+func leftovers() map[string]bool {
+	m := map[string]bool{}
+	entries, _ := os.ReadDir(lab.NetNSDir)
+	for _, e := range entries {
+		m["netns "+e.Name()] = true
+	}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		if t := l.Type(); t == "tuntap" || t == "veth" {
+			m[t+" "+l.Attrs().Name] = true
+		}
+	}
+	return m
 }
 
 func bin(name string) string { return filepath.Join(binDir, name) }

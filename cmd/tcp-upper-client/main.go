@@ -1,0 +1,198 @@
+// Command tcp-upper-client is the lab's interactive client: each line typed
+// at the "> " prompt goes to the server and its uppercased reply is printed;
+// Ctrl-D closes the connection (the active close). Its TCP is the kernel's,
+// or with --stack netstack a user-space stack of its own on a TUN.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/tun"
+)
+
+const prog = "tcp-upper-client"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+type config struct {
+	server   netip.Addr
+	port     cli.Port
+	stack    string
+	tun      string
+	addr     cli.Prefix
+	tunAddr  netip.Prefix
+	mtu      int
+	timeout  time.Duration
+	logLevel string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{port: 9999}
+	c.addr.Set("10.0.3.2/24")
+	fs := cli.NewFlagSet(prog, stderr, prog+" -i SERVER_IP [-p PORT] [--stack kernel|netstack [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none]]")
+	ip := fs.String("i", "", "server IP address (required)")
+	fs.Var(&c.port, "p", "server port (short for --port)")
+	fs.Var(&c.port, "port", "server port")
+	fs.StringVar(&c.stack, "stack", "kernel", "whose TCP the client uses: kernel, or netstack (its own gVisor stack on a TUN)")
+	fs.StringVar(&c.tun, "tun", "tun1", "with --stack netstack: the client's TUN device")
+	fs.Var(&c.addr, "addr", "with --stack netstack: the client's address inside its stack")
+	tunAddr := fs.String("tun-addr", "", "with --stack netstack: address of the kernel side of the TUN (default: first host of --addr's network); none leaves the device alone")
+	fs.IntVar(&c.mtu, "mtu", 1500, "with --stack netstack: MTU of the TUN")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the connection to be established")
+	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
+	if err := cli.Parse(fs, args); err != nil {
+		return nil, err
+	}
+	if *ip == "" {
+		return nil, cli.Usagef("-i SERVER_IP is required, e.g. %s -i 10.0.2.2", prog)
+	}
+	a, err := netip.ParseAddr(*ip)
+	if err != nil || !a.Is4() {
+		return nil, cli.Usagef("bad -i %q: want the server's IPv4 address, such as 10.0.2.2", *ip)
+	}
+	c.server = a
+	switch c.stack {
+	case "kernel", "netstack":
+	default:
+		return nil, cli.Usagef("bad --stack %q: want kernel or netstack", c.stack)
+	}
+	if c.timeout <= 0 {
+		return nil, cli.Usagef("bad --timeout %v: want a positive duration", c.timeout)
+	}
+	if c.stack == "netstack" {
+		if err := tun.ValidName(c.tun); err != nil {
+			return nil, cli.Usagef("bad --tun: %v", err)
+		}
+		if c.mtu < 68 || c.mtu > 65535 {
+			return nil, cli.Usagef("bad --mtu %d: want 68 to 65535", c.mtu)
+		}
+		switch *tunAddr {
+		case "none":
+		case "":
+			c.tunAddr = cli.FirstHost(c.addr.Prefix)
+		default:
+			p, err := cli.ParseHostPrefix(*tunAddr)
+			if err != nil {
+				return nil, cli.Usagef("bad --tun-addr: %v", err)
+			}
+			c.tunAddr = p
+		}
+		if c.tunAddr.IsValid() && c.tunAddr.Addr() == c.addr.Addr() {
+			return nil, cli.Usagef("--tun-addr %s equals --addr: the kernel side and the stack need different addresses", c.tunAddr)
+		}
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.Writer) int {
+	c, err := parseFlags(args, stderr)
+	if err != nil {
+		return cli.Exit(stderr, prog, err)
+	}
+	log, err := cli.Logger(stderr, c.logLevel)
+	if err != nil {
+		return cli.Exit(stderr, prog, err)
+	}
+	return cli.Exit(stderr, prog, session(ctx, c, stdin, stdout, log))
+}
+
+func session(ctx context.Context, c *config, stdin *os.File, stdout io.Writer, log *slog.Logger) error {
+	target := netip.AddrPortFrom(c.server, uint16(c.port))
+	dctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+
+	var conn net.Conn
+	var st *netstack.Stack
+	if c.stack == "netstack" {
+		dev, err := tun.Open(tun.Config{Name: c.tun, MTU: c.mtu, Addr: c.tunAddr}, log)
+		if err != nil {
+			return err
+		}
+		defer dev.Close()
+		if st, err = netstack.New(dev, netstack.Options{Addr: c.addr.Prefix}, log); err != nil {
+			return err
+		}
+		defer st.Close()
+		conn, err = st.Dial(dctx, target)
+		if err != nil {
+			return dialError(target, c.timeout, ctx, err)
+		}
+	} else {
+		var err error
+		conn, err = (&net.Dialer{}).DialContext(dctx, "tcp4", target.String())
+		if err != nil {
+			return dialError(target, c.timeout, ctx, err)
+		}
+	}
+
+	var lines app.LineReader
+	out := stdout
+	if app.IsTerminal(stdin) {
+		tl, err := app.NewTermLines(stdin, stdout)
+		if err != nil {
+			conn.Close()
+			return err
+		}
+		defer tl.Close()
+		lines, out = tl, tl.Writer()
+	} else {
+		lines = app.NewPipeLines(stdin)
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- app.Session(conn, lines, out) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return err
+		}
+	case <-ctx.Done():
+		conn.Close()
+		return errors.New("interrupted: connection closed")
+	}
+	if st != nil {
+		// Our stack made the active close: let the FIN exchange finish (the
+		// connection then sits in TIME-WAIT in our stack) before it goes.
+		wctx, wcancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer wcancel()
+		if err := st.Drain(wctx); err != nil {
+			log.Warn("close not finished", "err", err)
+		}
+	}
+	return nil
+}
+
+// dialError turns a failed connect into one line that says what to check.
+func dialError(target netip.AddrPort, timeout time.Duration, parent context.Context, err error) error {
+	msg := err.Error()
+	switch {
+	case parent.Err() != nil:
+		return fmt.Errorf("connect to %s: interrupted", target)
+	case errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(msg, "connection refused"):
+		return fmt.Errorf("connect to %s: connection refused: nothing listens on port %d there (is tcp-upper-server running?)", target, target.Port())
+	case errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) || strings.Contains(msg, "no route to host") || strings.Contains(msg, "network is unreachable"):
+		return fmt.Errorf("connect to %s: no route to host: check the address, and run the client where the server is reachable (in the lab: tcp-upper-lab exec ant %s -i %s)", target, prog, target.Addr())
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || strings.Contains(msg, "timed out") || strings.Contains(msg, "timeout"):
+		return fmt.Errorf("connect to %s: no answer within %v (SYNs unanswered): is the server up and reachable? (--timeout to wait longer)", target, timeout)
+	}
+	return fmt.Errorf("connect to %s: %w", target, err)
+}
