@@ -362,3 +362,25 @@ func clientIn(t *testing.T, l *lab.Lab, stdin string, args ...string) (int, stri
 	}
 	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
 }
+
+// TestClientOnNetstack: the client on its own user-space stack in ant (TUN
+// tun1, 10.0.3.2) talks to the server on ours; the TUN is gone afterwards.
+func TestClientOnNetstack(t *testing.T) {
+	l := newLab(t)
+	srv := startServer(t, l)
+	code, stdout, stderr := clientIn(t, l, "abc\nhello world!\n", "--stack", "netstack", "-i", "10.0.2.2")
+	if code != 0 || stdout != "ABC\nHELLO WORLD!\n" {
+		t.Fatalf("exit %d stdout %q stderr %q", code, stdout, stderr)
+	}
+	if !srv.stdout.waitFor("disconnected", 5*time.Second) || !strings.Contains(srv.stdout.String(), "10.0.3.2:") {
+		t.Fatalf("server saw %q", srv.stdout.String())
+	}
+	exists := false
+	inNS(t, l, lab.Ant, func(h *netlink.Handle) {
+		_, err := h.LinkByName("tun1")
+		exists = err == nil
+	})
+	if exists {
+		t.Fatal("the client's tun1 is left in ant")
+	}
+}
