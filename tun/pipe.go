@@ -46,6 +46,13 @@ func (d *PipeDevice) MTU() int { return d.mtu }
 
 // Read implements Device.
 func (d *PipeDevice) Read(buf []byte) (int, error) {
+	// Closed wins over queued packets: select picks at random among ready
+	// cases, and a closed device must not keep delivering.
+	select {
+	case <-d.done:
+		return 0, ErrClosed
+	default:
+	}
 	select {
 	case <-d.done:
 		return 0, ErrClosed
@@ -65,6 +72,11 @@ func (d *PipeDevice) Write(pkt []byte) (int, error) {
 	}
 	if len(pkt) > d.mtu {
 		return 0, fmt.Errorf("write %d bytes to %s: larger than MTU %d", len(pkt), d.name, d.mtu)
+	}
+	select {
+	case <-d.peer.done:
+		return len(pkt), nil // the other end is gone: the packet falls on the floor
+	default:
 	}
 	p := make([]byte, len(pkt))
 	copy(p, pkt)
