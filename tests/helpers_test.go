@@ -23,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/tcp-upper/tcp-upper/internal/testenv"
 	"github.com/tcp-upper/tcp-upper/lab"
 )
 
@@ -78,35 +79,8 @@ func leftovers() map[string]bool {
 
 func bin(name string) string { return filepath.Join(binDir, name) }
 
-// requireRoot skips a test that needs root, or fails it when the
-// environment says root tests must run (CI).
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if err := lab.CheckPrivileges(); err != nil {
-		if os.Getenv("TCP_UPPER_REQUIRE_ROOT") == "1" {
-			t.Fatalf("TCP_UPPER_REQUIRE_ROOT=1 but this test cannot run: %v", err)
-		}
-		t.Skipf("needs root: %v", err)
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		if os.Getenv("TCP_UPPER_REQUIRE_ROOT") == "1" {
-			t.Fatalf("TCP_UPPER_REQUIRE_ROOT=1 but /dev/net/tun is missing: %v", err)
-		}
-		t.Skipf("needs /dev/net/tun: %v", err)
-	}
-}
-
-// requireTool skips (or, under TCP_UPPER_REQUIRE_ROOT=1, fails) when a
-// program the test drives is not installed.
-func requireTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("TCP_UPPER_REQUIRE_ROOT") == "1" {
-			t.Fatalf("TCP_UPPER_REQUIRE_ROOT=1 but %s is not installed", name)
-		}
-		t.Skipf("needs %s", name)
-	}
-}
+func requireRoot(t *testing.T)              { t.Helper(); testenv.RequireRoot(t) }
+func requireTool(t *testing.T, name string) { t.Helper(); testenv.RequireTool(t, name) }
 
 // newLab builds a lab with a unique name and removes it when the test ends,
 // pass or fail.
