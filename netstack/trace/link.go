@@ -1,0 +1,261 @@
+// Package trace is the link layer that shows every packet our stack sends
+// or receives: tcpdump-style lines (--trace, --trace-x), a pcap file
+// (--pcap), and packet summaries for the connection tracker
+// (netstack/inspect).
+//
+// It wraps the layer below it as gVisor's link/sniffer does, but never
+// formats or writes on the packet path: a packet is copied into a pooled
+// record and handed to a recorder goroutine through a bounded queue. When
+// the queue is full the record is dropped and counted (Stats), never
+// silently lost and never waited for.
+package trace
+
+import (
+	"bufio"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/tcp-upper/tcp-upper/netstack/pcap"
+)
+
+// Direction says which way a packet crossed the layer.
+type Direction uint8
+
+const (
+	// In is a packet from the device to the stack (the stack receives it).
+	In Direction = iota
+	// Out is a packet from the stack to the device.
+	Out
+)
+
+func (d Direction) String() string {
+	if d == In {
+		return "in"
+	}
+	return "out"
+}
+
+// HeaderSnap is how many bytes of a packet an Observer sees: enough for
+// the longest IPv4 and TCP headers.
+const HeaderSnap = 120
+
+// Observer is told about every packet, synchronously, on the packet path.
+// It must copy what it needs from hdr (the packet's first bytes, at most
+// HeaderSnap) and return at once.
+type Observer interface {
+	ObservePacket(t time.Time, dir Direction, hdr []byte, length int)
+}
+
+// Options configure a Link. A zero field disables its output.
+type Options struct {
+	// Out receives one tcpdump line per packet.
+	Out io.Writer
+	// HexDump adds tcpdump -X's hex lines to Out.
+	HexDump bool
+	// Pcap records every packet.
+	Pcap *pcap.Writer
+	// Observer sees every packet's headers (the connection tracker).
+	Observer Observer
+	// QueueLen is how many packets may wait for the recorder (default 16384).
+	QueueLen int
+}
+
+// Stats counts what the layer saw and what it could not record.
+type Stats struct {
+	// Packets is how many packets crossed the layer.
+	Packets atomic.Uint64
+	// Dropped is how many packets were not printed or captured because the
+	// recorder was behind (its queue full).
+	Dropped atomic.Uint64
+}
+
+// Link is the trace layer.
+type Link struct {
+	nested.Endpoint
+	opts    Options
+	log     *slog.Logger
+	record  bool // print or capture: packets go to the recorder
+	copyLen int
+
+	queue chan *record
+	pool  sync.Pool
+
+	closed    atomic.Bool
+	done      chan struct{}
+	stopped   chan struct{}
+	pending   atomic.Int64 // queued or being handled
+	stats     Stats
+	printer   *Printer
+}
+
+type record struct {
+	t    time.Time
+	dir  Direction
+	data []byte
+	n    int // original length
+}
+
+var _ stack.LinkEndpoint = (*Link)(nil)
+var _ stack.NetworkDispatcher = (*Link)(nil)
+
+// New wraps lower.
+func New(lower stack.LinkEndpoint, opts Options, log *slog.Logger) *Link {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.QueueLen <= 0 {
+		opts.QueueLen = 16384
+	}
+	l := &Link{opts: opts, log: log, done: make(chan struct{}), stopped: make(chan struct{})}
+	l.Endpoint.Init(lower, l)
+	l.record = opts.Out != nil || opts.Pcap != nil
+	l.copyLen = HeaderSnap
+	if opts.Pcap != nil {
+		l.copyLen = opts.Pcap.SnapLen()
+	}
+	if opts.HexDump {
+		l.copyLen = max(l.copyLen, 1<<16)
+	}
+	l.pool.New = func() any { return &record{data: make([]byte, 0, 2048)} }
+	if l.record {
+		l.queue = make(chan *record, opts.QueueLen)
+		l.printer = NewPrinter()
+		l.printer.HexDump = opts.HexDump
+		go l.recorder()
+	} else {
+		close(l.stopped)
+	}
+	return l
+}
+
+// Stats returns the layer's counters.
+func (l *Link) Stats() *Stats { return &l.stats }
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher: a packet on its
+// way up to the stack.
+func (l *Link) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	l.observe(In, pkt)
+	l.Endpoint.DeliverNetworkPacket(proto, pkt)
+}
+
+// WritePackets implements stack.LinkWriter: packets on their way down.
+func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	for _, pkt := range pkts.AsSlice() {
+		l.observe(Out, pkt)
+	}
+	return l.Endpoint.WritePackets(pkts)
+}
+
+func (l *Link) observe(dir Direction, pkt *stack.PacketBuffer) {
+	now := time.Now()
+	l.stats.Packets.Add(1)
+	size := pkt.Size()
+	if l.opts.Observer != nil {
+		var hdr [HeaderSnap]byte
+		n := gather(hdr[:], pkt.AsSlices())
+		l.opts.Observer.ObservePacket(now, dir, hdr[:n], size)
+	}
+	if !l.record {
+		return
+	}
+	r := l.pool.Get().(*record)
+	want := min(size, l.copyLen)
+	if cap(r.data) < want {
+		r.data = make([]byte, want)
+	}
+	r.data = r.data[:want]
+	gather(r.data, pkt.AsSlices())
+	r.t, r.dir, r.n = now, dir, size
+	l.pending.Add(1)
+	select {
+	case l.queue <- r:
+	default:
+		l.pending.Add(-1)
+		l.stats.Dropped.Add(1)
+		l.pool.Put(r)
+	}
+}
+
+// gather copies the first len(dst) bytes of the slices into dst.
+func gather(dst []byte, slices [][]byte) int {
+	n := 0
+	for _, s := range slices {
+		if n == len(dst) {
+			break
+		}
+		n += copy(dst[n:], s)
+	}
+	return n
+}
+
+func (l *Link) recorder() {
+	defer close(l.stopped)
+	var out *bufio.Writer
+	if l.opts.Out != nil {
+		out = bufio.NewWriterSize(l.opts.Out, 64<<10)
+		defer out.Flush()
+	}
+	handle := func(r *record) {
+		if l.opts.Pcap != nil {
+			// An error is reported once by the writer and counted there.
+			l.opts.Pcap.WritePacket(r.t, r.data, r.n)
+		}
+		if out != nil {
+			out.WriteString(l.printer.Format(r.t, r.data))
+			out.WriteByte('\n')
+		}
+		l.pool.Put(r)
+	}
+	handleOne := func(r *record) {
+		handle(r)
+		if len(l.queue) == 0 && out != nil {
+			out.Flush() // keep an interactive trace current
+		}
+		l.pending.Add(-1)
+	}
+	for {
+		select {
+		case r := <-l.queue:
+			handleOne(r)
+		case <-l.done:
+			for {
+				select {
+				case r := <-l.queue:
+					handleOne(r)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// Flush waits (up to a second) until every packet queued so far has been
+// printed and captured.
+func (l *Link) Flush() {
+	for i := 0; i < 500 && l.pending.Load() > 0; i++ {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// Close implements stack.LinkEndpoint: it closes the layers below, then
+// lets the recorder finish what is queued.
+//
+// gVisor may call Close again from inside the first call (the device's
+// close action removes the NIC, which closes its link): the second call
+// returns at once.
+func (l *Link) Close() {
+	if !l.closed.CompareAndSwap(false, true) {
+		return
+	}
+	l.Endpoint.Close()
+	close(l.done)
+	<-l.stopped
+}
