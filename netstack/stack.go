@@ -25,7 +25,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/netstack/trace"
 	"github.com/tcp-upper/tcp-upper/netstack/tunlink"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
@@ -45,6 +48,14 @@ type Options struct {
 	// OnLinkError is called once if the device fails underneath the stack
 	// (for example the TUN was deleted).
 	OnLinkError func(error)
+	// Backlog is the listen backlog (default 4096, Linux's somaxconn).
+	Backlog int
+	// Trace configures the tcpdump-style trace and the pcap file.
+	Trace trace.Options
+	// Inspect turns on the connection tracker (state events, ss -i,
+	// TIME-WAIT timers): the trace layer feeds it packet summaries and
+	// gVisor's TCP probe feeds it the stack's numbers.
+	Inspect bool
 	// TCPProbe, if set, is called by gVisor for every segment a TCP
 	// endpoint receives, under that endpoint's lock: it must only copy
 	// what it needs and return.
@@ -53,10 +64,14 @@ type Options struct {
 
 // Stack is a gVisor network stack with one NIC on a link pipeline.
 type Stack struct {
-	s    *stack.Stack
-	addr netip.Prefix
-	log  *slog.Logger
-	link *tunlink.Endpoint
+	s       *stack.Stack
+	addr    netip.Prefix
+	log     *slog.Logger
+	backlog int
+	dev     *tunlink.Endpoint
+	tr      *trace.Link
+	tracker *inspect.Tracker
+	top     stack.LinkEndpoint // what the NIC is attached to
 }
 
 // New builds the link pipeline over dev and a stack on top of it, gives it opts.Addr and a default route through
@@ -69,19 +84,53 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 	if !opts.Addr.IsValid() || !opts.Addr.Addr().Is4() {
 		return nil, fmt.Errorf("stack address %v: need an IPv4 address with prefix, such as 10.0.2.2/24", opts.Addr)
 	}
-	tcpFactory := tcp.NewProtocol
-	if opts.TCPProbe != nil {
-		tcpFactory = tcp.NewProtocolProbe(opts.TCPProbe)
+	st := &Stack{addr: opts.Addr, log: log, backlog: opts.Backlog}
+	if st.backlog <= 0 {
+		st.backlog = 4096
 	}
-	s := stack.New(stack.Options{
+	if opts.TimeWait <= 0 {
+		opts.TimeWait = DefaultTimeWait
+	}
+
+	// The pipeline, bottom up.
+	st.dev = tunlink.New(dev, tunlink.Options{OnError: opts.OnLinkError}, log)
+	var link stack.LinkEndpoint = st.dev
+	probes := []tcp.TCPProbeFunc{}
+	if opts.TCPProbe != nil {
+		probes = append(probes, opts.TCPProbe)
+	}
+	if opts.Inspect {
+		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait}, log)
+		opts.Trace.Observer = st.tracker
+		probes = append(probes, st.tracker.Probe)
+	}
+	if opts.Trace.Out != nil || opts.Trace.Pcap != nil || opts.Trace.Observer != nil {
+		st.tr = trace.New(link, opts.Trace, log)
+		link = st.tr
+	}
+	st.top = link
+
+	tcpFactory := tcp.NewProtocol
+	switch len(probes) {
+	case 0:
+	case 1:
+		tcpFactory = tcp.NewProtocolProbe(probes[0])
+	default:
+		tcpFactory = tcp.NewProtocolProbe(func(s *tcp.TCPEndpointState) {
+			for _, p := range probes {
+				p(s)
+			}
+		})
+	}
+	st.s = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcpFactory, icmp.NewProtocol4},
 	})
-	st := &Stack{s: s, addr: opts.Addr, log: log}
-	st.link = tunlink.New(dev, tunlink.Options{OnError: opts.OnLinkError}, log)
-	var link stack.LinkEndpoint = st.link
+	if st.tracker != nil {
+		st.tracker.Attach(st.s)
+	}
 	if err := st.configure(link, opts); err != nil {
-		s.Destroy()
+		st.Close()
 		return nil, err
 	}
 	return st, nil
@@ -89,11 +138,7 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 
 func (st *Stack) configure(link stack.LinkEndpoint, opts Options) error {
 	s := st.s
-	tw := opts.TimeWait
-	if tw <= 0 {
-		tw = DefaultTimeWait
-	}
-	twOpt := tcpip.TCPTimeWaitTimeoutOption(tw)
+	twOpt := tcpip.TCPTimeWaitTimeoutOption(opts.TimeWait)
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	for name, o := range map[string]tcpip.SettableTransportProtocolOption{
@@ -130,14 +175,33 @@ func (st *Stack) Addr() netip.Addr { return st.addr.Addr() }
 // inspection layers.
 func (st *Stack) Gvisor() *stack.Stack { return st.s }
 
-// Listen listens on 0.0.0.0:port inside the stack.
+// Listen listens on 0.0.0.0:port inside the stack, with the stack's
+// backlog.
 func (st *Stack) Listen(port uint16) (net.Listener, error) {
-	ln, err := gonet.ListenTCP(st.s, tcpip.FullAddress{NIC: NICID, Port: port}, ipv4.ProtocolNumber)
-	if err != nil {
-		return nil, fmt.Errorf("listen on 0.0.0.0:%d in the user-space stack: %w", port, err)
+	var wq waiter.Queue
+	ep, terr := st.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, fmt.Errorf("listen on 0.0.0.0:%d in the user-space stack: %s", port, terr)
 	}
-	return ln, nil
+	if terr := ep.Bind(tcpip.FullAddress{NIC: NICID, Port: port}); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("listen on 0.0.0.0:%d in the user-space stack: %s", port, terr)
+	}
+	if terr := ep.Listen(st.backlog); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("listen on 0.0.0.0:%d in the user-space stack: %s", port, terr)
+	}
+	if st.tracker != nil {
+		st.tracker.NoteListener(port, st.backlog)
+	}
+	return gonet.NewTCPListener(st.s, &wq, ep), nil
 }
+
+// Tracker is the connection tracker, or nil without Options.Inspect.
+func (st *Stack) Tracker() *inspect.Tracker { return st.tracker }
+
+// Trace is the trace layer, or nil when nothing traces.
+func (st *Stack) Trace() *trace.Link { return st.tr }
 
 // Dial opens a TCP connection from the stack to addr.
 func (st *Stack) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
@@ -186,9 +250,16 @@ func (st *Stack) Drain(ctx context.Context) error {
 // Close tears the stack down: any connection still open is reset, the NIC
 // is removed and the link pipeline (and its device) closed.
 func (st *Stack) Close() {
-	st.s.Close()
+	if st.s != nil {
+		st.s.Close()
+	}
 	// gVisor waits for link endpoints before it closes them; ours stops its
-	// read goroutine only when closed, so close it first.
-	st.link.Close()
-	st.s.Wait()
+	// read goroutine only when closed, so close the pipeline first.
+	st.top.Close()
+	if st.s != nil {
+		st.s.Wait()
+	}
+	if st.tracker != nil {
+		st.tracker.Close()
+	}
 }

@@ -1,0 +1,288 @@
+// Package inspect watches our stack's TCP connections: it follows every
+// connection through its states (from the segments it sends and receives,
+// checked against gVisor's own Endpoint.State()), records the stack's
+// numbers at each step (from gVisor's TCP probe), and answers the questions
+// ss answers about a kernel: which sockets, in which state, with what
+// queues, windows, RTT and timers.
+package inspect
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+)
+
+// State is a TCP state, as RFC 9293 names it.
+type State uint8
+
+// The TCP states.
+const (
+	Closed State = iota
+	Listen
+	SynSent
+	SynRcvd
+	Established
+	FinWait1
+	FinWait2
+	CloseWait
+	Closing
+	LastAck
+	TimeWait
+)
+
+var stateNames = [...]string{"CLOSED", "LISTEN", "SYN-SENT", "SYN-RCVD", "ESTABLISHED", "FIN-WAIT-1", "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT"}
+
+// ss spells them its own way.
+var ssNames = [...]string{"CLOSE", "LISTEN", "SYN-SENT", "SYN-RECV", "ESTAB", "FIN-WAIT-1", "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT"}
+
+// String is the RFC name (ESTABLISHED, SYN-RCVD, ...).
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "UNKNOWN"
+}
+
+// SSName is the name ss prints (ESTAB, SYN-RECV, ...).
+func (s State) SSName() string {
+	if int(s) < len(ssNames) {
+		return ssNames[s]
+	}
+	return "UNKNOWN"
+}
+
+// ParseState accepts either spelling.
+func ParseState(name string) (State, bool) {
+	for i := range stateNames {
+		if stateNames[i] == name || ssNames[i] == name {
+			return State(i), true
+		}
+	}
+	return 0, false
+}
+
+// FromGvisor converts gVisor's endpoint state.
+func FromGvisor(s tcp.EndpointState) State {
+	switch s {
+	case tcp.StateEstablished:
+		return Established
+	case tcp.StateSynSent:
+		return SynSent
+	case tcp.StateSynRecv:
+		return SynRcvd
+	case tcp.StateFinWait1:
+		return FinWait1
+	case tcp.StateFinWait2:
+		return FinWait2
+	case tcp.StateTimeWait:
+		return TimeWait
+	case tcp.StateClose:
+		return Closed
+	case tcp.StateCloseWait:
+		return CloseWait
+	case tcp.StateLastAck:
+		return LastAck
+	case tcp.StateListen:
+		return Listen
+	case tcp.StateClosing:
+		return Closing
+	}
+	return Closed // initial, bound, connecting and error states
+}
+
+// Kind says what an event is about.
+type Kind string
+
+// Event kinds.
+const (
+	KindState          Kind = "state"           // a state transition
+	KindRetransmit     Kind = "retransmit"      // a segment sent again (not RTO or fast retransmit)
+	KindRTO            Kind = "rto"             // the retransmission timer fired
+	KindFastRetransmit Kind = "fast-retransmit" // retransmission after duplicate ACKs
+	KindDupAck         Kind = "dup-ack"         // the third duplicate ACK arrived
+	KindWindow         Kind = "window"          // a window closed to zero or opened again
+	KindFault          Kind = "fault"           // a fault injected on the wire
+)
+
+// ConnID names a connection from our side.
+type ConnID struct {
+	Local, Remote netip.AddrPort
+}
+
+// Numbers are a connection's sequence variables and the stack's congestion
+// state at one moment. Sequence numbers are relative to the initial
+// sequence numbers (as tcpdump prints them); windows in bytes.
+type Numbers struct {
+	SndUna, SndNxt, RcvNxt uint32
+	SndWnd, RcvWnd         uint32
+	Cwnd                   int // segments
+	Ssthresh               int // segments; math.MaxInt32 or more means not yet set
+	SRTT, RTO              time.Duration
+}
+
+// Event is something that happened to a connection.
+type Event struct {
+	Time time.Time
+	Kind Kind
+	Conn ConnID
+	// From and To are set for state events.
+	From, To State
+	// Cause says why, in words.
+	Cause string
+	// Numbers are the stack's, at that moment.
+	N Numbers
+	// ISS and IRS are the initial sequence numbers (ours, the peer's).
+	ISS, IRS uint32
+	// Held is how long the connection stayed in From (set on leaving
+	// TIME-WAIT).
+	Held time.Duration
+	// Rule is the fault rule id (fault events).
+	Rule int
+}
+
+// Format is an event output format.
+type Format string
+
+// Formats.
+const (
+	Text Format = "text"
+	JSON Format = "json"
+)
+
+// ParseFormat checks a --events-format value.
+func ParseFormat(s string) (Format, error) {
+	switch Format(s) {
+	case Text, JSON:
+		return Format(s), nil
+	}
+	return "", fmt.Errorf("bad events format %q: want text or json", s)
+}
+
+// Text renders the event as one line:
+//
+//	18:52:19.613971 10.0.1.2:47762 SYN-RCVD -> ESTABLISHED (received the ACK of our SYN-ACK) snd.una=1 snd.nxt=1 rcv.nxt=1 snd.wnd=64256 rcv.wnd=64256 cwnd=10 ssthresh=inf srtt=0.210ms rto=201ms
+func (e *Event) Text() string {
+	var b strings.Builder
+	b.WriteString(e.Time.Format("15:04:05.000000"))
+	b.WriteByte(' ')
+	b.WriteString(e.Conn.Remote.String())
+	b.WriteByte(' ')
+	switch e.Kind {
+	case KindState:
+		b.WriteString(e.From.String())
+		b.WriteString(" -> ")
+		b.WriteString(e.To.String())
+	default:
+		b.WriteString(string(e.Kind))
+	}
+	if e.Cause != "" {
+		b.WriteString(" (")
+		b.WriteString(e.Cause)
+		b.WriteString(")")
+	}
+	if e.Kind == KindFault {
+		return b.String()
+	}
+	n := &e.N
+	fmt.Fprintf(&b, " snd.una=%d snd.nxt=%d rcv.nxt=%d snd.wnd=%d rcv.wnd=%d", n.SndUna, n.SndNxt, n.RcvNxt, n.SndWnd, n.RcvWnd)
+	if n.Cwnd == 0 {
+		// No probe snapshot yet (the listener handled the handshake).
+		b.WriteString(" cwnd=- ssthresh=- srtt=- rto=-")
+	} else {
+		fmt.Fprintf(&b, " cwnd=%d ssthresh=%s srtt=%s rto=%s", n.Cwnd, ssthreshString(n.Ssthresh), ms(n.SRTT, 3), ms(n.RTO, 0))
+	}
+	return b.String()
+}
+
+func ssthreshString(v int) string {
+	if v <= 0 || v >= math.MaxInt32 {
+		return "inf"
+	}
+	return strconv.Itoa(v)
+}
+
+// ms prints a duration in milliseconds with prec decimals.
+func ms(d time.Duration, prec int) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', prec, 64) + "ms"
+}
+
+// jsonEvent is the JSON shape of an Event.
+type jsonEvent struct {
+	Time     string  `json:"time"`
+	Kind     Kind    `json:"kind"`
+	Local    string  `json:"local"`
+	Remote   string  `json:"remote"`
+	From     string  `json:"from,omitempty"`
+	To       string  `json:"to,omitempty"`
+	Cause    string  `json:"cause,omitempty"`
+	SndUna   uint32  `json:"snd_una"`
+	SndNxt   uint32  `json:"snd_nxt"`
+	RcvNxt   uint32  `json:"rcv_nxt"`
+	SndWnd   uint32  `json:"snd_wnd"`
+	RcvWnd   uint32  `json:"rcv_wnd"`
+	Cwnd     int     `json:"cwnd"`
+	Ssthresh int     `json:"ssthresh"`
+	SRTTms   float64 `json:"srtt_ms"`
+	RTOms    float64 `json:"rto_ms"`
+	ISS      uint32  `json:"iss"`
+	IRS      uint32  `json:"irs"`
+	HeldS    float64 `json:"held_s,omitempty"`
+	Rule     int     `json:"rule,omitempty"`
+}
+
+// MarshalJSON renders the event as one JSON object.
+func (e *Event) MarshalJSON() ([]byte, error) {
+	j := jsonEvent{
+		Time: e.Time.UTC().Format(time.RFC3339Nano), Kind: e.Kind,
+		Local: e.Conn.Local.String(), Remote: e.Conn.Remote.String(),
+		Cause: e.Cause, SndUna: e.N.SndUna, SndNxt: e.N.SndNxt, RcvNxt: e.N.RcvNxt,
+		SndWnd: e.N.SndWnd, RcvWnd: e.N.RcvWnd, Cwnd: e.N.Cwnd, Ssthresh: e.N.Ssthresh,
+		SRTTms: float64(e.N.SRTT) / 1e6, RTOms: float64(e.N.RTO) / 1e6,
+		ISS: e.ISS, IRS: e.IRS, HeldS: e.Held.Seconds(), Rule: e.Rule,
+	}
+	if j.Ssthresh >= math.MaxInt32 {
+		j.Ssthresh = -1
+	}
+	if e.Kind == KindState {
+		j.From, j.To = e.From.String(), e.To.String()
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads what MarshalJSON wrote (for tools and tests).
+func (e *Event) UnmarshalJSON(b []byte) error {
+	var j jsonEvent
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	t, err := time.Parse(time.RFC3339Nano, j.Time)
+	if err != nil {
+		return err
+	}
+	local, err := netip.ParseAddrPort(j.Local)
+	if err != nil {
+		return err
+	}
+	remote, err := netip.ParseAddrPort(j.Remote)
+	if err != nil {
+		return err
+	}
+	*e = Event{Time: t, Kind: j.Kind, Conn: ConnID{local, remote}, Cause: j.Cause,
+		N: Numbers{SndUna: j.SndUna, SndNxt: j.SndNxt, RcvNxt: j.RcvNxt, SndWnd: j.SndWnd, RcvWnd: j.RcvWnd,
+			Cwnd: j.Cwnd, Ssthresh: j.Ssthresh, SRTT: time.Duration(j.SRTTms * 1e6), RTO: time.Duration(j.RTOms * 1e6)},
+		ISS: j.ISS, IRS: j.IRS, Held: time.Duration(j.HeldS * float64(time.Second)), Rule: j.Rule}
+	if e.N.Ssthresh < 0 {
+		e.N.Ssthresh = math.MaxInt32
+	}
+	if j.From != "" {
+		e.From, _ = ParseState(j.From)
+		e.To, _ = ParseState(j.To)
+	}
+	return nil
+}
