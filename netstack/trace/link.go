@@ -87,12 +87,12 @@ type Link struct {
 	queue chan *record
 	pool  sync.Pool
 
-	closed    atomic.Bool
-	done      chan struct{}
-	stopped   chan struct{}
-	pending   atomic.Int64 // queued or being handled
-	stats     Stats
-	printer   *Printer
+	closed  atomic.Bool
+	done    chan struct{}
+	stopped chan struct{}
+	pending atomic.Int64 // queued or being handled
+	stats   Stats
+	printer *Printer
 }
 
 type record struct {
