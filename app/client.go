@@ -42,35 +42,108 @@ var ErrServerGone = errors.New("the server closed the connection")
 // complete without any framing. At the end of input the client closes the
 // connection (the active close, so TIME-WAIT lands on the client) and
 // returns nil.
+//
+// The connection is watched while the client waits for input: if the
+// server closes it (say after --idle-close), Session returns ErrServerGone
+// at once instead of when the next line is typed, and its own close
+// answers the server's FIN.
 func Session(conn net.Conn, in LineReader, out io.Writer) error {
 	defer conn.Close()
-	var reply []byte
+	stop := make(chan struct{})
+	defer close(stop)
+
+	type input struct {
+		line string
+		err  error
+	}
+	lines := make(chan input)
+	go func() {
+		for {
+			l, err := in.ReadLine()
+			select {
+			case lines <- input{l, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	type chunk struct {
+		b   []byte
+		err error
+	}
+	data := make(chan chunk)
+	next := make(chan []byte, 1) // buffers handed back to the reader
+	next <- make([]byte, 32<<10)
+	go func() {
+		for {
+			var buf []byte
+			select {
+			case buf = <-next:
+			case <-stop:
+				return
+			}
+			n, err := conn.Read(buf)
+			select {
+			case data <- chunk{buf[:n], err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	var pending []byte // reply bytes received, not yet printed
+	want := 0          // reply bytes still expected for the lines sent
+	var recvErr error
 	for {
-		line, err := in.ReadLine()
-		if errors.Is(err, io.EOF) {
-			return nil
+		var inCh <-chan input
+		if want == 0 && recvErr == nil {
+			inCh = lines // one line at a time, as the seed's client
 		}
-		if err != nil {
-			return fmt.Errorf("read input: %w", err)
-		}
-		if line == "" {
-			continue
-		}
-		if _, err := io.WriteString(conn, line); err != nil {
-			return sessionError("send", err)
-		}
-		if cap(reply) < len(line) {
-			reply = make([]byte, len(line))
-		}
-		reply = reply[:len(line)]
-		if _, err := io.ReadFull(conn, reply); err != nil {
-			return sessionError("receive", err)
-		}
-		if reply[len(reply)-1] != '\n' {
-			reply = append(reply, '\n')
-		}
-		if _, err := out.Write(reply); err != nil {
-			return fmt.Errorf("write output: %w", err)
+		select {
+		case in := <-inCh:
+			if errors.Is(in.err, io.EOF) {
+				return nil
+			}
+			if in.err != nil {
+				return fmt.Errorf("read input: %w", in.err)
+			}
+			if in.line == "" {
+				continue
+			}
+			if _, err := io.WriteString(conn, in.line); err != nil {
+				return sessionError("send", err)
+			}
+			want += len(in.line)
+		case c := <-data:
+			pending = append(pending, c.b...)
+			if c.err != nil {
+				recvErr = c.err
+			} else {
+				next <- c.b[:cap(c.b)]
+			}
+			if len(pending) >= want && want > 0 {
+				reply := pending
+				if reply[len(reply)-1] != '\n' {
+					reply = append(reply, '\n')
+				}
+				if _, err := out.Write(reply); err != nil {
+					return fmt.Errorf("write output: %w", err)
+				}
+				pending, want = pending[:0], 0
+			}
+			if recvErr != nil {
+				if want > 0 {
+					return sessionError("receive", recvErr)
+				}
+				return sessionError("while waiting for input", recvErr)
+			}
 		}
 	}
 }

@@ -88,6 +88,9 @@ func (l *Lab) NetNSPath(host string) string { return filepath.Join(NetNSDir, l.N
 // StateDir holds the lab's server pid and log.
 func (l *Lab) StateDir() string { return filepath.Join("/run/tcp-upper", "lab-"+l.Name) }
 
+// ControlPath is the control socket of the server StartServer starts.
+func (l *Lab) ControlPath() string { return filepath.Join(l.StateDir(), "server.sock") }
+
 // CheckHost returns an error for a host name that is not ant or apple.
 func CheckHost(host string) error {
 	if host != Ant && host != Apple {

@@ -51,7 +51,7 @@ func (l *Lab) StartServer(bin string, extra ...string) (pid int, err error) {
 		return 0, fmt.Errorf("server log: %w", err)
 	}
 	defer logf.Close()
-	args := append([]string{"--tun", "tun0", "--addr", ServerAddr.String(), "--log-level", "info"}, extra...)
+	args := append([]string{"--tun", "tun0", "--addr", ServerAddr.String(), "--log-level", "info", "--control", l.ControlPath()}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

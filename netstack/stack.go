@@ -100,7 +100,7 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 		probes = append(probes, opts.TCPProbe)
 	}
 	if opts.Inspect {
-		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait}, log)
+		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait, NIC: NICID}, log)
 		opts.Trace.Observer = st.tracker
 		probes = append(probes, st.tracker.Probe)
 	}
@@ -242,6 +242,29 @@ func (st *Stack) Drain(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%d connection(s) still closing: %w", busy, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// WaitTimeWait waits until no connection is in TIME-WAIT (its 2MSL timer
+// has run out), or ctx ends.
+func (st *Stack) WaitTimeWait(ctx context.Context) error {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n := 0
+		for _, ep := range st.s.RegisteredEndpoints() {
+			if te, ok := ep.(*tcp.Endpoint); ok && tcp.EndpointState(te.State()) == tcp.StateTimeWait {
+				n++
+			}
+		}
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d connection(s) still in TIME-WAIT: %w", n, ctx.Err())
 		case <-tick.C:
 		}
 	}

@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,7 +21,9 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
 	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -43,12 +46,14 @@ type config struct {
 	mtu      int
 	timeout  time.Duration
 	logLevel string
+	obs      observe.Flags
+	linger   bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.3.2/24")
-	fs := cli.NewFlagSet(prog, stderr, prog+" -i SERVER_IP [-p PORT] [--stack kernel|netstack [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none]]")
+	fs := cli.NewFlagSet(prog, stderr, prog+" -i SERVER_IP [-p PORT] [--stack kernel|netstack [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--control PATH|none]]")
 	ip := fs.String("i", "", "server IP address (required)")
 	fs.Var(&c.port, "p", "server port (short for --port)")
 	fs.Var(&c.port, "port", "server port")
@@ -59,8 +64,20 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.mtu, "mtu", 1500, "with --stack netstack: MTU of the TUN")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the connection to be established")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
+	c.obs.Register(fs)
+	fs.BoolVar(&c.linger, "linger", false, "with --stack netstack: after closing, keep the stack up until TIME-WAIT ends (watch it with --events or tcp-upper-lab ss; Ctrl-C to stop)")
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
+	}
+	var stackOnly []string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "linger":
+			stackOnly = append(stackOnly, "--"+f.Name)
+		}
+	})
+	if len(stackOnly) > 0 && c.stack != "netstack" {
+		return nil, cli.Usagef("%s need --stack netstack: the kernel's TCP cannot be traced from here (use tcpdump and ss)", strings.Join(stackOnly, ", "))
 	}
 	if *ip == "" {
 		return nil, cli.Usagef("-i SERVER_IP is required, e.g. %s -i 10.0.2.2", prog)
@@ -99,6 +116,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		if c.tunAddr.IsValid() && c.tunAddr.Addr() == c.addr.Addr() {
 			return nil, cli.Usagef("--tun-addr %s equals --addr: the kernel side and the stack need different addresses", c.tunAddr)
 		}
+		if err := c.obs.Validate(c.tun); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -112,10 +132,10 @@ func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.W
 	if err != nil {
 		return cli.Exit(stderr, prog, err)
 	}
-	return cli.Exit(stderr, prog, session(ctx, c, stdin, stdout, log))
+	return cli.Exit(stderr, prog, session(ctx, c, stdin, stdout, stderr, log))
 }
 
-func session(ctx context.Context, c *config, stdin *os.File, stdout io.Writer, log *slog.Logger) error {
+func session(ctx context.Context, c *config, stdin *os.File, stdout, stderr io.Writer, log *slog.Logger) error {
 	target := netip.AddrPortFrom(c.server, uint16(c.port))
 	dctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -128,10 +148,20 @@ func session(ctx context.Context, c *config, stdin *os.File, stdout io.Writer, l
 			return err
 		}
 		defer dev.Close()
-		if st, err = netstack.New(dev, netstack.Options{Addr: c.addr.Prefix}, log); err != nil {
+		opts := netstack.Options{Addr: c.addr.Prefix}
+		obs, err := observe.New(&c.obs, &opts, stderr, log)
+		if err != nil {
 			return err
 		}
+		if st, err = netstack.New(dev, opts, log); err != nil {
+			obs.Close(context.Background())
+			return err
+		}
+		defer obs.Close(context.Background())
 		defer st.Close()
+		if err := obs.Start(st, control.Hello{Program: prog, TUN: dev.Name(), Addr: c.addr.String()}); err != nil {
+			return err
+		}
 		conn, err = st.Dial(dctx, target)
 		if err != nil {
 			return dialError(target, c.timeout, ctx, err)
@@ -176,6 +206,12 @@ func session(ctx context.Context, c *config, stdin *os.File, stdout io.Writer, l
 		defer wcancel()
 		if err := st.Drain(wctx); err != nil {
 			log.Warn("close not finished", "err", err)
+		}
+		if c.linger {
+			log.Info("lingering until TIME-WAIT ends", "time-wait", c.obs.TimeWait)
+			if err := st.WaitTimeWait(ctx); err != nil {
+				log.Info("stopped lingering", "err", err)
+			}
 		}
 	}
 	return nil

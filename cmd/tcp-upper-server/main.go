@@ -14,12 +14,15 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
 	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -42,12 +45,14 @@ type config struct {
 	mtu      int
 	mtuSet   bool
 	logLevel string
+	idle     time.Duration
+	obs      observe.Flags
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.2.2/24")
-	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]")
+	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]")
 	fs.Var(&c.port, "p", "TCP port to listen on (short for --port)")
 	fs.Var(&c.port, "port", "TCP port to listen on")
 	fs.StringVar(&c.stack, "stack", "netstack", "whose TCP serves: netstack (gVisor on a TUN) or kernel (plain net.Listen)")
@@ -56,16 +61,29 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	tunAddr := fs.String("tun-addr", "", "address for the kernel side of the TUN (default: the first host of --addr's network, e.g. 10.0.2.1/24); none leaves a pre-configured device alone")
 	fs.IntVar(&c.mtu, "mtu", 1500, "MTU of the TUN and of the stack's NIC")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
+	fs.DurationVar(&c.idle, "idle-close", 0, "close a connection that has received nothing for this long, so the server closes first and TIME-WAIT lands in our stack (0: never)")
+	c.obs.Register(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
+	stackOnly := []string{}
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "mtu" {
+		switch f.Name {
+		case "mtu":
 			c.mtuSet = true
+		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control":
+			stackOnly = append(stackOnly, "--"+f.Name)
 		}
 	})
+	if c.idle < 0 {
+		return nil, cli.Usagef("bad --idle-close %v: want a positive duration, or 0 for never", c.idle)
+	}
 	switch c.stack {
-	case "netstack", "kernel":
+	case "netstack":
+	case "kernel":
+		if len(stackOnly) > 0 {
+			return nil, cli.Usagef("%s need --stack netstack: the kernel's TCP cannot be traced from here (use tcpdump and ss)", strings.Join(stackOnly, ", "))
+		}
 	default:
 		return nil, cli.Usagef("bad --stack %q: want netstack or kernel", c.stack)
 	}
@@ -95,6 +113,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 		c.tunAddr = p
 	}
+	if c.stack == "netstack" {
+		if err := c.obs.Validate(c.tun); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
 }
 
@@ -110,7 +133,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if c.stack == "kernel" {
 		return cli.Exit(stderr, prog, serveKernel(ctx, c, stdout, log))
 	}
-	return cli.Exit(stderr, prog, serveNetstack(ctx, c, stdout, log))
+	return cli.Exit(stderr, prog, serveNetstack(ctx, c, stdout, stderr, log))
 }
 
 func serveKernel(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) error {
@@ -124,11 +147,11 @@ func serveKernel(ctx context.Context, c *config, stdout io.Writer, log *slog.Log
 		}
 		return err
 	}
-	srv := app.NewServer(ln, app.ServerOptions{Out: stdout}, log)
+	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle}, log)
 	return serve(ctx, srv, nil, nil, log)
 }
 
-func serveNetstack(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) error {
+func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log *slog.Logger) (err error) {
 	mtu := c.mtu
 	if !c.tunAddr.IsValid() && !c.mtuSet {
 		mtu = 0 // adopt the pre-configured device's MTU
@@ -139,20 +162,32 @@ func serveNetstack(ctx context.Context, c *config, stdout io.Writer, log *slog.L
 	}
 	defer dev.Close()
 	linkErr := make(chan error, 1)
-	st, err := netstack.New(dev, netstack.Options{
+	opts := netstack.Options{
 		Addr:        c.addr.Prefix,
 		OnLinkError: func(err error) { linkErr <- err },
-	}, log)
+	}
+	obs, err := observe.New(&c.obs, &opts, stderr, log)
 	if err != nil {
 		return err
 	}
+	st, err := netstack.New(dev, opts, log)
+	if err != nil {
+		obs.Close(context.Background())
+		return err
+	}
+	// Last in, first out: the stack closes (flushing the trace and the
+	// tracker) before the observer reports what could not be recorded.
+	defer obs.Close(context.Background())
 	defer st.Close()
 	ln, err := st.Listen(uint16(c.port))
 	if err != nil {
 		return err
 	}
-	log.Info("serving", "tun", dev.Name(), "created", dev.Created(), "addr", c.addr, "mtu", dev.MTU())
-	srv := app.NewServer(ln, app.ServerOptions{Out: stdout}, log)
+	if err := obs.Start(st, control.Hello{Program: prog, TUN: dev.Name(), Addr: c.addr.String()}); err != nil {
+		return err
+	}
+	log.Info("serving", "tun", dev.Name(), "created", dev.Created(), "addr", c.addr, "mtu", dev.MTU(), "control", obs.ControlPath())
+	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle}, log)
 	return serve(ctx, srv, st, linkErr, log)
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
@@ -114,12 +115,33 @@ func (c *conn) add(t *Tracker, ev Event, waitProbe bool) {
 // flush emits pending events with the numbers known now.
 func (c *conn) flush(t *Tracker) {
 	for _, ev := range c.pending {
-		if ev.N == (Numbers{}) && ev.Kind != KindFault {
-			ev.N = c.numbers(false)
+		if ev.Kind != KindFault {
+			if ev.N == (Numbers{}) {
+				ev.N = c.numbers(false)
+			}
+			if ev.N.Cwnd == 0 {
+				c.fillFromTCPInfo(t, &ev.N)
+			}
 		}
 		t.emit(ev)
 	}
 	c.pending = c.pending[:0]
+}
+
+// fillFromTCPInfo takes the congestion numbers from the endpoint itself
+// when no probe snapshot has them yet (the listener handled the handshake,
+// so the new endpoint has not received a segment of its own). It runs on
+// the tracker goroutine, never on the packet path.
+func (c *conn) fillFromTCPInfo(t *Tracker, n *Numbers) {
+	ep := t.endpoint(c)
+	if ep == nil {
+		return
+	}
+	var ti tcpip.TCPInfoOption
+	if err := ep.GetSockOpt(&ti); err != nil {
+		return
+	}
+	n.Cwnd, n.Ssthresh, n.SRTT, n.RTO = int(ti.SndCwnd), int(ti.SndSsthresh), ti.RTT, ti.RTO
 }
 
 func (c *conn) onProbe(t *Tracker, p *probeSnap) {
@@ -128,8 +150,13 @@ func (c *conn) onProbe(t *Tracker, p *probeSnap) {
 		return
 	}
 	for i := range c.pending {
-		if c.pending[i].N == (Numbers{}) && c.pending[i].Kind != KindFault {
-			c.pending[i].N = c.numbers(true)
+		ev := &c.pending[i]
+		if ev.N == (Numbers{}) && ev.Kind != KindFault {
+			// A segment that ends the connection (the ACK of our FIN in
+			// LAST-ACK) stops gVisor before its sender sees the ACK, so
+			// the probe's sequence numbers are stale: take the wire's.
+			final := ev.Kind == KindState && (ev.To == Closed || ev.To == TimeWait)
+			ev.N = c.numbers(!final)
 		}
 	}
 	c.flush(t)

@@ -286,3 +286,16 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	}
 	return nil
 }
+
+// MarshalText spells the state as the RFC does, for JSON.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText accepts the RFC's or ss's spelling.
+func (s *State) UnmarshalText(b []byte) error {
+	v, ok := ParseState(string(b))
+	if !ok {
+		return fmt.Errorf("unknown TCP state %q", b)
+	}
+	*s = v
+	return nil
+}

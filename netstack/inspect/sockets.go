@@ -26,16 +26,26 @@ type Socket struct {
 
 // SocketInfo is ss -i's detail line.
 type SocketInfo struct {
-	Known                        bool
-	RTT, RTTVar, RTO             time.Duration
-	Cwnd, Ssthresh               int
-	MSS                          int
-	WScalePeer, WScaleOurs       int
-	SndUna, SndNxt, RcvNxt       uint32 // relative to the ISNs
-	SndWnd, RcvWnd               uint32
-	BytesSent, BytesAcked        uint64
-	BytesReceived                uint64
-	SegsOut, SegsIn, Retransmits uint64
+	Known         bool          `json:"-"`
+	RTT           time.Duration `json:"rtt"`
+	RTTVar        time.Duration `json:"rttvar"`
+	RTO           time.Duration `json:"rto"`
+	Cwnd          int           `json:"cwnd"`
+	Ssthresh      int           `json:"ssthresh"`
+	MSS           int           `json:"mss"`
+	WScalePeer    int           `json:"wscale_peer"` // -1: window scaling off
+	WScaleOurs    int           `json:"wscale_ours"`
+	SndUna        uint32        `json:"snd_una"` // relative to the ISNs
+	SndNxt        uint32        `json:"snd_nxt"`
+	RcvNxt        uint32        `json:"rcv_nxt"`
+	SndWnd        uint32        `json:"snd_wnd"`
+	RcvWnd        uint32        `json:"rcv_wnd"`
+	BytesSent     uint64        `json:"bytes_sent"`
+	BytesAcked    uint64        `json:"bytes_acked"`
+	BytesReceived uint64        `json:"bytes_received"`
+	SegsOut       uint64        `json:"segs_out"`
+	SegsIn        uint64        `json:"segs_in"`
+	Retransmits   uint64        `json:"retrans"`
 }
 
 // NoteListener tells the tracker a listener's backlog (gVisor does not

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -21,6 +22,8 @@ type Options struct {
 	// QueueLen is how many packet summaries and probe snapshots may wait
 	// for the tracker (default 16384).
 	QueueLen int
+	// NIC is the stack's NIC (default 1).
+	NIC tcpip.NICID
 	// Poll is how often the tracker compares its view with the stack's
 	// Endpoint.State() and looks for ended TIME-WAITs (default 20ms).
 	Poll time.Duration
@@ -104,6 +107,9 @@ type probeSnap struct {
 func New(opts Options, log *slog.Logger) *Tracker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.NIC == 0 {
+		opts.NIC = 1
 	}
 	if opts.QueueLen <= 0 {
 		opts.QueueLen = 16384
@@ -373,6 +379,30 @@ func (t *Tracker) poll(now time.Time) {
 			delete(t.conns, id)
 		}
 	}
+}
+
+// endpoint finds c's gVisor endpoint (nil if it has none any more).
+func (t *Tracker) endpoint(c *conn) *tcp.Endpoint {
+	if c.ep != nil {
+		return c.ep
+	}
+	s := t.st.Load()
+	if s == nil {
+		return nil
+	}
+	id := stack.TransportEndpointID{
+		LocalPort: c.id.Local.Port(), LocalAddress: tcpip.AddrFrom4(c.id.Local.Addr().As4()),
+		RemotePort: c.id.Remote.Port(), RemoteAddress: tcpip.AddrFrom4(c.id.Remote.Addr().As4()),
+	}
+	for _, nic := range []tcpip.NICID{t.opts.NIC, 0} {
+		if te := s.FindTransportEndpoint(header.IPv4ProtocolNumber, header.TCPProtocolNumber, id, nic); te != nil {
+			if ep, ok := te.(*tcp.Endpoint); ok {
+				c.ep = ep
+				return ep
+			}
+		}
+	}
+	return nil
 }
 
 // findEndpoints links connections to their gVisor endpoints.

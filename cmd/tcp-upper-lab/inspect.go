@@ -1,0 +1,309 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/lab"
+	"github.com/tcp-upper/tcp-upper/netstack/control"
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+)
+
+// target is where the inspection commands find the server: --control PATH,
+// --name LAB (the lab's server), or the only running server.
+type target struct {
+	path string
+	name string
+}
+
+func (t *target) resolve() (string, error) {
+	if t.path != "" && t.name != "" {
+		return "", cli.Usagef("give --control or --name, not both")
+	}
+	if t.name != "" {
+		l, err := lab.New(t.name, nil)
+		if err != nil {
+			return "", cli.Usagef("bad --name: %v", err)
+		}
+		return l.ControlPath(), nil
+	}
+	return control.Resolve(t.path)
+}
+
+func dialTarget(t *target) (*control.Client, error) {
+	path, err := t.resolve()
+	if err != nil {
+		return nil, err
+	}
+	return control.Dial(path)
+}
+
+// ssFlags are ss's flags we take: -t and -n are accepted (we only have TCP
+// and never resolve names); -a all sockets, -l listening only, -i details,
+// -o timers (always shown for TIME-WAIT), combinable as in ss -tani.
+type ssFlags struct {
+	all, listening, info, json bool
+	target                     target
+}
+
+func parseSS(args []string) (*ssFlags, error) {
+	f := &ssFlags{}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-h" || a == "--help":
+			return nil, cli.Usagef("usage: %s ss [-tanlio] [--json] [--control PATH | --name LAB]", prog)
+		case a == "--json":
+			f.json = true
+		case a == "--control" || a == "--name":
+			if i+1 >= len(args) {
+				return nil, cli.Usagef("%s needs a value", a)
+			}
+			i++
+			if a == "--control" {
+				f.target.path = args[i]
+			} else {
+				f.target.name = args[i]
+			}
+		case strings.HasPrefix(a, "--control="):
+			f.target.path = strings.TrimPrefix(a, "--control=")
+		case strings.HasPrefix(a, "--name="):
+			f.target.name = strings.TrimPrefix(a, "--name=")
+		case strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && len(a) > 1:
+			for _, c := range a[1:] {
+				switch c {
+				case 't', 'n', 'o':
+				case 'a':
+					f.all = true
+				case 'l':
+					f.listening = true
+				case 'i':
+					f.info = true
+				default:
+					return nil, cli.Usagef("unknown ss flag -%c: we take -t -a -n -l -i -o, --json, --control PATH, --name LAB", c)
+				}
+			}
+		default:
+			return nil, cli.Usagef("unexpected argument %q: we take -t -a -n -l -i -o, --json, --control PATH, --name LAB (no filters)", a)
+		}
+	}
+	return f, nil
+}
+
+// cmdSS prints the stack's socket table in ss -tan's columns.
+func cmdSS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, err := parseSS(args)
+	if err != nil {
+		return err
+	}
+	c, err := dialTarget(&f.target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := c.Call("ss", nil)
+	if err != nil {
+		return err
+	}
+	var rows []control.Socket
+	for _, s := range r.Sockets {
+		// As ss: by default connected sockets only (not LISTEN, SYN-RECV
+		// or TIME-WAIT); -l listening only; -a everything.
+		switch {
+		case f.all:
+		case f.listening:
+			if s.State != inspect.Listen {
+				continue
+			}
+		default:
+			if s.State == inspect.Listen || s.State == inspect.TimeWait || s.State == inspect.SynRcvd {
+				continue
+			}
+		}
+		rows = append(rows, s)
+	}
+	if f.json {
+		if rows == nil {
+			rows = []control.Socket{}
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	io.WriteString(stdout, FormatSS(rows, f.info))
+	return nil
+}
+
+// FormatSS renders sockets as ss -tan does (with -i, ss -tani).
+func FormatSS(rows []control.Socket, info bool) string {
+	type cells struct{ state, rq, sq, laddr, lport, raddr, rport, extra string }
+	cs := []cells{{"State", "Recv-Q", "Send-Q", "Local Address", "Port", "Peer Address", "Port", ""}}
+	for _, s := range rows {
+		c := cells{state: s.State.SSName(), rq: strconv.Itoa(s.RecvQ), sq: strconv.Itoa(s.SendQ)}
+		c.laddr, c.lport = s.Local.Addr().String(), strconv.Itoa(int(s.Local.Port()))
+		if s.State == inspect.Listen {
+			c.raddr, c.rport = "0.0.0.0", "*"
+		} else {
+			c.raddr, c.rport = s.Remote.Addr().String(), strconv.Itoa(int(s.Remote.Port()))
+		}
+		if s.State == inspect.TimeWait && s.TimeWaitLeft > 0 {
+			c.extra = fmt.Sprintf("timer:(timewait,%dsec)", secondsLeft(s.TimeWaitLeft))
+		}
+		cs = append(cs, c)
+	}
+	w := [8]int{}
+	for _, c := range cs {
+		for i, v := range []string{c.state, c.rq, c.sq, c.laddr, c.lport, c.raddr, c.rport} {
+			w[i] = max(w[i], len(v))
+		}
+	}
+	var b strings.Builder
+	for i, c := range cs {
+		// ss right-aligns addresses against the colon and left-aligns ports.
+		fmt.Fprintf(&b, "%-*s %-*s %-*s %*s:%-*s %*s:%-*s", w[0], c.state, w[1], c.rq, w[2], c.sq,
+			w[3], c.laddr, w[4], c.lport, w[5], c.raddr, w[6], c.rport)
+		if c.extra != "" {
+			b.WriteString(" " + c.extra)
+		}
+		b.WriteString("\n")
+		if i == 0 {
+			// no trailing blanks after the header's last column
+			line := strings.TrimRight(b.String(), " \n")
+			b.Reset()
+			b.WriteString(line + "\n")
+		}
+		if info && i > 0 && rows[i-1].Info != nil {
+			b.WriteString("\t " + infoLine(rows[i-1].Info) + "\n")
+		}
+	}
+	return b.String()
+}
+
+func secondsLeft(d time.Duration) int {
+	return int((d + time.Second - 1) / time.Second)
+}
+
+// infoLine is ss -i's detail line, with the sequence variables ss does not
+// show (relative to the ISNs, as tcpdump prints them).
+func infoLine(in *inspect.SocketInfo) string {
+	var b strings.Builder
+	if in.WScalePeer >= 0 {
+		fmt.Fprintf(&b, "wscale:%d,%d ", in.WScalePeer, in.WScaleOurs)
+	}
+	fmt.Fprintf(&b, "rto:%s rtt:%s/%s mss:%d cwnd:%d", msec(in.RTO), msec(in.RTT), msec(in.RTTVar), in.MSS, in.Cwnd)
+	if in.Ssthresh > 0 && in.Ssthresh < 1<<30 {
+		fmt.Fprintf(&b, " ssthresh:%d", in.Ssthresh)
+	}
+	fmt.Fprintf(&b, " bytes_sent:%d bytes_acked:%d bytes_received:%d segs_out:%d segs_in:%d retrans:%d",
+		in.BytesSent, in.BytesAcked, in.BytesReceived, in.SegsOut, in.SegsIn, in.Retransmits)
+	fmt.Fprintf(&b, " snd_wnd:%d rcv_wnd:%d snd.una:%d snd.nxt:%d rcv.nxt:%d", in.SndWnd, in.RcvWnd, in.SndUna, in.SndNxt, in.RcvNxt)
+	return b.String()
+}
+
+// msec prints a duration in milliseconds as ss does (rto:204 rtt:0.061).
+func msec(d time.Duration) string {
+	v := strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
+	v = strings.TrimRight(strings.TrimRight(v, "0"), ".")
+	if v == "" {
+		return "0"
+	}
+	return v
+}
+
+// cmdStats prints the stack's counters.
+func cmdStats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := cli.NewFlagSet(prog+" stats", stderr, prog+" stats [--json] [--control PATH | --name LAB]")
+	var t target
+	asJSON := fs.Bool("json", false, "print the counters as one JSON object")
+	fs.StringVar(&t.path, "control", "", "the server's control socket (default: the only running server)")
+	fs.StringVar(&t.name, "name", "", "the lab whose server to ask")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	c, err := dialTarget(&t)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := c.Call("stats", nil)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		m := map[string]uint64{}
+		for _, c := range r.Counters {
+			m[c.Name] = c.Value
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(m)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "COUNTER\tVALUE\tMEANING")
+	for _, c := range r.Counters {
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", c.Name, c.Value, c.Help)
+	}
+	return tw.Flush()
+}
+
+// cmdTrace attaches to a running server and prints its events until
+// Ctrl-C or the server exits.
+func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := cli.NewFlagSet(prog+" trace", stderr, prog+" trace [--format text|json] [--control PATH | --name LAB]")
+	var t target
+	format := fs.String("format", "text", "text, or json (one event per line)")
+	fs.StringVar(&t.path, "control", "", "the server's control socket (default: the only running server)")
+	fs.StringVar(&t.name, "name", "", "the lab whose server to watch")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	fm, err := inspect.ParseFormat(*format)
+	if err != nil {
+		return cli.Usagef("bad --format: %v", err)
+	}
+	c, err := dialTarget(&t)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	h, err := c.Call("hello", nil)
+	if err != nil {
+		return err
+	}
+	if fm == inspect.Text {
+		fmt.Fprintf(stderr, "attached to %s (pid %d, %s, %s, TIME-WAIT %v); Ctrl-C to stop\n",
+			h.Hello.Program, h.Hello.PID, h.Hello.TUN, h.Hello.Addr, h.Hello.TimeWait)
+	}
+	var dropped uint64
+	err = c.Stream(ctx, "events", func(r *control.Response) error {
+		if r.Dropped > dropped {
+			fmt.Fprintf(stderr, "(%d events lost so far: this terminal reads too slowly)\n", r.Dropped)
+			dropped = r.Dropped
+		}
+		if r.Event == nil {
+			return nil
+		}
+		if fm == inspect.JSON {
+			b, err := r.Event.MarshalJSON()
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(stdout, "%s\n", b)
+			return err
+		}
+		_, err := fmt.Fprintln(stdout, r.Event.Text())
+		return err
+	})
+	if err != nil && strings.Contains(err.Error(), "closed the connection") {
+		fmt.Fprintln(stderr, "the server exited")
+		return nil
+	}
+	return err
+}

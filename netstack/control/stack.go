@@ -1,0 +1,86 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/netstack"
+)
+
+// StreamBuffer is how many events a control client may fall behind before
+// it loses some (counted and reported to it).
+const StreamBuffer = 4096
+
+// ServeStack registers the stack's commands on s:
+//
+//	hello   who the server is (pid, TUN, address, TIME-WAIT, commands)
+//	ss      the socket table, with ss -i's detail
+//	stats   the counters
+//	events  a stream of connection events until the client leaves
+//
+// hello's PID, Started and Commands are filled in here.
+func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
+	hello.PID = os.Getpid()
+	if hello.Started.IsZero() {
+		hello.Started = time.Now()
+	}
+	s.Handle("hello", func(ctx context.Context, req *Request, send func(*Response) error) error {
+		h := hello
+		h.Commands = s.Commands()
+		return send(&Response{Hello: &h})
+	})
+	s.Handle("ss", func(ctx context.Context, req *Request, send func(*Response) error) error {
+		tr := st.Tracker()
+		if tr == nil {
+			return errors.New("this server runs without its connection tracker: no socket table")
+		}
+		socks := []Socket{}
+		for _, so := range tr.Sockets() {
+			row := Socket{State: so.State, Local: so.Local, Remote: so.Remote, RecvQ: so.RecvQ, SendQ: so.SendQ}
+			if so.TimeWaitLeft > 0 {
+				row.TimeWaitLeft = so.TimeWaitLeft
+			}
+			if so.Info.Known {
+				info := so.Info
+				row.Info = &info
+			}
+			socks = append(socks, row)
+		}
+		return send(&Response{Sockets: socks})
+	})
+	s.Handle("stats", func(ctx context.Context, req *Request, send func(*Response) error) error {
+		var cs []Counter
+		for _, c := range st.Counters() {
+			cs = append(cs, Counter{Name: c.Name, Value: c.Value, Help: c.Help})
+		}
+		return send(&Response{Counters: cs})
+	})
+	s.Handle("events", func(ctx context.Context, req *Request, send func(*Response) error) error {
+		tr := st.Tracker()
+		if tr == nil {
+			return errors.New("this server runs without its connection tracker: no events")
+		}
+		sub := tr.Subscribe(StreamBuffer)
+		defer sub.Close()
+		var reported uint64
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case ev, ok := <-sub.C():
+				if !ok {
+					return nil // the stack is closing
+				}
+				r := &Response{Event: &ev}
+				if d := sub.Dropped(); d != reported {
+					reported, r.Dropped = d, d
+				}
+				if err := send(r); err != nil {
+					return err
+				}
+			}
+		}
+	})
+}
