@@ -192,7 +192,7 @@ func dialAnt(t *testing.T, l *lab.Lab, addr string) net.Conn {
 	return c
 }
 
-var serverAddr = fmt.Sprintf("%s:%d", lab.ServerAddr.Addr(), lab.Port)
+var serverAddr = net.JoinHostPort(lab.ServerAddr.Addr().String(), fmt.Sprint(lab.Port))
 
 // watch is a goroutine-safe buffer one can wait on.
 type watch struct {

@@ -144,6 +144,12 @@ func Open(cfg Config, log *slog.Logger) (*Linux, error) {
 		if err := h.AddrReplace(link, addr); err != nil {
 			return fmt.Errorf("add address %s to tun %q: %w", cfg.Addr, cfg.Name, err)
 		}
+		// The stack speaks IPv4 only: keep the kernel's IPv6 chatter
+		// (router solicitations) out of it and out of the trace. Best
+		// effort: a kernel without IPv6 has no such file.
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+cfg.Name+"/disable_ipv6", []byte("1"), 0); err != nil {
+			log.Debug("cannot disable IPv6 on the TUN", "tun", cfg.Name, "err", err)
+		}
 		if err := h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set tun %q up: %w", cfg.Name, err)
 		}
