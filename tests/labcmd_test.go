@@ -43,7 +43,7 @@ func TestDemo(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "tcpdump")
 	requireTool(t, "ss")
-	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "demo", "--name", "tdemo")
+	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "demo", "--name", "tdemo", "--time-wait", "2s")
 	if code != 0 {
 		t.Fatalf("demo exit %d: %s\n%s", code, stderr, out)
 	}
@@ -54,6 +54,11 @@ func TestDemo(t *testing.T) {
 		"ant    | > fasionchan.com", "ant    | FASIONCHAN.COM",
 		" connected", " disconnected",
 		"Flags [S]", "Flags [S.]", "Flags [P.]", "Flags [F.]",
+		"# handshake 1/3: the client's SYN. Its initial sequence number (ISN) is ",
+		"# close 1/4: the client's FIN", "# close 1/4: our FIN, seq 8: the server closes first",
+		"LISTEN -> SYN-RCVD (received SYN, peer ISN ", "LAST-ACK -> CLOSED", "FIN-WAIT-2 -> TIME-WAIT",
+		"timer:(timewait,2sec)", "timer:(timewait,1sec)", "TIME-WAIT -> CLOSED (2MSL timer expired after 2.0s in TIME-WAIT)",
+		"packets: field for field the lines of our stack's trace above", // tcpdump on tun0 agrees with our trace
 		"10.0.2.2:9999", // the TIME-WAIT line in ant's ss
 		`lab "tdemo" torn down`,
 	} {
@@ -77,7 +82,7 @@ func TestDemoUnprivileged(t *testing.T) {
 	if os.Geteuid() == 0 {
 		cred = &syscall.Credential{Uid: 65534, Gid: 65534}
 	}
-	code, out, stderr := runCmd(t, 60*time.Second, cred, bin("tcp-upper-lab"), "demo")
+	code, out, stderr := runCmd(t, 60*time.Second, cred, bin("tcp-upper-lab"), "demo", "--time-wait", "1s")
 	if code != 0 {
 		t.Fatalf("exit %d: %s\n%s", code, stderr, out)
 	}
@@ -85,7 +90,8 @@ func TestDemoUnprivileged(t *testing.T) {
 	if !strings.HasPrefix(lines[0], "no root/CAP_NET_ADMIN: running the same session in memory") {
 		t.Errorf("first line %q", lines[0])
 	}
-	for _, want := range []string{"ant    | ABC", "ant    | HELLO WORLD!", "ant    | FASIONCHAN.COM", "10.0.1.2:", " disconnected"} {
+	for _, want := range []string{"ant    | ABC", "ant    | HELLO WORLD!", "ant    | FASIONCHAN.COM", "10.0.1.2:", " disconnected",
+		"# handshake 3/3", "CLOSE-WAIT -> LAST-ACK", "FIN-WAIT-1 -> FIN-WAIT-2", "timer:(timewait,", "TIME-WAIT -> CLOSED"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -20,6 +20,9 @@ import (
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/netstack/control"
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/netstack/trace"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -27,18 +30,26 @@ import (
 var demoLines = []string{"abc", "hello world!", "fasionchan.com"}
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := cli.NewFlagSet(prog+" demo", stderr, prog+" demo [--in-memory] [--name N]")
+	fs := cli.NewFlagSet(prog+" demo", stderr, prog+" demo [--in-memory] [--name N] [--time-wait D] [--idle-close D]")
 	inMemory := fs.Bool("in-memory", false, "run over an in-process link between two user-space stacks even when root")
 	name := fs.String("name", fmt.Sprintf("demo%d", os.Getpid()%100000), "lab name for the demo's namespaces")
+	tw := fs.Duration("time-wait", 5*time.Second, "TIME-WAIT of the server's stack (Linux holds 60s; shorter so the demo can show it end)")
+	idle := fs.Duration("idle-close", time.Second, "the server closes a connection idle this long (part 2: our stack closes first)")
 	logLevel := fs.String("log-level", "warn", "log level on stderr")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
+	}
+	if *tw <= 0 || *tw > 2*time.Minute {
+		return cli.Usagef("bad --time-wait %v: want 1ms to 2m", *tw)
+	}
+	if *idle <= 100*time.Millisecond || *idle > time.Minute {
+		return cli.Usagef("bad --idle-close %v: want more than 100ms, at most 1m", *idle)
 	}
 	log, err := cli.Logger(stderr, *logLevel)
 	if err != nil {
 		return err
 	}
-	d := &demo{out: stdout, log: log}
+	d := &demo{out: stdout, log: log, timeWait: *tw, idle: *idle}
 	if *inMemory {
 		return d.inMemory(ctx)
 	}
@@ -54,11 +65,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 // demo prints a session the way a reader of the seed would watch it in its
-// terminal windows, each line tagged with the host it happens on.
+// terminal windows, each line tagged with the host it happens on, and
+// annotated from our stack.
 type demo struct {
-	out io.Writer
-	log *slog.Logger
-	mu  sync.Mutex
+	out      io.Writer
+	log      *slog.Logger
+	mu       sync.Mutex
+	timeWait time.Duration
+	idle     time.Duration
 }
 
 func (d *demo) printf(host, format string, args ...any) {
@@ -75,6 +89,12 @@ func (d *demo) section(title string) {
 	fmt.Fprintf(d.out, "\n== %s\n", title)
 }
 
+func (d *demo) say(format string, args ...any) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	fmt.Fprintf(d.out, format+"\n", args...)
+}
+
 // hostWriter tags each line written to it with host.
 type hostWriter struct {
 	d    *demo
@@ -86,88 +106,161 @@ func (w hostWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// echoLines feeds the demo's lines to the client as if typed at its prompt.
-type echoLines struct {
+// typedLines feeds lines to the client as if typed at its prompt. Before
+// each line it lets the narrator print what the previous one caused. With
+// hold set, after the last line it waits (an idle user) until released
+// instead of ending the input.
+type typedLines struct {
 	d     *demo
+	n     *narrator
 	lines []string
+	hold  <-chan struct{}
 }
 
-func (e *echoLines) ReadLine() (string, error) {
+func (e *typedLines) ReadLine() (string, error) {
+	e.n.checkpoint()
 	if len(e.lines) == 0 {
+		if e.hold != nil {
+			e.d.printf("ant", "> (the user types nothing more...)")
+			<-e.hold
+			return "", io.EOF
+		}
 		e.d.printf("ant", "> ^D   (end of input: the client closes first)")
 		return "", io.EOF
 	}
 	l := e.lines[0]
 	e.lines = e.lines[1:]
+	e.n.ann.expect(l + "\n")
 	e.d.printf("ant", "> %s", l)
 	return l + "\n", nil
 }
 
-// session runs the client's side over conn and waits for the server to
-// report the disconnect.
-func (d *demo) session(conn net.Conn, serverOut *lineWatch) error {
-	local := conn.LocalAddr().String()
-	if err := app.Session(conn, &echoLines{d: d, lines: append([]string(nil), demoLines...)}, hostWriter{d, "ant"}); err != nil {
-		return fmt.Errorf("client session: %w", err)
-	}
-	if !serverOut.waitFor(local+" disconnected", 5*time.Second) {
-		return fmt.Errorf("server did not report %s disconnected within 5s", local)
-	}
-	return nil
+// server is the uppercase server on the demo's stack, with its narrator.
+type server struct {
+	app   *app.Server
+	out   *lineWatch
+	narr  *narrator
+	stack *netstack.Stack
 }
 
-// startServer runs the uppercase server on st, printing as apple.
-func (d *demo) startServer(st *netstack.Stack) (*app.Server, *lineWatch, error) {
+// newServerStack builds the server's stack over dev with tracing into a
+// narrator, and starts the uppercase server on it.
+func (d *demo) newServerStack(dev tun.Device) (*server, error) {
+	n := &narrator{d: d, host: "apple"}
+	n.ann.port, n.ann.idle = lab.Port, d.idle
+	st, err := netstack.New(dev, netstack.Options{
+		Addr: lab.ServerAddr, TimeWait: d.timeWait, Inspect: true,
+		Trace: trace.Options{Out: n},
+	}, d.log)
+	if err != nil {
+		return nil, err
+	}
+	n.st = st
+	n.sub = st.Tracker().Subscribe(4096)
 	ln, err := st.Listen(lab.Port)
 	if err != nil {
-		return nil, nil, err
+		st.Close()
+		return nil, err
 	}
 	w := &lineWatch{next: hostWriter{d, "apple"}}
-	srv := app.NewServer(ln, app.ServerOptions{Out: w}, d.log)
+	d.printf("apple", "$ tcp-upper-server --events --trace --idle-close %v --time-wait %v", d.idle, d.timeWait)
+	srv := app.NewServer(ln, app.ServerOptions{Out: w, IdleClose: d.idle}, d.log)
 	go srv.Serve()
 	if !w.waitFor("listening at port", 5*time.Second) {
-		return nil, nil, errors.New("server did not start")
+		st.Close()
+		return nil, errors.New("server did not start")
 	}
-	return srv, w, nil
+	return &server{app: srv, out: w, narr: n, stack: st}, nil
+}
+
+func (s *server) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.app.Shutdown(ctx)
+	s.stack.Close()
+}
+
+// sessions runs the two parts of the story: the seed's session (the client
+// closes first) and one where our stack closes first and holds TIME-WAIT.
+// dial opens a client connection.
+func (d *demo) sessions(s *server, dial func() (net.Conn, error)) error {
+	d.section("part 1: the seed's session. The client (ant) closes first")
+	d.say("Each segment as our stack saw it (tcpdump's format) with a # note, and * the connection's state changes with the stack's numbers.")
+	d.printf("ant", "$ tcp-upper-client -i %s", lab.ServerAddr.Addr())
+	conn, err := dial()
+	if err != nil {
+		return err
+	}
+	local := conn.LocalAddr().String()
+	in := &typedLines{d: d, n: s.narr, lines: append([]string(nil), demoLines...)}
+	if err := app.Session(conn, in, hostWriter{d, "ant"}); err != nil {
+		return fmt.Errorf("client session: %w", err)
+	}
+	if !s.out.waitFor(local+" disconnected", 5*time.Second) {
+		return fmt.Errorf("server did not report %s disconnected within 5s", local)
+	}
+	time.Sleep(50 * time.Millisecond)
+	s.narr.checkpoint()
+
+	d.section(fmt.Sprintf("part 2: our stack closes first. The server closes a connection idle %v", d.idle))
+	d.printf("ant", "$ tcp-upper-client -i %s", lab.ServerAddr.Addr())
+	conn, err = dial()
+	if err != nil {
+		return err
+	}
+	hold := make(chan struct{})
+	in = &typedLines{d: d, n: s.narr, lines: []string{"tcp/ip"}, hold: hold}
+	err = app.Session(conn, in, hostWriter{d, "ant"})
+	close(hold)
+	if !errors.Is(err, app.ErrServerGone) {
+		return fmt.Errorf("client session: want the server to close it after %v idle, got %v", d.idle, err)
+	}
+	d.printf("ant", "tcp-upper-client: the server closed the connection")
+	time.Sleep(50 * time.Millisecond)
+	s.narr.checkpoint()
+
+	d.section(fmt.Sprintf("TIME-WAIT in our stack: tcp-upper-lab ss -tan, every second (it lasts %v here, 60s by default as on Linux)", d.timeWait))
+	deadline := time.Now().Add(d.timeWait + 3*time.Second)
+	for time.Now().Before(deadline) {
+		var rows []control.Socket
+		tw := false
+		for _, so := range s.stack.Tracker().Sockets() {
+			rows = append(rows, control.FromInspect(so))
+			tw = tw || so.State == inspect.TimeWait
+		}
+		d.printf("apple", "$ tcp-upper-lab ss -tan\n%s", FormatSS(rows, false))
+		if !tw {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	s.narr.checkpoint()
+	return nil
 }
 
 func (d *demo) inMemory(ctx context.Context) error {
 	fmt.Fprintf(d.out, "tcp-upper demo (in memory): client stack %s <-> server stack %s:%d, both gVisor netstack, joined by an in-process link\n",
 		lab.AntAddr.Addr(), lab.ServerAddr.Addr(), lab.Port)
 	a, b := tun.Pipe("apple0", "ant0", 1500)
-	srvStack, err := netstack.New(a, netstack.Options{Addr: lab.ServerAddr}, d.log)
+	srv, err := d.newServerStack(a)
 	if err != nil {
 		return err
 	}
-	defer srvStack.Close()
+	defer srv.close()
 	cliStack, err := netstack.New(b, netstack.Options{Addr: lab.AntAddr}, d.log)
 	if err != nil {
 		return err
 	}
 	defer cliStack.Close()
-
-	d.section("the session")
-	d.printf("apple", "$ tcp-upper-server")
-	srv, watch, err := d.startServer(srvStack)
-	if err != nil {
+	dial := func() (net.Conn, error) {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return cliStack.Dial(dctx, netip.AddrPortFrom(lab.ServerAddr.Addr(), lab.Port))
+	}
+	if err := d.sessions(srv, dial); err != nil {
 		return err
 	}
-	d.printf("ant", "$ tcp-upper-client -i %s", lab.ServerAddr.Addr())
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := cliStack.Dial(dctx, netip.AddrPortFrom(lab.ServerAddr.Addr(), lab.Port))
-	if err != nil {
-		return err
-	}
-	if err := d.session(conn, watch); err != nil {
-		return err
-	}
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer scancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return err
-	}
-	fmt.Fprintf(d.out, "\ndone: three lines uppercased, the client closed first; run with sudo to see the same over a real TUN with tcpdump and ss.\n")
+	fmt.Fprintf(d.out, "\ndone: both close orders seen from inside the stack; run with sudo to see the same over a real TUN with tcpdump and ss.\n")
 	return nil
 }
 
@@ -190,56 +283,62 @@ func (d *demo) inLab(ctx context.Context, l *lab.Lab) (err error) {
 		return err
 	}
 	defer dev.Close()
-	st, err := netstack.New(dev, netstack.Options{Addr: lab.ServerAddr}, d.log)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-
-	d.section("the session (server on our stack in apple, client on the kernel's TCP in ant)")
 	dump := d.startTcpdump(l)
-	d.printf("apple", "$ tcp-upper-server")
-	srv, watch, err := d.startServer(st)
+	srv, err := d.newServerStack(dev)
 	if err != nil {
 		return err
 	}
-	d.printf("ant", "$ tcp-upper-client -i %s", lab.ServerAddr.Addr())
-	var conn net.Conn
-	if err := l.Do(lab.Ant, func() error {
-		var derr error
-		conn, derr = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp4", fmt.Sprintf("%s:%d", lab.ServerAddr.Addr(), lab.Port))
-		return derr
-	}); err != nil {
-		return fmt.Errorf("client in ant: %w", err)
+	defer srv.close()
+	dial := func() (net.Conn, error) {
+		var conn net.Conn
+		err := l.Do(lab.Ant, func() error {
+			var derr error
+			conn, derr = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp4", net.JoinHostPort(lab.ServerAddr.Addr().String(), fmt.Sprint(lab.Port)))
+			return derr
+		})
+		if err != nil {
+			return nil, fmt.Errorf("client in ant: %w", err)
+		}
+		return conn, nil
 	}
-	if err := d.session(conn, watch); err != nil {
+	if err := d.sessions(srv, dial); err != nil {
 		return err
 	}
 
+	d.section("the kernel's view")
 	if dump != nil {
-		time.Sleep(300 * time.Millisecond) // let tcpdump print the last ACK
-		d.section("what tcpdump saw on tun0 in apple: handshake, data with its ACKs, the four-way close")
-		d.printf("apple", "$ tcpdump -ni tun0 tcp port %d", lab.Port)
-		d.printf("apple", "%s", dump.stop())
+		seen := dump.stop()
+		ours := srv.narr.traced()
+		if sameButTime(seen, ours) {
+			d.printf("apple", "$ tcpdump -ni tun0 tcp port %d\n(%d packets: field for field the lines of our stack's trace above; only the timestamps differ by microseconds, tcpdump's are taken in the kernel)", lab.Port, len(seen))
+		} else {
+			d.printf("apple", "$ tcpdump -ni tun0 tcp port %d   (%d packets; our trace had %d)\n%s", lab.Port, len(seen), len(ours), strings.Join(seen, "\n"))
+		}
 	}
 	if out, err := d.runIn(l, lab.Ant, "ss", "-tan", "state", "time-wait"); err == nil {
-		d.section("ss in ant: the client closed first, so TIME-WAIT is on its side (60s on Linux)")
-		d.printf("ant", "$ ss -tan state time-wait")
-		d.printf("ant", "%s", out)
+		d.printf("ant", "$ ss -tan state time-wait   # part 1's connection: the kernel client closed first, TIME-WAIT is its (60s)\n%s", out)
 	}
 	if out, err := d.runIn(l, lab.Apple, "ss", "-ntl"); err == nil {
-		d.section("ss in apple: no kernel listener on 9999; the server's TCP is ours")
-		d.printf("apple", "$ ss -ntl")
-		d.printf("apple", "%s", out)
-	}
-
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer scancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return err
+		d.printf("apple", "$ ss -ntl   # no kernel listener on %d: the server's TCP is ours\n%s", lab.Port, out)
 	}
 	fmt.Fprintf(d.out, "\ndone: lab %q torn down.\n", l.Name)
 	return nil
+}
+
+// sameButTime reports whether two tcpdump listings match line for line
+// after their timestamps.
+func sameButTime(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		_, x, _ := strings.Cut(a[i], " ")
+		_, y, _ := strings.Cut(b[i], " ")
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 func (d *demo) runIn(l *lab.Lab, host string, name string, args ...string) (string, error) {
@@ -295,7 +394,7 @@ func (d *demo) startTcpdump(l *lab.Lab) *capture {
 }
 
 // stop interrupts tcpdump and returns the packets it printed.
-func (c *capture) stop() string {
+func (c *capture) stop() []string {
 	c.cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-c.done:
@@ -311,7 +410,7 @@ func (c *capture) stop() string {
 			lines = append(lines, t)
 		}
 	}
-	return strings.Join(lines, "\n")
+	return lines
 }
 
 // lineWatch collects output (passing it on to next, if set) and lets a

@@ -172,13 +172,10 @@ func FormatSS(rows []control.Socket, info bool) string {
 		if c.extra != "" {
 			b.WriteString(" " + c.extra)
 		}
-		b.WriteString("\n")
-		if i == 0 {
-			// no trailing blanks after the header's last column
-			line := strings.TrimRight(b.String(), " \n")
-			b.Reset()
-			b.WriteString(line + "\n")
-		}
+		// No trailing blanks after the last column.
+		line := strings.TrimRight(b.String(), " ")
+		b.Reset()
+		b.WriteString(line + "\n")
 		if info && i > 0 && rows[i-1].Info != nil {
 			b.WriteString("\t " + infoLine(rows[i-1].Info) + "\n")
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
 
 // StreamBuffer is how many events a control client may fall behind before
@@ -38,15 +39,7 @@ func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
 		}
 		socks := []Socket{}
 		for _, so := range tr.Sockets() {
-			row := Socket{State: so.State, Local: so.Local, Remote: so.Remote, RecvQ: so.RecvQ, SendQ: so.SendQ}
-			if so.TimeWaitLeft > 0 {
-				row.TimeWaitLeft = so.TimeWaitLeft
-			}
-			if so.Info.Known {
-				info := so.Info
-				row.Info = &info
-			}
-			socks = append(socks, row)
+			socks = append(socks, FromInspect(so))
 		}
 		return send(&Response{Sockets: socks})
 	})
@@ -83,4 +76,17 @@ func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
 			}
 		}
 	})
+}
+
+// FromInspect converts a tracker's socket to the protocol's row.
+func FromInspect(so inspect.Socket) Socket {
+	row := Socket{State: so.State, Local: so.Local, Remote: so.Remote, RecvQ: so.RecvQ, SendQ: so.SendQ}
+	if so.TimeWaitLeft > 0 {
+		row.TimeWaitLeft = so.TimeWaitLeft
+	}
+	if so.Info.Known {
+		info := so.Info
+		row.Info = &info
+	}
+	return row
 }
