@@ -260,6 +260,9 @@ func (st *Stack) WaitTimeWait(ctx context.Context) error {
 			}
 		}
 		if n == 0 {
+			if st.tracker != nil {
+				st.tracker.Sync() // report the TIME-WAIT's end before anything closes
+			}
 			return nil
 		}
 		select {

@@ -79,12 +79,12 @@ func leftovers() map[string]bool {
 
 func bin(name string) string { return filepath.Join(binDir, name) }
 
-func requireRoot(t *testing.T)              { t.Helper(); testenv.RequireRoot(t) }
-func requireTool(t *testing.T, name string) { t.Helper(); testenv.RequireTool(t, name) }
+func requireRoot(t testing.TB)              { t.Helper(); testenv.RequireRoot(t) }
+func requireTool(t testing.TB, name string) { t.Helper(); testenv.RequireTool(t, name) }
 
 // newLab builds a lab with a unique name and removes it when the test ends,
 // pass or fail.
-func newLab(t *testing.T) *lab.Lab {
+func newLab(t testing.TB) *lab.Lab {
 	t.Helper()
 	requireRoot(t)
 	b := make([]byte, 3)
@@ -177,7 +177,7 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 }
 
 // dialAnt connects from ant with the kernel's TCP.
-func dialAnt(t *testing.T, l *lab.Lab, addr string) net.Conn {
+func dialAnt(t testing.TB, l *lab.Lab, addr string) net.Conn {
 	t.Helper()
 	var c net.Conn
 	err := l.Do(lab.Ant, func() error {

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +48,7 @@ type config struct {
 	logLevel string
 	idle     time.Duration
 	obs      observe.Flags
+	cpuProf  string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -63,6 +65,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
 	fs.DurationVar(&c.idle, "idle-close", 0, "close a connection that has received nothing for this long, so the server closes first and TIME-WAIT lands in our stack (0: never)")
 	c.obs.Register(fs)
+	fs.StringVar(&c.cpuProf, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (go tool pprof), for performance work")
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -129,6 +132,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	log, err := cli.Logger(stderr, c.logLevel)
 	if err != nil {
 		return cli.Exit(stderr, prog, err)
+	}
+	if c.cpuProf != "" {
+		f, err := os.Create(c.cpuProf)
+		if err != nil {
+			return cli.Exit(stderr, prog, fmt.Errorf("--cpuprofile: %w", err))
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return cli.Exit(stderr, prog, fmt.Errorf("--cpuprofile: %w", err))
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	if c.stack == "kernel" {
 		return cli.Exit(stderr, prog, serveKernel(ctx, c, stdout, log))

@@ -12,6 +12,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"github.com/tcp-upper/tcp-upper/internal/handoff"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
 )
 
@@ -50,7 +51,7 @@ type Tracker struct {
 	log  *slog.Logger
 	st   atomic.Pointer[stack.Stack]
 
-	in      chan item
+	in      *handoff.Queue[item]
 	reqs    chan func()
 	done    chan struct{}
 	stopped chan struct{}
@@ -119,7 +120,7 @@ func New(opts Options, log *slog.Logger) *Tracker {
 	}
 	t := &Tracker{
 		opts: opts, log: log,
-		in: make(chan item, opts.QueueLen), reqs: make(chan func()),
+		in: handoff.New[item](opts.QueueLen), reqs: make(chan func()),
 		done: make(chan struct{}), stopped: make(chan struct{}),
 		subs: make(map[*Subscription]struct{}), conns: make(map[ConnID]*conn),
 	}
@@ -152,9 +153,7 @@ func (t *Tracker) Close() {
 }
 
 func (t *Tracker) enqueue(it item) {
-	select {
-	case t.in <- it:
-	default:
+	if !t.in.Push(it) {
 		t.stats.Dropped.Add(1)
 	}
 }
@@ -217,6 +216,13 @@ func addr4(b []byte) netip.Addr {
 		return netip.IPv4Unspecified()
 	}
 	return netip.AddrFrom4([4]byte(b))
+}
+
+// Sync brings the tracker up to date with the stack now (rather than at
+// its next poll): queued packets are handled and ended connections, such
+// as a TIME-WAIT whose timer just ran out, are reported.
+func (t *Tracker) Sync() {
+	t.do(func() { t.poll(time.Now()) })
 }
 
 // Inject adds an event from elsewhere (the fault layer) to the stream.
@@ -296,25 +302,30 @@ func (t *Tracker) run() {
 	defer tick.Stop()
 	for {
 		select {
-		case it := <-t.in:
-			t.handle(&it)
+		case <-t.in.Ready():
+			// Let a batch gather: one wake-up per batch, not per packet.
+			time.Sleep(handoff.Linger)
+			t.drain()
 		case f := <-t.reqs:
+			t.drain() // answer from a current view
 			f()
 		case now := <-tick.C:
+			t.drain()
 			t.poll(now)
 		case <-t.done:
-			for {
-				select {
-				case it := <-t.in:
-					t.handle(&it)
-				default:
-					for _, c := range t.conns {
-						c.flush(t)
-					}
-					return
-				}
+			t.drain()
+			for _, c := range t.conns {
+				c.flush(t)
 			}
+			return
 		}
+	}
+}
+
+func (t *Tracker) drain() {
+	items := t.in.Take()
+	for i := range items {
+		t.handle(&items[i])
 	}
 }
 
@@ -340,7 +351,7 @@ func (t *Tracker) handle(it *item) {
 // TIME-WAITs the stack has ended, and reconciles our view with the stack's.
 func (t *Tracker) poll(now time.Time) {
 	s := t.st.Load()
-	quiet := len(t.in) < 64 // our view is current: disagreements are real
+	quiet := t.in.Len() < 64 // our view is current: disagreements are real
 	var missing bool
 	for _, c := range t.conns {
 		if len(c.pending) > 0 && now.Sub(c.pendingSince) > 10*time.Millisecond {

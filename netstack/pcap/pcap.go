@@ -42,13 +42,14 @@ type File interface {
 
 // Writer appends packets to a pcap file. It is safe for concurrent use.
 type Writer struct {
-	mu      sync.Mutex
-	f       File
-	name    string
-	snapLen int
-	off     int64 // end of the last whole record
-	buf     []byte
-	failed  error
+	mu       sync.Mutex
+	f        File
+	name     string
+	snapLen  int
+	off      int64  // end of the last whole record
+	buf      []byte // whole records not yet written
+	buffered uint64 // how many
+	failed   error
 
 	written atomic.Uint64
 	lost    atomic.Uint64
@@ -93,8 +94,10 @@ func NewWriter(f File, name string, snapLen int, onError func(error)) (*Writer, 
 func (w *Writer) SnapLen() int { return w.snapLen }
 
 // WritePacket appends one record: pkt (cut to the snapshot length) with its
-// original length origLen, captured at t. It returns the first write error
-// on every call after it, having recorded nothing.
+// original length origLen, captured at t. Records are buffered (up to
+// FlushSize bytes) and written whole by Flush, so the file only ever ends
+// at a record boundary. It returns the first write error on every call
+// after it, having recorded nothing.
 func (w *Writer) WritePacket(t time.Time, pkt []byte, origLen int) error {
 	if len(pkt) > w.snapLen {
 		pkt = pkt[:w.snapLen]
@@ -105,18 +108,42 @@ func (w *Writer) WritePacket(t time.Time, pkt []byte, origLen int) error {
 		w.lost.Add(1)
 		return w.failed
 	}
-	n := recordHeaderLen + len(pkt)
-	if cap(w.buf) < n {
-		w.buf = make([]byte, n)
-	}
-	b := w.buf[:n]
+	var h [recordHeaderLen]byte
 	usec := t.UnixMicro()
-	binary.LittleEndian.PutUint32(b[0:], uint32(usec/1e6))
-	binary.LittleEndian.PutUint32(b[4:], uint32(usec%1e6))
-	binary.LittleEndian.PutUint32(b[8:], uint32(len(pkt)))
-	binary.LittleEndian.PutUint32(b[12:], uint32(origLen))
-	copy(b[recordHeaderLen:], pkt)
-	m, err := w.f.Write(b)
+	binary.LittleEndian.PutUint32(h[0:], uint32(usec/1e6))
+	binary.LittleEndian.PutUint32(h[4:], uint32(usec%1e6))
+	binary.LittleEndian.PutUint32(h[8:], uint32(len(pkt)))
+	binary.LittleEndian.PutUint32(h[12:], uint32(origLen))
+	w.buf = append(w.buf, h[:]...)
+	w.buf = append(w.buf, pkt...)
+	w.buffered++
+	if len(w.buf) >= FlushSize {
+		return w.flushLocked()
+	}
+	return nil
+}
+
+// FlushSize is how many bytes of records the Writer gathers before it
+// writes them out in one call.
+const FlushSize = 256 << 10
+
+// Flush writes the buffered records. The trace layer calls it whenever it
+// has caught up, so the file is current to within a moment.
+func (w *Writer) Flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failed != nil {
+		return w.failed
+	}
+	return w.flushLocked()
+}
+
+func (w *Writer) flushLocked() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	n := len(w.buf)
+	m, err := w.f.Write(w.buf)
 	if err == nil && m != n {
 		err = io.ErrShortWrite
 	}
@@ -128,14 +155,16 @@ func (w *Writer) WritePacket(t time.Time, pkt []byte, origLen int) error {
 			}
 		}
 		w.failed = fmt.Errorf("pcap %s: write failed after %d packets, capture stopped: %w", w.name, w.written.Load(), err)
-		w.lost.Add(1)
+		w.lost.Add(w.buffered)
+		w.buf, w.buffered = w.buf[:0], 0
 		if w.onError != nil {
 			w.onError(w.failed)
 		}
 		return w.failed
 	}
 	w.off += int64(n)
-	w.written.Add(1)
+	w.written.Add(w.buffered)
+	w.buf, w.buffered = w.buf[:0], 0
 	return nil
 }
 
@@ -152,9 +181,12 @@ func (w *Writer) Err() error {
 	return w.failed
 }
 
-// Close closes the file.
+// Close writes what is buffered and closes the file.
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.failed == nil {
+		w.flushLocked() // a failure is reported through onError and Lost
+	}
 	return w.f.Close()
 }

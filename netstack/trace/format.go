@@ -48,14 +48,18 @@ func Timestamp(t time.Time) string {
 // the packet's length on the wire (pkt may be cut short, as in a capture
 // with a snapshot length).
 func (p *Printer) Format(t time.Time, pkt []byte) string {
-	b := make([]byte, 0, 256)
-	b = append(b, Timestamp(t)...)
+	return string(p.AppendFormat(make([]byte, 0, 256), t, pkt))
+}
+
+// AppendFormat appends Format's line to b, without allocating.
+func (p *Printer) AppendFormat(b []byte, t time.Time, pkt []byte) []byte {
+	b = t.AppendFormat(b, "15:04:05.000000")
 	b = append(b, ' ')
 	b = p.appendIP(b, pkt)
 	if p.HexDump {
 		b = AppendHex(b, pkt)
 	}
-	return string(b)
+	return b
 }
 
 func (p *Printer) appendIP(b []byte, pkt []byte) []byte {
@@ -138,7 +142,14 @@ func (p *Printer) appendTCP(b []byte, src, dst netip.Addr, seg []byte, segLen in
 	}
 	t := header.TCP(seg)
 	sport, dport := t.SourcePort(), t.DestinationPort()
-	b = fmt.Appendf(b, "%s.%d > %s.%d: ", src, sport, dst, dport)
+	b = src.AppendTo(b)
+	b = append(b, '.')
+	b = strconv.AppendUint(b, uint64(sport), 10)
+	b = append(b, " > "...)
+	b = dst.AppendTo(b)
+	b = append(b, '.')
+	b = strconv.AppendUint(b, uint64(dport), 10)
+	b = append(b, ": "...)
 	hlen := int(t.DataOffset())
 	if hlen < header.TCPMinimumSize {
 		return fmt.Appendf(b, " tcp %d [bad hdr length %d - too short, < %d]", segLen, hlen, header.TCPMinimumSize)
@@ -186,15 +197,19 @@ func (p *Printer) appendTCP(b []byte, src, dst netip.Addr, seg []byte, segLen in
 	}
 	length := segLen - hlen
 	if length > 0 || flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
-		b = fmt.Appendf(b, ", seq %d", seq)
+		b = append(b, ", seq "...)
+		b = strconv.AppendUint(b, uint64(seq), 10)
 		if length > 0 {
-			b = fmt.Appendf(b, ":%d", seq+uint32(length))
+			b = append(b, ':')
+			b = strconv.AppendUint(b, uint64(seq+uint32(length)), 10)
 		}
 	}
 	if flags&header.TCPFlagAck != 0 {
-		b = fmt.Appendf(b, ", ack %d", ack)
+		b = append(b, ", ack "...)
+		b = strconv.AppendUint(b, uint64(ack), 10)
 	}
-	b = fmt.Appendf(b, ", win %d", win)
+	b = append(b, ", win "...)
+	b = strconv.AppendUint(b, uint64(win), 10)
 	if flags&header.TCPFlagUrg != 0 {
 		b = fmt.Appendf(b, ", urg %d", urp)
 	}
@@ -209,7 +224,8 @@ func (p *Printer) appendTCP(b []byte, src, dst netip.Addr, seg []byte, segLen in
 			return b
 		}
 	}
-	return fmt.Appendf(b, ", length %d", length)
+	b = append(b, ", length "...)
+	return strconv.AppendInt(b, int64(length), 10)
 }
 
 // appendTCPOptions renders options as tcpdump does; ok is false when the
@@ -285,7 +301,10 @@ func appendTCPOptions(b, opts []byte, rev bool, thseq, thack uint32) ([]byte, bo
 			if !need(datalen) {
 				return badOpt(b, ch), false
 			}
-			b = fmt.Appendf(b, " val %d ecr %d", binary.BigEndian.Uint32(data), binary.BigEndian.Uint32(data[4:]))
+			b = append(b, " val "...)
+			b = strconv.AppendUint(b, uint64(binary.BigEndian.Uint32(data)), 10)
+			b = append(b, " ecr "...)
+			b = strconv.AppendUint(b, uint64(binary.BigEndian.Uint32(data[4:])), 10)
 		case header.TCPOptionEOL, header.TCPOptionNOP, header.TCPOptionSACKPermitted:
 		default:
 			datalen = length - 2

@@ -22,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/tcp-upper/tcp-upper/internal/handoff"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 )
 
@@ -84,7 +85,7 @@ type Link struct {
 	record  bool // print or capture: packets go to the recorder
 	copyLen int
 
-	queue chan *record
+	queue *handoff.Queue[*record]
 	pool  sync.Pool
 
 	closed  atomic.Bool
@@ -125,7 +126,7 @@ func New(lower stack.LinkEndpoint, opts Options, log *slog.Logger) *Link {
 	}
 	l.pool.New = func() any { return &record{data: make([]byte, 0, 2048)} }
 	if l.record {
-		l.queue = make(chan *record, opts.QueueLen)
+		l.queue = handoff.New[*record](opts.QueueLen)
 		l.printer = NewPrinter()
 		l.printer.HexDump = opts.HexDump
 		go l.recorder()
@@ -157,12 +158,12 @@ func (l *Link) observe(dir Direction, pkt *stack.PacketBuffer) {
 	now := time.Now()
 	l.stats.Packets.Add(1)
 	size := pkt.Size()
-	if l.opts.Observer != nil {
-		var hdr [HeaderSnap]byte
-		n := gather(hdr[:], pkt.AsSlices())
-		l.opts.Observer.ObservePacket(now, dir, hdr[:n], size)
-	}
 	if !l.record {
+		if l.opts.Observer != nil {
+			var hdr [HeaderSnap]byte
+			n := gather(hdr[:], pkt)
+			l.opts.Observer.ObservePacket(now, dir, hdr[:n], size)
+		}
 		return
 	}
 	r := l.pool.Get().(*record)
@@ -171,26 +172,32 @@ func (l *Link) observe(dir Direction, pkt *stack.PacketBuffer) {
 		r.data = make([]byte, want)
 	}
 	r.data = r.data[:want]
-	gather(r.data, pkt.AsSlices())
+	gather(r.data, pkt)
+	if l.opts.Observer != nil {
+		l.opts.Observer.ObservePacket(now, dir, r.data[:min(len(r.data), HeaderSnap)], size)
+	}
 	r.t, r.dir, r.n = now, dir, size
 	l.pending.Add(1)
-	select {
-	case l.queue <- r:
-	default:
+	if !l.queue.Push(r) {
 		l.pending.Add(-1)
 		l.stats.Dropped.Add(1)
 		l.pool.Put(r)
 	}
 }
 
-// gather copies the first len(dst) bytes of the slices into dst.
-func gather(dst []byte, slices [][]byte) int {
+// gather copies the packet's first len(dst) bytes (from its IP header on)
+// into dst, walking gVisor's views without allocating.
+func gather(dst []byte, pkt *stack.PacketBuffer) int {
+	vl, off := pkt.AsViewList()
 	n := 0
-	for _, s := range slices {
-		if n == len(dst) {
-			break
+	for v := vl.Front(); v != nil && n < len(dst); v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
 		}
-		n += copy(dst[n:], s)
+		n += copy(dst[n:], b[off:])
+		off = 0
 	}
 	return n
 }
@@ -202,37 +209,40 @@ func (l *Link) recorder() {
 		out = bufio.NewWriterSize(l.opts.Out, 64<<10)
 		defer out.Flush()
 	}
-	handle := func(r *record) {
-		if l.opts.Pcap != nil {
-			// An error is reported once by the writer and counted there.
-			l.opts.Pcap.WritePacket(r.t, r.data, r.n)
+	var line []byte
+	batch := func() {
+		rs := l.queue.Take()
+		for _, r := range rs {
+			if l.opts.Pcap != nil {
+				// An error is reported once by the writer and counted there.
+				l.opts.Pcap.WritePacket(r.t, r.data, r.n)
+			}
+			if out != nil {
+				line = l.printer.AppendFormat(line[:0], r.t, r.data)
+				line = append(line, '\n')
+				out.Write(line)
+			}
+			l.pool.Put(r)
 		}
+		// Caught up: make the output current (an interactive trace, a pcap
+		// someone reads while we run).
 		if out != nil {
-			out.WriteString(l.printer.Format(r.t, r.data))
-			out.WriteByte('\n')
+			out.Flush()
 		}
-		l.pool.Put(r)
-	}
-	handleOne := func(r *record) {
-		handle(r)
-		if len(l.queue) == 0 && out != nil {
-			out.Flush() // keep an interactive trace current
+		if l.opts.Pcap != nil {
+			l.opts.Pcap.Flush()
 		}
-		l.pending.Add(-1)
+		l.pending.Add(-int64(len(rs)))
 	}
 	for {
 		select {
-		case r := <-l.queue:
-			handleOne(r)
+		case <-l.queue.Ready():
+			// Let a batch gather: one wake-up per batch, not per packet.
+			time.Sleep(handoff.Linger)
+			batch()
 		case <-l.done:
-			for {
-				select {
-				case r := <-l.queue:
-					handleOne(r)
-				default:
-					return
-				}
-			}
+			batch()
+			return
 		}
 	}
 }
