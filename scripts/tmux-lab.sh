@@ -2,7 +2,8 @@
 # Opens the seed's four windows on a lab, as tmux panes of one window:
 #
 #   +----------------------------+----------------------------+
-#   | apple: tcp-upper-server    | apple: ss (sockets)        |
+#   | apple: tcp-upper-server    | apple: tcp-upper-lab ss    |
+#   |   --events (states)        |   (our stack's sockets)    |
 #   +----------------------------+----------------------------+
 #   | ant:   tcp-upper-client    | apple: tcpdump on tun0     |
 #   +----------------------------+----------------------------+
@@ -31,8 +32,8 @@ if [ ! -e "/var/run/netns/$name-ant" ]; then
 fi
 ex="$lab exec --name $name"
 session="tcp-upper-$name"
-server=$(tmux new-session -d -P -F '#{pane_id}' -s "$session" -n lab "$ex apple tcp-upper-server; read -p 'server exited; press enter'")
-ss=$(tmux split-window -h -P -F '#{pane_id}' -t "$server" "$ex apple watch -n 0.5 ss -tan")
+server=$(tmux new-session -d -P -F '#{pane_id}' -s "$session" -n lab "$ex apple tcp-upper-server --events; read -p 'server exited; press enter'")
+ss=$(tmux split-window -h -P -F '#{pane_id}' -t "$server" "watch -n 0.5 $lab ss -tan --control /run/tcp-upper/$name-apple-tun0.sock")
 client=$(tmux split-window -v -P -F '#{pane_id}' -t "$server" "sleep 1; $ex ant tcp-upper-client -i 10.0.2.2; read -p 'client exited; press enter'")
 tmux split-window -v -t "$ss" "$ex apple tcpdump -ni tun0 tcp port 9999"
 tmux select-pane -t "$client"
