@@ -52,9 +52,27 @@ func (c *Client) recv() (*Response, error) {
 		return nil, fmt.Errorf("control socket %s: bad response: %v", c.path, err)
 	}
 	if r.Error != "" {
-		return nil, fmt.Errorf("%s", r.Error)
+		return nil, &ServerError{Msg: r.Error}
 	}
 	return &r, nil
+}
+
+// ServerError is an error the server answered with.
+type ServerError struct{ Msg string }
+
+func (e *ServerError) Error() string { return e.Msg }
+
+// sendFailed explains a failed send: a server that refused us (too many
+// clients, another user) wrote why before it closed, so read that first.
+func (c *Client) sendFailed(err error) error {
+	c.c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, rerr := c.recv(); rerr != nil {
+		var se *ServerError
+		if errors.As(rerr, &se) {
+			return se
+		}
+	}
+	return err
 }
 
 // Call sends one request and returns its response; an error response
@@ -69,7 +87,7 @@ func (c *Client) Call(cmd string, args any) (*Response, error) {
 		req.Args = b
 	}
 	if err := c.send(req); err != nil {
-		return nil, err
+		return nil, c.sendFailed(err)
 	}
 	c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	defer c.c.SetReadDeadline(time.Time{})
@@ -80,7 +98,7 @@ func (c *Client) Call(cmd string, args any) (*Response, error) {
 // ctx ends (nil error), the server goes away, or fn fails.
 func (c *Client) Stream(ctx context.Context, cmd string, fn func(*Response) error) error {
 	if err := c.send(&Request{Cmd: cmd}); err != nil {
-		return err
+		return c.sendFailed(err)
 	}
 	stop := context.AfterFunc(ctx, func() { c.c.SetReadDeadline(time.Now()) })
 	defer stop()

@@ -132,24 +132,34 @@ func TestSSStatsHelloEvents(t *testing.T) {
 		t.Fatalf("reply %q %v", buf, err)
 	}
 
-	resp, err := c.Call("ss", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The client's ACK of our reply may still be on its way: ask until the
+	// table shows it (or give up after 2s).
 	var listen, estab bool
-	for _, s := range resp.Sockets {
-		switch {
-		case s.State == inspect.Listen && s.Local.Port() == 9999 && s.SendQ == 4096:
-			listen = true
-		case s.State == inspect.Established && s.Local == netip.MustParseAddrPort("10.0.2.2:9999") && s.Remote.Addr() == netip.MustParseAddr("10.0.1.2"):
-			estab = true
-			if s.Info == nil || s.Info.BytesReceived != 4 || s.Info.BytesAcked != 4 || s.Info.MSS == 0 {
-				t.Errorf("ESTAB info %+v, want 4 bytes each way and an MSS", s.Info)
+	var info *inspect.SocketInfo
+	var resp *control.Response
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		resp, err = c.Call("ss", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listen, estab = false, false
+		for _, s := range resp.Sockets {
+			switch {
+			case s.State == inspect.Listen && s.Local.Port() == 9999 && s.SendQ == 4096:
+				listen = true
+			case s.State == inspect.Established && s.Local == netip.MustParseAddrPort("10.0.2.2:9999") && s.Remote.Addr() == netip.MustParseAddr("10.0.1.2"):
+				estab, info = true, s.Info
 			}
+		}
+		if listen && estab && info != nil && info.BytesAcked == 4 {
+			break
 		}
 	}
 	if !listen || !estab {
 		t.Fatalf("ss %+v: want LISTEN with backlog 4096 and ESTAB", resp.Sockets)
+	}
+	if info == nil || info.BytesReceived != 4 || info.BytesAcked != 4 || info.MSS == 0 {
+		t.Errorf("ESTAB info %+v, want 4 bytes each way and an MSS", info)
 	}
 
 	st, err := c.Call("stats", nil)
