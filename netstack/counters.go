@@ -52,6 +52,18 @@ func (st *Stack) Counters() []Counter {
 		Counter{"link.errors_in", d.RxErrors.Load(), "packets read that were not IP"},
 		Counter{"link.errors_out", d.TxErrors.Load(), "packets the device refused"},
 	)
+	f := st.faults.Stats()
+	c = append(c,
+		Counter{"fault.applied", f.Applied.Load(), "faults injected (all actions)"},
+		Counter{"fault.dropped", f.Dropped.Load(), "packets dropped by drop/blackhole rules"},
+		Counter{"fault.delayed", f.Delayed.Load(), "packets delayed"},
+		Counter{"fault.duplicated", f.Duplicated.Load(), "extra copies sent"},
+		Counter{"fault.reordered", f.Reordered.Load(), "packets overtaken by a later one"},
+		Counter{"fault.corrupted", f.Corrupted.Load(), "packets with a bit flipped"},
+		Counter{"fault.truncated", f.Truncated.Load(), "packets cut short"},
+		Counter{"fault.rate_queued", f.RateQueued.Load(), "packets held back by a rate rule"},
+		Counter{"fault.rate_dropped", f.RateDrops.Load(), "packets dropped by a rate rule's full queue"},
+	)
 	if st.tr != nil {
 		c = append(c, Counter{"trace.dropped", st.tr.Stats().Dropped.Load(), "packets not printed or captured: the recorder was behind"})
 	}

@@ -3,7 +3,7 @@
 //
 // The data path is a pipeline of link endpoints, bottom to top:
 //
-//	tun.Device → tunlink → (fault layer) → (trace/pcap) → gVisor stack → gonet → app
+//	tun.Device → tunlink → fault → (trace/pcap) → gVisor stack → gonet → app
 //
 // New assembles that pipeline over a device and gives back a Stack with
 // net.Listener and net.Conn, so the application code is the same on our stack
@@ -27,6 +27,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
 	"github.com/tcp-upper/tcp-upper/netstack/tunlink"
@@ -56,6 +57,10 @@ type Options struct {
 	// TIME-WAIT timers): the trace layer feeds it packet summaries and
 	// gVisor's TCP probe feeds it the stack's numbers.
 	Inspect bool
+	// Fault configures the fault layer (its seed and first rules). The
+	// layer is always in the pipeline, so rules can be added at run time;
+	// without rules it costs one atomic load per packet.
+	Fault fault.Options
 	// TCPProbe, if set, is called by gVisor for every segment a TCP
 	// endpoint receives, under that endpoint's lock: it must only copy
 	// what it needs and return.
@@ -70,6 +75,7 @@ type Stack struct {
 	backlog int
 	dev     *tunlink.Endpoint
 	tr      *trace.Link
+	faults  *fault.Link
 	tracker *inspect.Tracker
 	top     stack.LinkEndpoint // what the NIC is attached to
 }
@@ -95,6 +101,16 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 	// The pipeline, bottom up.
 	st.dev = tunlink.New(dev, tunlink.Options{OnError: opts.OnLinkError}, log)
 	var link stack.LinkEndpoint = st.dev
+	fopts := opts.Fault
+	userApply := fopts.OnApply
+	fopts.OnApply = func(a fault.Applied) {
+		st.noteFault(a)
+		if userApply != nil {
+			userApply(a)
+		}
+	}
+	st.faults = fault.New(link, fopts, log)
+	link = st.faults
 	probes := []tcp.TCPProbeFunc{}
 	if opts.TCPProbe != nil {
 		probes = append(probes, opts.TCPProbe)
@@ -195,6 +211,27 @@ func (st *Stack) Listen(port uint16) (net.Listener, error) {
 		st.tracker.NoteListener(port, st.backlog)
 	}
 	return gonet.NewTCPListener(st.s, &wq, ep), nil
+}
+
+// Faults is the fault layer.
+func (st *Stack) Faults() *fault.Link { return st.faults }
+
+// noteFault reports an injected fault to the trace (a marked line) and to
+// the tracker (a fault event on the connection). It runs on the packet
+// path: both only queue.
+func (st *Stack) noteFault(a fault.Applied) {
+	what := fmt.Sprintf("%s rule #%d (%s): %s > %s: %s", a.Dir, a.RuleID, a.Rule, a.Src, a.Dst, a.Segment)
+	if st.tr != nil {
+		st.tr.Note(a.Time, "INJECTED "+what)
+	}
+	if st.tracker != nil {
+		id := inspect.ConnID{Local: a.Dst, Remote: a.Src}
+		if a.Dir == fault.Out {
+			id = inspect.ConnID{Local: a.Src, Remote: a.Dst}
+		}
+		st.tracker.Inject(inspect.Event{Time: a.Time, Kind: inspect.KindFault, Conn: id, Rule: a.RuleID,
+			Cause: "injected " + a.Action.String() + ", " + what})
+	}
 }
 
 // Tracker is the connection tracker, or nil without Options.Inspect.

@@ -53,7 +53,7 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.3.2/24")
-	fs := cli.NewFlagSet(prog, stderr, prog+" -i SERVER_IP [-p PORT] [--stack kernel|netstack [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--control PATH|none]]")
+	fs := cli.NewFlagSet(prog, stderr, prog+" -i SERVER_IP [-p PORT] [--stack kernel|netstack [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--control PATH|none] [--fault RULE]... [--seed N]]")
 	ip := fs.String("i", "", "server IP address (required)")
 	fs.Var(&c.port, "p", "server port (short for --port)")
 	fs.Var(&c.port, "port", "server port")
@@ -72,12 +72,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var stackOnly []string
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "linger":
+		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "fault", "seed", "linger":
 			stackOnly = append(stackOnly, "--"+f.Name)
 		}
 	})
 	if len(stackOnly) > 0 && c.stack != "netstack" {
-		return nil, cli.Usagef("%s need --stack netstack: the kernel's TCP cannot be traced from here (use tcpdump and ss)", strings.Join(stackOnly, ", "))
+		return nil, cli.Usagef("%s: only with --stack netstack (the kernel's TCP cannot be traced or faulted from here; use tcpdump and ss)", strings.Join(stackOnly, ", "))
 	}
 	if *ip == "" {
 		return nil, cli.Usagef("-i SERVER_IP is required, e.g. %s -i 10.0.2.2", prog)

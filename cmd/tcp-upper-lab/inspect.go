@@ -13,6 +13,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
+	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
 
@@ -303,4 +304,89 @@ func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	return err
+}
+
+// cmdFault changes a running server's fault rules.
+func cmdFault(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	usage := prog + " fault add RULE... | list | del ID | clear   [--control PATH | --name LAB]"
+	var t target
+	var rest []string
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--control" || a == "--name":
+			if i+1 >= len(args) {
+				return cli.Usagef("%s needs a value", a)
+			}
+			if a == "--control" {
+				t.path = args[i+1]
+			} else {
+				t.name = args[i+1]
+			}
+			i++
+		case a == "-h" || a == "--help":
+			fmt.Fprintf(stderr, "usage: %s\n\nRULE is DIR MATCH ACTION [ARG] [OPTIONS], e.g. in data drop nth=3 (see README)\n", usage)
+			return nil
+		default:
+			rest = append(rest, a)
+		}
+	}
+	if len(rest) == 0 {
+		return cli.Usagef("usage: %s", usage)
+	}
+	var fa control.FaultArgs
+	switch fa.Op = rest[0]; fa.Op {
+	case "add":
+		if len(rest) < 2 {
+			return cli.Usagef("fault add needs a rule, e.g. fault add in data drop nth=3")
+		}
+		fa.Rule = strings.Join(rest[1:], " ")
+		if _, err := fault.Parse(fa.Rule); err != nil {
+			return cli.Usagef("%v", err)
+		}
+	case "del":
+		if len(rest) != 2 {
+			return cli.Usagef("fault del needs one rule id (fault list shows them)")
+		}
+		id, err := strconv.Atoi(rest[1])
+		if err != nil || id < 1 {
+			return cli.Usagef("bad rule id %q: want a number from fault list", rest[1])
+		}
+		fa.ID = id
+	case "list", "clear":
+		if len(rest) != 1 {
+			return cli.Usagef("fault %s takes no arguments", fa.Op)
+		}
+	default:
+		return cli.Usagef("unknown fault command %q: want add, list, del or clear", fa.Op)
+	}
+	c, err := dialTarget(&t)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := c.Call("fault", fa)
+	if err != nil {
+		return err
+	}
+	var reply control.FaultReply
+	if err := json.Unmarshal(r.Data, &reply); err != nil {
+		return fmt.Errorf("bad fault reply: %v", err)
+	}
+	switch fa.Op {
+	case "add":
+		fmt.Fprintf(stdout, "added rule #%d\n", reply.ID)
+	case "del":
+		fmt.Fprintf(stdout, "deleted rule #%d\n", fa.ID)
+	case "clear":
+		fmt.Fprintln(stdout, "cleared all rules")
+	default:
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "ID\tRULE\tMATCHED\tAPPLIED\n")
+		for _, rs := range reply.Rules {
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\n", rs.ID, rs.Rule, rs.Matched, rs.Applied)
+		}
+		tw.Flush()
+		fmt.Fprintf(stdout, "seed %d\n", reply.Seed)
+	}
+	return nil
 }

@@ -54,7 +54,7 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.2.2/24")
-	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]")
+	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--fault RULE]... [--seed N]")
 	fs.Var(&c.port, "p", "TCP port to listen on (short for --port)")
 	fs.Var(&c.port, "port", "TCP port to listen on")
 	fs.StringVar(&c.stack, "stack", "netstack", "whose TCP serves: netstack (gVisor on a TUN) or kernel (plain net.Listen)")
@@ -74,7 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		switch f.Name {
 		case "mtu":
 			c.mtuSet = true
-		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control":
+		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "fault", "seed":
 			stackOnly = append(stackOnly, "--"+f.Name)
 		}
 	})
@@ -85,7 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	case "netstack":
 	case "kernel":
 		if len(stackOnly) > 0 {
-			return nil, cli.Usagef("%s need --stack netstack: the kernel's TCP cannot be traced from here (use tcpdump and ss)", strings.Join(stackOnly, ", "))
+			return nil, cli.Usagef("%s: only with --stack netstack (the kernel's TCP cannot be traced or faulted from here; use tcpdump and ss)", strings.Join(stackOnly, ", "))
 		}
 	default:
 		return nil, cli.Usagef("bad --stack %q: want netstack or kernel", c.stack)

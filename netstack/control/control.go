@@ -70,6 +70,7 @@ type Hello struct {
 	Addr     string        `json:"addr"`
 	TimeWait time.Duration `json:"time_wait"`
 	Started  time.Time     `json:"started"`
+	Seed     uint64        `json:"seed"` // the fault layer's seed
 	Commands []string      `json:"commands"`
 }
 

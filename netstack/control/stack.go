@@ -2,11 +2,14 @@ package control
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
 
@@ -50,6 +53,37 @@ func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
 		}
 		return send(&Response{Counters: cs})
 	})
+	s.Handle("fault", func(ctx context.Context, req *Request, send func(*Response) error) error {
+		var a FaultArgs
+		if len(req.Args) == 0 || json.Unmarshal(req.Args, &a) != nil {
+			return errors.New(`fault wants args {"op":"add","rule":"in syn drop"} or {"op":"list"|"clear"} or {"op":"del","id":N}`)
+		}
+		f := st.Faults()
+		var reply FaultReply
+		switch a.Op {
+		case "add":
+			r, err := fault.Parse(a.Rule)
+			if err != nil {
+				return err
+			}
+			reply.ID = f.Add(r)
+		case "del":
+			if !f.Del(a.ID) {
+				return fmt.Errorf("no fault rule #%d (fault list shows the ids)", a.ID)
+			}
+		case "clear":
+		case "list":
+		default:
+			return fmt.Errorf("unknown fault op %q: want add, list, del or clear", a.Op)
+		}
+		if a.Op == "clear" {
+			f.Clear()
+		}
+		reply.Rules = f.List()
+		reply.Seed = hello.Seed
+		b, _ := json.Marshal(reply)
+		return send(&Response{Data: b})
+	})
 	s.Handle("events", func(ctx context.Context, req *Request, send func(*Response) error) error {
 		tr := st.Tracker()
 		if tr == nil {
@@ -76,6 +110,21 @@ func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
 			}
 		}
 	})
+}
+
+// FaultArgs are the fault command's arguments.
+type FaultArgs struct {
+	Op   string `json:"op"`             // add, list, del, clear
+	Rule string `json:"rule,omitempty"` // for add
+	ID   int    `json:"id,omitempty"`   // for del
+}
+
+// FaultReply is the fault command's answer: the new rule's id (add) and
+// the rules now installed.
+type FaultReply struct {
+	ID    int               `json:"id,omitempty"`
+	Rules []fault.RuleState `json:"rules"`
+	Seed  uint64            `json:"seed"`
 }
 
 // FromInspect converts a tracker's socket to the protocol's row.

@@ -23,6 +23,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/tcp-upper/tcp-upper/internal/handoff"
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 )
 
@@ -100,7 +101,8 @@ type record struct {
 	t    time.Time
 	dir  Direction
 	data []byte
-	n    int // original length
+	n    int    // original length
+	note string // a line of text instead of a packet (Note)
 }
 
 var _ stack.LinkEndpoint = (*Link)(nil)
@@ -154,14 +156,14 @@ func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	return l.Endpoint.WritePackets(pkts)
 }
 
-func (l *Link) observe(dir Direction, pkt *stack.PacketBuffer) {
+func (l *Link) observe(dir Direction, p *stack.PacketBuffer) {
 	now := time.Now()
 	l.stats.Packets.Add(1)
-	size := pkt.Size()
+	size := p.Size()
 	if !l.record {
 		if l.opts.Observer != nil {
 			var hdr [HeaderSnap]byte
-			n := gather(hdr[:], pkt)
+			n := pkt.Gather(hdr[:], p)
 			l.opts.Observer.ObservePacket(now, dir, hdr[:n], size)
 		}
 		return
@@ -172,7 +174,7 @@ func (l *Link) observe(dir Direction, pkt *stack.PacketBuffer) {
 		r.data = make([]byte, want)
 	}
 	r.data = r.data[:want]
-	gather(r.data, pkt)
+	pkt.Gather(r.data, p)
 	if l.opts.Observer != nil {
 		l.opts.Observer.ObservePacket(now, dir, r.data[:min(len(r.data), HeaderSnap)], size)
 	}
@@ -183,23 +185,6 @@ func (l *Link) observe(dir Direction, pkt *stack.PacketBuffer) {
 		l.stats.Dropped.Add(1)
 		l.pool.Put(r)
 	}
-}
-
-// gather copies the packet's first len(dst) bytes (from its IP header on)
-// into dst, walking gVisor's views without allocating.
-func gather(dst []byte, pkt *stack.PacketBuffer) int {
-	vl, off := pkt.AsViewList()
-	n := 0
-	for v := vl.Front(); v != nil && n < len(dst); v = v.Next() {
-		b := v.AsSlice()
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		n += copy(dst[n:], b[off:])
-		off = 0
-	}
-	return n
 }
 
 func (l *Link) recorder() {
@@ -213,6 +198,18 @@ func (l *Link) recorder() {
 	batch := func() {
 		rs := l.queue.Take()
 		for _, r := range rs {
+			if r.note != "" {
+				if out != nil {
+					line = r.t.AppendFormat(line[:0], "15:04:05.000000")
+					line = append(line, ' ')
+					line = append(line, r.note...)
+					line = append(line, '\n')
+					out.Write(line)
+				}
+				r.note = ""
+				l.pool.Put(r)
+				continue
+			}
 			if l.opts.Pcap != nil {
 				// An error is reported once by the writer and counted there.
 				l.opts.Pcap.WritePacket(r.t, r.data, r.n)
@@ -244,6 +241,23 @@ func (l *Link) recorder() {
 			batch()
 			return
 		}
+	}
+}
+
+// Note puts a line of text in the trace, in order with the packets (the
+// fault layer marks what it injected). It does nothing without a text
+// output.
+func (l *Link) Note(t time.Time, text string) {
+	if l.opts.Out == nil || l.closed.Load() {
+		return
+	}
+	r := l.pool.Get().(*record)
+	r.t, r.note, r.data = t, text, r.data[:0]
+	l.pending.Add(1)
+	if !l.queue.Push(r) {
+		l.pending.Add(-1)
+		l.stats.Dropped.Add(1)
+		l.pool.Put(r)
 	}
 }
 

@@ -10,12 +10,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
+	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 )
@@ -31,6 +35,11 @@ type Flags struct {
 	// Control is the control socket path; "" means the default for the
 	// TUN, "none" means no control socket.
 	Control string
+	// Faults are the --fault rules, parsed; Seed seeds them (SeedSet:
+	// given on the command line, else drawn at random and printed).
+	Faults  []*fault.Rule
+	Seed    uint64
+	SeedSet bool
 
 	format string
 }
@@ -44,7 +53,23 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.Events, "events", false, "print each connection's state transitions, retransmissions and window events on stderr")
 	fs.StringVar(&f.format, "events-format", "text", "format of --events: text, or json (one object per line)")
 	fs.DurationVar(&f.TimeWait, "time-wait", netstack.DefaultTimeWait, "how long a connection the stack closed first stays in TIME-WAIT")
-	fs.StringVar(&f.Control, "control", "", "control socket for tcp-upper-lab ss/stats/trace (default "+control.Dir+"/NETNS-TUN.sock; none to disable)")
+	fs.StringVar(&f.Control, "control", "", "control socket for tcp-upper-lab ss/stats/trace/fault (default "+control.Dir+"/NETNS-TUN.sock; none to disable)")
+	fs.Func("fault", "inject faults between the TUN and the stack: 'DIR MATCH ACTION [ARG] [OPTIONS]', e.g. 'in syn drop count=2' (repeatable; see README)", func(s string) error {
+		r, err := fault.Parse(s)
+		if err != nil {
+			return err
+		}
+		f.Faults = append(f.Faults, r)
+		return nil
+	})
+	fs.Func("seed", "seed for every random fault decision (default: random, printed so a run can be repeated)", func(s string) error {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("want a number from 0 to %d", uint64(math.MaxUint64))
+		}
+		f.Seed, f.SeedSet = v, true
+		return nil
+	})
 }
 
 // Validate checks the flags after parsing; tun is the TUN device's name
@@ -105,6 +130,14 @@ func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (
 	}
 	opts.TimeWait = f.TimeWait
 	opts.Inspect = f.Events || f.Control != "none"
+	if !f.SeedSet {
+		f.Seed = rand.Uint64() & (1<<53 - 1) // short enough to retype
+		if len(f.Faults) > 0 {
+			o.stderr.Line(fmt.Sprintf("fault seed %d (repeat this run with --seed %d)", f.Seed, f.Seed))
+		}
+	}
+	opts.Fault.Seed = f.Seed
+	opts.Fault.Rules = f.Faults
 	return o, nil
 }
 
@@ -118,6 +151,7 @@ func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
 			return err
 		}
 		hello.TimeWait = o.f.TimeWait
+		hello.Seed = o.f.Seed
 		control.ServeStack(srv, st, hello)
 		srv.Serve()
 		o.ctrl = srv

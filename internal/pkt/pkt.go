@@ -1,0 +1,40 @@
+// Package pkt holds small helpers for gVisor packet buffers shared by our
+// link layers: reading a packet's first bytes without allocating, taking a
+// copy, and making a new packet from bytes.
+package pkt
+
+import (
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Gather copies the packet's first len(dst) bytes (from its IP header on)
+// into dst, walking gVisor's views without allocating, and returns how many
+// it copied.
+func Gather(dst []byte, p *stack.PacketBuffer) int {
+	vl, off := p.AsViewList()
+	n := 0
+	for v := vl.Front(); v != nil && n < len(dst); v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[off:])
+		off = 0
+	}
+	return n
+}
+
+// Bytes returns a copy of the whole packet.
+func Bytes(p *stack.PacketBuffer) []byte {
+	b := make([]byte, p.Size())
+	Gather(b, p)
+	return b
+}
+
+// New returns a new packet holding b (which it takes over). The caller
+// owns the reference and must DecRef it.
+func New(b []byte) *stack.PacketBuffer {
+	return stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
+}

@@ -1,0 +1,491 @@
+package fault
+
+import (
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
+)
+
+// Applied describes one fault the layer injected.
+type Applied struct {
+	Time   time.Time
+	Dir    Dir // In or Out
+	RuleID int
+	Rule   string
+	Action Action
+	// Src and Dst are the packet's endpoints (zero for a packet that is
+	// not TCP/IPv4).
+	Src, Dst netip.AddrPort
+	// Segment is the packet's TCP summary, as tcpdump would begin it:
+	// "Flags [P.], seq 2896:4344" (absolute sequence numbers).
+	Segment string
+}
+
+// Options configure a Link.
+type Options struct {
+	// Seed seeds every random choice. The same seed and the same traffic
+	// give the same faults.
+	Seed uint64
+	// Rules are installed at start (ids 1, 2, ...).
+	Rules []*Rule
+	// OnApply, if set, is told of every fault injected, on the packet
+	// path: it must only hand the news off.
+	OnApply func(Applied)
+}
+
+// RuleState is a rule with its counters, as fault list shows it.
+type RuleState struct {
+	ID      int    `json:"id"`
+	Rule    string `json:"rule"`
+	Matched uint64 `json:"matched"`
+	Applied uint64 `json:"applied"`
+}
+
+// Stats counts what the layer did, by action.
+type Stats struct {
+	Applied    atomic.Uint64
+	Dropped    atomic.Uint64
+	Delayed    atomic.Uint64
+	Duplicated atomic.Uint64
+	Reordered  atomic.Uint64
+	Corrupted  atomic.Uint64
+	Truncated  atomic.Uint64
+	RateQueued atomic.Uint64
+	RateDrops  atomic.Uint64
+}
+
+// Link is the fault layer. With no rules a packet costs one atomic load.
+type Link struct {
+	nested.Endpoint
+	log     *slog.Logger
+	onApply func(Applied)
+
+	active atomic.Bool // any rule installed
+
+	mu     sync.Mutex // rules, rng, held packets, rate state
+	rules  []*rule
+	nextID int
+	rng    *rand.Rand
+	held   [2]*heldPkt // reorder, per direction
+	closed bool
+
+	stats Stats
+}
+
+type rule struct {
+	*Rule
+	id      int
+	matched uint64
+	applied uint64
+	geBad   bool
+	holeEnd time.Time // blackhole for=D: when it ends
+	nextTx  time.Time // rate: when the queue drains
+}
+
+type heldPkt struct {
+	proto tcpip.NetworkProtocolNumber
+	data  []byte
+	timer *time.Timer
+}
+
+var _ stack.LinkEndpoint = (*Link)(nil)
+var _ stack.NetworkDispatcher = (*Link)(nil)
+
+// New wraps lower.
+func New(lower stack.LinkEndpoint, opts Options, log *slog.Logger) *Link {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l := &Link{log: log, onApply: opts.OnApply, rng: rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x9e3779b97f4a7c15))}
+	l.Endpoint.Init(lower, l)
+	for _, r := range opts.Rules {
+		l.Add(r)
+	}
+	return l
+}
+
+// Add installs r and returns its id.
+func (l *Link) Add(r *Rule) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.nextID++
+	l.rules = append(l.rules, &rule{Rule: r, id: l.nextID})
+	l.active.Store(true)
+	return l.nextID
+}
+
+// Del removes rule id; it reports whether there was one.
+func (l *Link) Del(id int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, r := range l.rules {
+		if r.id == id {
+			l.rules = append(l.rules[:i:i], l.rules[i+1:]...)
+			l.active.Store(len(l.rules) > 0)
+			return true
+		}
+	}
+	return false
+}
+
+// Clear removes every rule.
+func (l *Link) Clear() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rules = nil
+	l.active.Store(false)
+}
+
+// List returns the rules with their counters.
+func (l *Link) List() []RuleState {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := []RuleState{}
+	for _, r := range l.rules {
+		out = append(out, RuleState{ID: r.id, Rule: r.String(), Matched: r.matched, Applied: r.applied})
+	}
+	return out
+}
+
+// Stats returns the layer's counters.
+func (l *Link) Stats() *Stats { return &l.stats }
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher: TUN → stack.
+func (l *Link) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer) {
+	if !l.active.Load() {
+		l.Endpoint.DeliverNetworkPacket(proto, p)
+		return
+	}
+	l.handle(In, proto, p)
+}
+
+// WritePackets implements stack.LinkWriter: stack → TUN.
+func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if !l.active.Load() {
+		return l.Endpoint.WritePackets(pkts)
+	}
+	n := 0
+	for _, p := range pkts.AsSlice() {
+		l.handle(Out, p.NetworkProtocolNumber, p)
+		n++
+	}
+	return n, nil
+}
+
+// Close implements stack.LinkEndpoint: timers still holding packets are
+// stopped and their packets dropped.
+func (l *Link) Close() {
+	l.mu.Lock()
+	l.closed = true
+	for i, h := range l.held {
+		if h != nil {
+			h.timer.Stop()
+			l.held[i] = nil
+		}
+	}
+	l.mu.Unlock()
+	l.Endpoint.Close()
+}
+
+// pass sends data on in its direction, now.
+func (l *Link) pass(dir Dir, proto tcpip.NetworkProtocolNumber, data []byte) {
+	p := pkt.New(data)
+	defer p.DecRef()
+	if dir == In {
+		l.Endpoint.DeliverNetworkPacket(proto, p)
+		return
+	}
+	p.NetworkProtocolNumber = proto
+	var list stack.PacketBufferList
+	list.PushBack(p)
+	l.Endpoint.WritePackets(list)
+}
+
+// passOrig sends the original packet on.
+func (l *Link) passOrig(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer) {
+	if dir == In {
+		l.Endpoint.DeliverNetworkPacket(proto, p)
+		return
+	}
+	var list stack.PacketBufferList
+	list.PushBack(p)
+	l.Endpoint.WritePackets(list)
+}
+
+// seg is what rules look at.
+type seg struct {
+	tcp           bool
+	flags         header.TCPFlags
+	payload       int
+	src, dst      netip.AddrPort
+	seq, ack      uint32
+	ipLen, hdrLen int // IP header length; IP+TCP header length
+}
+
+func classify(b []byte, size int) seg {
+	var s seg
+	if len(b) < header.IPv4MinimumSize || header.IPVersion(b) != header.IPv4Version {
+		return s
+	}
+	ip := header.IPv4(b)
+	hl := int(ip.HeaderLength())
+	if ip.TransportProtocol() != header.TCPProtocolNumber || hl < header.IPv4MinimumSize || len(b) < hl+header.TCPMinimumSize {
+		return s
+	}
+	t := header.TCP(b[hl:])
+	s.tcp = true
+	s.flags = t.Flags()
+	s.src = netip.AddrPortFrom(netip.AddrFrom4(ip.SourceAddress().As4()), t.SourcePort())
+	s.dst = netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), t.DestinationPort())
+	s.seq, s.ack = t.SequenceNumber(), t.AckNumber()
+	s.ipLen, s.hdrLen = hl, hl+int(t.DataOffset())
+	s.payload = min(int(ip.TotalLength()), size) - s.hdrLen
+	if s.payload < 0 {
+		s.payload = 0
+	}
+	return s
+}
+
+func (m Match) matches(s *seg) bool {
+	if m == Any {
+		return true
+	}
+	if !s.tcp {
+		return false
+	}
+	f := s.flags
+	switch m {
+	case Syn:
+		return f&header.TCPFlagSyn != 0 && f&header.TCPFlagAck == 0
+	case SynAck:
+		return f&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck
+	case Ack:
+		return f&header.TCPFlagAck != 0 && s.payload == 0 && f&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) == 0
+	case Data:
+		return s.payload > 0
+	case Fin:
+		return f&header.TCPFlagFin != 0
+	case Rst:
+		return f&header.TCPFlagRst != 0
+	}
+	return false
+}
+
+// decide runs the rules for a packet: the first rule that matches and
+// fires wins. Called with l.mu held.
+func (l *Link) decide(dir Dir, s *seg, now time.Time) *rule {
+	for _, r := range l.rules {
+		if r.Dir&dir == 0 || !r.Match.matches(s) {
+			continue
+		}
+		if r.Port != 0 && s.src.Port() != r.Port && s.dst.Port() != r.Port {
+			continue
+		}
+		r.matched++
+		if int(r.matched) <= r.After {
+			continue
+		}
+		if r.Nth > 0 && int(r.matched) != r.Nth {
+			continue
+		}
+		if r.Count > 0 && int(r.applied) >= r.Count {
+			continue
+		}
+		if r.Action == Blackhole && r.For > 0 && !r.holeEnd.IsZero() && now.After(r.holeEnd) {
+			continue // the path came back
+		}
+		if r.GEP > 0 || r.GER > 0 {
+			if r.geBad {
+				r.geBad = l.rng.Float64() >= r.GER
+			} else {
+				r.geBad = l.rng.Float64() < r.GEP
+			}
+			if !r.geBad {
+				continue
+			}
+		}
+		if r.Prob < 1 && l.rng.Float64() >= r.Prob {
+			continue
+		}
+		if r.Action == Blackhole && r.For > 0 && r.holeEnd.IsZero() {
+			r.holeEnd = now.Add(r.For)
+		}
+		r.applied++
+		return r
+	}
+	return nil
+}
+
+func (l *Link) handle(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer) {
+	var hdr [64]byte
+	size := p.Size()
+	n := pkt.Gather(hdr[:], p)
+	s := classify(hdr[:n], size)
+	now := time.Now()
+
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	r := l.decide(dir, &s, now)
+	idx := 0
+	if dir == Out {
+		idx = 1
+	}
+	held := l.held[idx]
+	if held != nil && (r == nil || r.Action != Reorder) {
+		// The packet that overtakes the held one: it goes first, then
+		// the held one.
+		l.held[idx] = nil
+		held.timer.Stop()
+	} else {
+		held = nil
+	}
+	var jitter, rateWait time.Duration
+	var corruptAt int
+	if r != nil {
+		switch r.Action {
+		case Delay:
+			if r.Jitter > 0 {
+				jitter = time.Duration(l.rng.Int64N(int64(2*r.Jitter)+1)) - r.Jitter
+			}
+		case Corrupt:
+			// A bit in the TCP header or payload: the IP header stays
+			// valid, the TCP checksum does not.
+			lo := s.ipLen
+			if !s.tcp {
+				lo = 0
+			}
+			corruptAt = lo + l.rng.IntN(max(1, size-lo))
+			corruptAt = corruptAt*8 + l.rng.IntN(8)
+		case Rate:
+			start := r.nextTx
+			if start.Before(now) {
+				start = now
+			}
+			tx := time.Duration(float64(size*8) / r.BitRate * float64(time.Second))
+			r.nextTx = start.Add(tx)
+			rateWait = r.nextTx.Sub(now)
+		}
+	}
+	l.mu.Unlock()
+
+	if r == nil {
+		l.passOrig(dir, proto, p)
+		if held != nil {
+			l.stats.Reordered.Add(1)
+			l.pass(dir, held.proto, held.data)
+		}
+		return
+	}
+	l.stats.Applied.Add(1)
+	if l.onApply != nil {
+		l.onApply(Applied{Time: now, Dir: dir, RuleID: r.id, Rule: r.String(), Action: r.Action, Src: s.src, Dst: s.dst, Segment: segString(&s)})
+	}
+	switch r.Action {
+	case Drop, Blackhole:
+		l.stats.Dropped.Add(1)
+	case Delay:
+		l.stats.Delayed.Add(1)
+		l.later(dir, proto, pkt.Bytes(p), r.Delay+jitter)
+	case Dup:
+		l.stats.Duplicated.Add(uint64(r.Copies))
+		data := pkt.Bytes(p)
+		l.passOrig(dir, proto, p)
+		for i := 0; i < r.Copies; i++ {
+			l.pass(dir, proto, append([]byte(nil), data...))
+		}
+	case Reorder:
+		data := pkt.Bytes(p)
+		h := &heldPkt{proto: proto, data: data}
+		l.mu.Lock()
+		prev := l.held[idx]
+		l.held[idx] = h
+		// Not overtaken within 100ms: it goes out anyway, late.
+		h.timer = time.AfterFunc(100*time.Millisecond, func() {
+			l.mu.Lock()
+			mine := l.held[idx] == h
+			if mine {
+				l.held[idx] = nil
+			}
+			l.mu.Unlock()
+			if mine {
+				l.pass(dir, h.proto, h.data)
+			}
+		})
+		l.mu.Unlock()
+		if prev != nil {
+			prev.timer.Stop()
+			l.pass(dir, prev.proto, prev.data)
+		}
+	case Corrupt:
+		l.stats.Corrupted.Add(1)
+		data := pkt.Bytes(p)
+		if byteAt := corruptAt / 8; byteAt < len(data) {
+			data[byteAt] ^= 1 << (corruptAt % 8)
+		}
+		l.pass(dir, proto, data)
+	case Truncate:
+		l.stats.Truncated.Add(1)
+		data := pkt.Bytes(p)
+		l.pass(dir, proto, data[:min(len(data), r.Bytes)])
+	case Rate:
+		if rateWait > 2*time.Second {
+			l.stats.RateDrops.Add(1) // the queue is full: tail drop
+			break
+		}
+		l.stats.RateQueued.Add(1)
+		l.later(dir, proto, pkt.Bytes(p), rateWait)
+	}
+	if held != nil {
+		l.stats.Reordered.Add(1)
+		l.pass(dir, held.proto, held.data)
+	}
+}
+
+// later sends data on after d.
+func (l *Link) later(dir Dir, proto tcpip.NetworkProtocolNumber, data []byte, d time.Duration) {
+	time.AfterFunc(max(d, 0), func() {
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if !closed {
+			l.pass(dir, proto, data)
+		}
+	})
+}
+
+func segString(s *seg) string {
+	if !s.tcp {
+		return "non-TCP packet"
+	}
+	flags := ""
+	for _, f := range []struct {
+		bit  header.TCPFlags
+		name string
+	}{{header.TCPFlagFin, "F"}, {header.TCPFlagSyn, "S"}, {header.TCPFlagRst, "R"}, {header.TCPFlagPsh, "P"}, {header.TCPFlagAck, "."}} {
+		if s.flags&f.bit != 0 {
+			flags += f.name
+		}
+	}
+	out := fmt.Sprintf("Flags [%s], seq %d", flags, s.seq)
+	if s.payload > 0 {
+		out += fmt.Sprintf(":%d", s.seq+uint32(s.payload))
+	}
+	if s.flags&header.TCPFlagAck != 0 {
+		out += fmt.Sprintf(", ack %d", s.ack)
+	}
+	return out + fmt.Sprintf(", length %d", s.payload)
+}
