@@ -57,6 +57,11 @@ type Options struct {
 	// TIME-WAIT timers): the trace layer feeds it packet summaries and
 	// gVisor's TCP probe feeds it the stack's numbers.
 	Inspect bool
+	// ClassicRecovery turns off gVisor's RACK loss detection and its tail
+	// loss probes, leaving the textbook mechanisms: duplicate-ACK fast
+	// retransmit (with SACK) and the retransmission timer. Lessons about
+	// RTO and fast retransmit want it.
+	ClassicRecovery bool
 	// Fault configures the fault layer (its seed and first rules). The
 	// layer is always in the pipeline, so rules can be added at run time;
 	// without rules it costs one atomic load per packet.
@@ -167,6 +172,12 @@ func (st *Stack) configure(link stack.LinkEndpoint, opts Options) error {
 		}
 	}
 
+	if opts.ClassicRecovery {
+		rec := tcpip.TCPRecovery(0)
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rec); err != nil {
+			return fmt.Errorf("set TCP recovery: %s", err)
+		}
+	}
 	if err := s.CreateNIC(NICID, link); err != nil {
 		return fmt.Errorf("create NIC: %s", err)
 	}

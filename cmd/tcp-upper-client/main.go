@@ -72,7 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var stackOnly []string
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "fault", "seed", "linger":
+		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "fault", "seed", "recovery", "linger":
 			stackOnly = append(stackOnly, "--"+f.Name)
 		}
 	})

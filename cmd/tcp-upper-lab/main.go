@@ -33,6 +33,7 @@ func commands() map[string]command {
 		"demo":  {"run the seed's whole session end to end, then tear everything down", cmdDemo},
 		"ss":    {"the server stack's sockets, as ss -tan shows the kernel's: ss [-tanlio] [--json]", cmdSS},
 		"stats": {"the server stack's counters: segments, retransmits, resets, drops... [--json]", cmdStats},
+		"run":   {"fault-injection experiments with verdicts: run NAME [--out DIR] [--seed N] | --all | --list", cmdRun},
 		"fault": {"change a running server's faults: fault add RULE | list | del ID | clear", cmdFault},
 		"trace": {"attach to a running server and stream its connection events live", cmdTrace},
 	}

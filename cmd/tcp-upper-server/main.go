@@ -74,7 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		switch f.Name {
 		case "mtu":
 			c.mtuSet = true
-		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "fault", "seed":
+		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "fault", "seed", "recovery":
 			stackOnly = append(stackOnly, "--"+f.Name)
 		}
 	})

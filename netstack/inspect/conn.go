@@ -109,6 +109,11 @@ func (c *conn) add(t *Tracker, ev Event, waitProbe bool) {
 	if ev.Kind != KindFault {
 		ev.N = c.numbers(false)
 	}
+	if ev.Kind == KindRTO {
+		// Our timer fired: nothing arrived, so the last probe snapshot
+		// is stale. Ask the endpoint for its (backed-off) RTO and cwnd.
+		c.fillFromTCPInfo(t, &ev.N)
+	}
 	t.emit(ev)
 }
 
@@ -119,7 +124,7 @@ func (c *conn) flush(t *Tracker) {
 			if ev.N == (Numbers{}) {
 				ev.N = c.numbers(false)
 			}
-			if ev.N.Cwnd == 0 {
+			if ev.N.Cwnd == 0 || ev.Kind == KindRTO {
 				c.fillFromTCPInfo(t, &ev.N)
 			}
 		}

@@ -40,6 +40,8 @@ type Flags struct {
 	Faults  []*fault.Rule
 	Seed    uint64
 	SeedSet bool
+	// Recovery is the loss recovery: rack (gVisor's default) or classic.
+	Recovery string
 
 	format string
 }
@@ -62,6 +64,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 		f.Faults = append(f.Faults, r)
 		return nil
 	})
+	fs.StringVar(&f.Recovery, "recovery", "rack", "loss recovery: rack (gVisor's default: RACK and tail loss probes) or classic (duplicate-ACK fast retransmit and RTO only, as in textbooks)")
 	fs.Func("seed", "seed for every random fault decision (default: random, printed so a run can be repeated)", func(s string) error {
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
@@ -85,6 +88,9 @@ func (f *Flags) Validate(tun string) error {
 	}
 	if f.TraceX {
 		f.Trace = true
+	}
+	if f.Recovery != "rack" && f.Recovery != "classic" {
+		return cli.Usagef("bad --recovery %q: want rack or classic", f.Recovery)
 	}
 	if f.Control == "" {
 		f.Control = control.DefaultPath(tun)
@@ -136,6 +142,7 @@ func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (
 			o.stderr.Line(fmt.Sprintf("fault seed %d (repeat this run with --seed %d)", f.Seed, f.Seed))
 		}
 	}
+	opts.ClassicRecovery = f.Recovery == "classic"
 	opts.Fault.Seed = f.Seed
 	opts.Fault.Rules = f.Faults
 	return o, nil

@@ -1,0 +1,355 @@
+// Package experiment holds the canned fault-injection experiments of
+// tcp-upper-lab run: each builds its own lab, runs our server's stack in
+// apple with the experiment's faults, drives the kernel's TCP from ant,
+// and checks what the stack's own events and counters say against what
+// TCP should do, leaving capture.pcap, events.jsonl and summary.md.
+package experiment
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/lab"
+	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/netstack/fault"
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/netstack/pcap"
+	"github.com/tcp-upper/tcp-upper/netstack/trace"
+	"github.com/tcp-upper/tcp-upper/tun"
+)
+
+// Experiment is one lesson.
+type Experiment struct {
+	Name    string
+	Summary string
+	// Faults are installed before traffic starts.
+	Faults []string
+	// Server options beyond the defaults.
+	TimeWait  time.Duration
+	IdleClose time.Duration
+	Classic   bool // classic loss recovery (no RACK/TLP)
+	// Run drives the traffic and checks the expectations.
+	Run func(e *Env) error
+}
+
+// Catalogue lists the experiments, in teaching order.
+func Catalogue() []*Experiment { return catalogue }
+
+// Find returns the experiment called name.
+func Find(name string) (*Experiment, error) {
+	var names []string
+	for _, x := range catalogue {
+		if x.Name == name {
+			return x, nil
+		}
+		names = append(names, x.Name)
+	}
+	return nil, fmt.Errorf("no experiment %q: want one of %s (tcp-upper-lab run --list)", name, strings.Join(names, ", "))
+}
+
+// Verdict is one checked expectation.
+type Verdict struct {
+	Pass     bool   `json:"pass"`
+	Expect   string `json:"expect"`
+	Evidence string `json:"evidence"`
+}
+
+// Result is an experiment's outcome.
+type Result struct {
+	Name     string
+	Seed     uint64
+	Verdicts []Verdict
+	Dir      string
+}
+
+// Passed reports whether every expectation held.
+func (r *Result) Passed() bool {
+	for _, v := range r.Verdicts {
+		if !v.Pass {
+			return false
+		}
+	}
+	return len(r.Verdicts) > 0
+}
+
+// Env is what an experiment's Run works with.
+type Env struct {
+	Lab   *lab.Lab
+	Stack *netstack.Stack
+	Out   io.Writer // progress, one line per step
+	Start time.Time
+
+	exp      *Experiment
+	mu       sync.Mutex
+	events   []inspect.Event
+	verdicts []Verdict
+	server   *app.Server
+}
+
+// Expect records an expectation and its evidence.
+func (e *Env) Expect(ok bool, expect, evidence string, args ...any) {
+	v := Verdict{Pass: ok, Expect: expect, Evidence: fmt.Sprintf(evidence, args...)}
+	e.mu.Lock()
+	e.verdicts = append(e.verdicts, v)
+	e.mu.Unlock()
+	mark := "PASS"
+	if !ok {
+		mark = "FAIL"
+	}
+	fmt.Fprintf(e.Out, "  %s  %s\n        %s\n", mark, v.Expect, v.Evidence)
+}
+
+// Step prints what the experiment does next.
+func (e *Env) Step(format string, args ...any) {
+	fmt.Fprintf(e.Out, "  ..  %s\n", fmt.Sprintf(format, args...))
+}
+
+// Events returns the stack's events so far (after letting the tracker
+// catch up).
+func (e *Env) Events() []inspect.Event {
+	if tr := e.Stack.Tracker(); tr != nil {
+		tr.Sync()
+	}
+	time.Sleep(50 * time.Millisecond)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]inspect.Event(nil), e.events...)
+}
+
+// Counter is one of the stack's counters now.
+func (e *Env) Counter(name string) uint64 {
+	for _, c := range e.Stack.Counters() {
+		if c.Name == name {
+			return c.Value
+		}
+	}
+	return 0
+}
+
+// Dial connects from ant with the kernel's TCP; rcvbuf > 0 sets a small
+// receive buffer before connecting.
+func (e *Env) Dial(timeout time.Duration, rcvbuf int) (*net.TCPConn, time.Duration, error) {
+	var c net.Conn
+	start := time.Now()
+	err := e.Lab.Do(lab.Ant, func() error {
+		d := net.Dialer{Timeout: timeout}
+		if rcvbuf > 0 {
+			d.Control = func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
+				return serr
+			}
+		}
+		var err error
+		c, err = d.DialContext(context.Background(), "tcp4", net.JoinHostPort(lab.ServerAddr.Addr().String(), fmt.Sprint(lab.Port)))
+		return err
+	})
+	if err != nil {
+		return nil, time.Since(start), fmt.Errorf("connect from ant: %w", err)
+	}
+	return c.(*net.TCPConn), time.Since(start), nil
+}
+
+// Sysctl sets a network sysctl (net.ipv4.tcp_...) in host's namespace. It
+// reports whether the kernel has it.
+func (e *Env) Sysctl(host, name, value string) bool {
+	err := e.Lab.Do(host, func() error {
+		return os.WriteFile("/proc/sys/"+strings.ReplaceAll(name, ".", "/"), []byte(value), 0)
+	})
+	return err == nil
+}
+
+// Exchange sends line and reads its uppercased reply.
+func Exchange(c net.Conn, line string, timeout time.Duration) error {
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, line); err != nil {
+		return err
+	}
+	buf := make([]byte, len(line))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	want := []byte(line)
+	app.Upper(want)
+	if string(buf) != string(want) {
+		return fmt.Errorf("reply %q, want %q", buf, want)
+	}
+	return nil
+}
+
+// Options configure a run.
+type Options struct {
+	// Dir receives capture.pcap, events.jsonl and summary.md; empty: a new
+	// directory under the system's temp dir.
+	Dir string
+	// Seed seeds the faults; 0 draws one.
+	Seed uint64
+	// Name is the lab name; empty: a unique one.
+	Name string
+	Log  *slog.Logger
+}
+
+// Run runs x in a lab of its own and removes the lab afterwards.
+func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *Result, err error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Seed == 0 {
+		var b [4]byte
+		rand.Read(b[:])
+		opts.Seed = uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3]) | 1
+	}
+	if opts.Dir == "" {
+		if opts.Dir, err = os.MkdirTemp("", "tcp-upper-"+x.Name+"-"); err != nil {
+			return nil, err
+		}
+	} else if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("--out %s: %w", opts.Dir, err)
+	}
+	if opts.Name == "" {
+		b := make([]byte, 3)
+		rand.Read(b)
+		opts.Name = "x" + hex.EncodeToString(b)
+	}
+	var rules []*fault.Rule
+	for _, s := range x.Faults {
+		r, err := fault.Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		rules = append(rules, r)
+	}
+	l, err := lab.New(opts.Name, opts.Log)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Up(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if derr := l.Down(); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	dev, err := tun.Open(tun.Config{Name: "tun0", MTU: 1500, Addr: lab.TunAddr, NetNS: l.NetNSPath(lab.Apple)}, opts.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer dev.Close()
+	pw, err := pcap.Create(filepath.Join(opts.Dir, "capture.pcap"), 0, nil)
+	if err != nil {
+		return nil, err
+	}
+	tw := x.TimeWait
+	if tw == 0 {
+		tw = netstack.DefaultTimeWait
+	}
+	st, err := netstack.New(dev, netstack.Options{
+		Addr: lab.ServerAddr, TimeWait: tw, Inspect: true, ClassicRecovery: x.Classic,
+		Trace: trace.Options{Pcap: pw},
+		Fault: fault.Options{Seed: opts.Seed, Rules: rules},
+	}, opts.Log)
+	if err != nil {
+		pw.Close()
+		return nil, err
+	}
+	e := &Env{Lab: l, Stack: st, Out: out, Start: time.Now(), exp: x}
+	sub := st.Tracker().Subscribe(1 << 16)
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		for ev := range sub.C() {
+			e.mu.Lock()
+			e.events = append(e.events, ev)
+			e.mu.Unlock()
+		}
+	}()
+	ln, err := st.Listen(lab.Port)
+	if err != nil {
+		st.Close()
+		pw.Close()
+		return nil, err
+	}
+	e.server = app.NewServer(ln, app.ServerOptions{IdleClose: x.IdleClose}, opts.Log)
+	go e.server.Serve()
+
+	fmt.Fprintf(out, "== %s: %s\n   faults: %s; seed %d; output in %s\n", x.Name, x.Summary, faultList(x.Faults), opts.Seed, opts.Dir)
+	runErr := x.Run(e)
+	if runErr != nil {
+		e.Expect(false, "the experiment runs to the end", "%v", runErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	e.server.Shutdown(sctx)
+	cancel()
+	st.Close()
+	<-collected
+	pw.Close()
+
+	res = &Result{Name: x.Name, Seed: opts.Seed, Verdicts: e.verdicts, Dir: opts.Dir}
+	if err := writeOutputs(e, res); err != nil {
+		return res, err
+	}
+	verdict := "PASS"
+	if !res.Passed() {
+		verdict = "FAIL"
+	}
+	fmt.Fprintf(out, "   %s %s (%d expectations)\n", verdict, x.Name, len(res.Verdicts))
+	return res, nil
+}
+
+func faultList(fs []string) string {
+	if len(fs) == 0 {
+		return "none at start"
+	}
+	return "'" + strings.Join(fs, "', '") + "'"
+}
+
+func writeOutputs(e *Env, res *Result) error {
+	e.mu.Lock()
+	evs := append([]inspect.Event(nil), e.events...)
+	e.mu.Unlock()
+	f, err := os.Create(filepath.Join(res.Dir, "events.jsonl"))
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	for i := range evs {
+		enc.Encode(&evs[i])
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Experiment %s\n\n%s\n\n- faults: %s\n- seed: %d (repeat: `tcp-upper-lab run %s --seed %d`)\n- files: capture.pcap (tcpdump -nr), events.jsonl\n\n",
+		e.exp.Name, e.exp.Summary, faultList(e.exp.Faults), res.Seed, e.exp.Name, res.Seed)
+	b.WriteString("## Verdicts\n\n")
+	for _, v := range res.Verdicts {
+		mark := "PASS"
+		if !v.Pass {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(&b, "- **%s** %s — %s\n", mark, v.Expect, v.Evidence)
+	}
+	b.WriteString("\n## Timeline (the stack's events, seconds from start)\n\n```\n")
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+	for i := range evs {
+		fmt.Fprintf(&b, "%8.3f %s\n", evs[i].Time.Sub(e.Start).Seconds(), strings.SplitN(evs[i].Text(), " ", 2)[1])
+	}
+	b.WriteString("```\n")
+	return os.WriteFile(filepath.Join(res.Dir, "summary.md"), []byte(b.String()), 0o644)
+}
