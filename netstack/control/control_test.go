@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -235,7 +236,7 @@ func TestGarbageGetsErrorsAndConnectionSurvives(t *testing.T) {
 		{"{\"cmd\":\n", "invalid JSON"},
 		{"[1,2,3]\n", "bad request"},
 		{"{}\n", "bad request"},
-		{"{\"cmd\":\"rm -rf\"}\n", `unknown command "rm -rf": want one of events, hello, ss, stats`},
+		{"{\"cmd\":\"rm -rf\"}\n", `unknown command "rm -rf": want one of events, fault, hello, ss, stats`},
 		{"\x00\xff\xfe\n", "bad request"},
 	} {
 		send(tc.in)
@@ -330,5 +331,53 @@ func TestDialErrorsNameTheFix(t *testing.T) {
 	}
 	if _, err := control.Resolve(""); err != nil && !strings.Contains(err.Error(), "--control") {
 		t.Fatalf("resolve: %v", err)
+	}
+}
+
+func TestFaultCommand(t *testing.T) {
+	r := newRig(t)
+	c, err := control.Dial(r.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	call := func(a control.FaultArgs) (control.FaultReply, error) {
+		var reply control.FaultReply
+		resp, err := c.Call("fault", a)
+		if err != nil {
+			return reply, err
+		}
+		return reply, json.Unmarshal(resp.Data, &reply)
+	}
+	rep, err := call(control.FaultArgs{Op: "add", Rule: "in data drop nth=2"})
+	if err != nil || rep.ID != 1 || len(rep.Rules) != 1 {
+		t.Fatalf("add: %+v %v", rep, err)
+	}
+	if _, err := call(control.FaultArgs{Op: "add", Rule: "in data dorp"}); err == nil || !strings.Contains(err.Error(), `token 3 "dorp"`) {
+		t.Fatalf("bad rule: %v", err)
+	}
+	conn := r.dial(t)
+	defer conn.Close()
+	for _, line := range []string{"a\n", "b\n", "c\n"} {
+		conn.Write([]byte(line))
+		buf := make([]byte, 2)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			t.Fatalf("reply to %q: %v", line, err)
+		}
+	}
+	rep, err = call(control.FaultArgs{Op: "list"})
+	if err != nil || rep.Rules[0].Applied != 1 || rep.Rules[0].Matched < 2 {
+		t.Fatalf("list: %+v %v", rep, err)
+	}
+	if _, err := call(control.FaultArgs{Op: "del", ID: 7}); err == nil {
+		t.Fatal("del of a missing rule succeeded")
+	}
+	if rep, err = call(control.FaultArgs{Op: "del", ID: 1}); err != nil || len(rep.Rules) != 0 {
+		t.Fatalf("del: %+v %v", rep, err)
+	}
+	call(control.FaultArgs{Op: "add", Rule: "out any drop"})
+	if rep, err = call(control.FaultArgs{Op: "clear"}); err != nil || len(rep.Rules) != 0 {
+		t.Fatalf("clear: %+v %v", rep, err)
 	}
 }
