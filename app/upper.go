@@ -4,13 +4,36 @@
 // TCP and on our user-space stack.
 package app
 
+import "encoding/binary"
+
 // Upper uppercases the ASCII letters a-z of b in place and leaves every other
 // byte (digits, punctuation, UTF-8, binary, NUL) as it is. The length never
-// changes, and since it works byte by byte, how the stream is chunked never
-// matters.
+// changes, and since each byte is judged on its own, how the stream is
+// chunked never matters.
+//
+// It works eight bytes at a time (the server spends its CPU here at bulk
+// speed): for each byte with its top bit clear, adding 0x80-'a' sets the top
+// bit exactly when the byte is >= 'a', adding 0x80-'z'-1 exactly when it is
+// > 'z'; no addition carries into the next byte. The bytes in range get
+// 0x20 cleared, which is what uppercasing an ASCII letter is.
 func Upper(b []byte) {
-	for i, c := range b {
-		if 'a' <= c && c <= 'z' {
+	const (
+		ones = 0x0101010101010101
+		high = 0x8080808080808080
+	)
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		h := x &^ high
+		ge := h + (0x80-'a')*ones
+		gt := h + (0x80-'z'-1)*ones
+		mask := ge &^ gt &^ x & high
+		if mask != 0 {
+			binary.LittleEndian.PutUint64(b[i:], x^(mask>>2))
+		}
+	}
+	for ; i < len(b); i++ {
+		if c := b[i]; 'a' <= c && c <= 'z' {
 			b[i] = c - ('a' - 'A')
 		}
 	}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -87,4 +88,55 @@ func FuzzUpper(f *testing.F) {
 			t.Fatalf("ASCII input %q: got %q, bytes.ToUpper %q", in, whole, bytes.ToUpper(in))
 		}
 	})
+}
+
+// TestUpperWordsMatchBytes checks the eight-at-a-time path against the
+// plain definition for every byte value at every position in a word, and
+// for random buffers of every small length and offset.
+func TestUpperWordsMatchBytes(t *testing.T) {
+	ref := func(b []byte) {
+		for i, c := range b {
+			if 'a' <= c && c <= 'z' {
+				b[i] = c - 32
+			}
+		}
+	}
+	for v := 0; v < 256; v++ {
+		for pos := 0; pos < 8; pos++ {
+			for _, fill := range []byte{0, 'a', 'z', 0x7f, 0x80, 0xe1, 0xff, '`', '{'} {
+				got := bytes.Repeat([]byte{fill}, 16)
+				got[pos] = byte(v)
+				want := append([]byte(nil), got...)
+				ref(want)
+				Upper(got)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("byte %#x at %d among %#x: got % x want % x", v, pos, fill, got, want)
+				}
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for n := 0; n < 300; n++ {
+		buf := make([]byte, n+7)
+		for i := range buf {
+			buf[i] = byte(r.Uint32())
+		}
+		for off := 0; off < 8 && off <= len(buf); off++ {
+			got := append([]byte(nil), buf[off:]...)
+			want := append([]byte(nil), got...)
+			ref(want)
+			Upper(got)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("len %d off %d differs", len(got), off)
+			}
+		}
+	}
+}
+
+func BenchmarkUpper(b *testing.B) {
+	buf := bytes.Repeat([]byte("Hello, World! abc xyz 0123 {}~ \xe2\x82\xac\n"), 1024)
+	b.SetBytes(int64(len(buf)))
+	for i := 0; i < b.N; i++ {
+		Upper(buf)
+	}
 }
