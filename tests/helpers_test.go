@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -72,6 +73,13 @@ func leftovers() map[string]bool {
 	for _, l := range links {
 		if t := l.Type(); t == "tuntap" || t == "veth" {
 			m[t+" "+l.Attrs().Name] = true
+		}
+	}
+	// Control sockets and lab state left under /run/tcp-upper.
+	for _, pat := range []string{"/run/tcp-upper/*.sock", "/run/tcp-upper/lab-*"} {
+		found, _ := filepath.Glob(pat)
+		for _, f := range found {
+			m["file "+f] = true
 		}
 	}
 	return m
@@ -149,6 +157,11 @@ func startIn(t *testing.T, l *lab.Lab, host string, name string, args ...string)
 func startServer(t *testing.T, l *lab.Lab, args ...string) *proc {
 	t.Helper()
 	args = append([]string{"--tun", "tun0", "--addr", lab.ServerAddr.String()}, args...)
+	if !slices.Contains(args, "--control") {
+		// Not the default under /run: a server the test kills with SIGKILL
+		// cannot remove its socket, and t.TempDir is cleaned for us.
+		args = append(args, "--control", filepath.Join(t.TempDir(), "ctl.sock"))
+	}
 	p := startIn(t, l, lab.Apple, bin("tcp-upper-server"), args...)
 	if !p.stdout.waitFor("waiting for connections...", 10*time.Second) {
 		t.Fatalf("server did not start: stdout %q stderr %q", p.stdout.String(), p.stderr.String())

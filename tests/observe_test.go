@@ -377,7 +377,12 @@ func TestLabTrace(t *testing.T) {
 // namespace and the TUN, and tcp-upper-lab finds the only running server.
 func TestDefaultControlPath(t *testing.T) {
 	l := newLab(t)
-	startServer(t, l)
+	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--tun", "tun0", "--addr", lab.ServerAddr.String())
+	if !srv.stdout.waitFor("waiting for connections", 10*time.Second) {
+		t.Fatalf("server did not start: %s", srv.stderr.String())
+	}
+	// A clean exit removes the socket (SIGKILL at cleanup would leave it).
+	defer srv.stop(t, syscall.SIGTERM, 10*time.Second)
 	want := filepath.Join(control.Dir, l.NetNS(lab.Apple)+"-tun0.sock")
 	if _, err := os.Stat(want); err != nil {
 		t.Fatalf("default control socket: %v", err)
