@@ -53,6 +53,25 @@ func echo(c io.ReadWriter, n int) error {
 	return nil
 }
 
+// dialEcho connects from ant, echoes n bytes through the server within
+// timeout, and records whether every byte came back, uppercased, as the
+// expectation expect.
+func (e *Env) dialEcho(n int, timeout time.Duration, expect string) error {
+	c, _, err := e.Dial(5*time.Second, 0)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	err = echo(c, n)
+	evidence := fmt.Sprintf("%d KiB echoed, checked byte by byte", n>>10)
+	if err != nil {
+		evidence = err.Error()
+	}
+	e.Expect(err == nil, expect, "%s", evidence)
+	return nil
+}
+
 var catalogue = []*Experiment{
 	{
 		Name: "handshake", Summary: "the three-way handshake, seen from the server's stack",
@@ -153,13 +172,7 @@ var catalogue = []*Experiment{
 		Name: "fast-retransmit", Summary: "one segment lost mid-flight: three duplicate ACKs repair it without waiting for the timer",
 		Faults: []string{"out data drop nth=20"}, Classic: true,
 		Run: func(e *Env) error {
-			c, _, err := e.Dial(5*time.Second, 0)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(20 * time.Second))
-			if err := echo(c, 256<<10); err != nil {
+			if err := e.dialEcho(256<<10, 20*time.Second, "256 KiB come back byte-exact"); err != nil {
 				return err
 			}
 			evs := e.Events()
@@ -167,7 +180,6 @@ var catalogue = []*Experiment{
 			e.Expect(len(kinds(evs, inspect.KindFault)) == 1, "one of our data segments is dropped", "%d fault events", len(kinds(evs, inspect.KindFault)))
 			e.Expect(fr >= 1 || len(kinds(evs, inspect.KindFastRetransmit)) >= 1, "fast retransmit / SACK recovery repairs it", "tcp.fast_retransmits=%d tcp.sack_recovery=%d, %d fast-retransmit events", e.Counter("tcp.fast_retransmits"), e.Counter("tcp.sack_recovery"), len(kinds(evs, inspect.KindFastRetransmit)))
 			e.Expect(e.Counter("tcp.timeouts") == 0, "without an RTO", "tcp.timeouts=%d", e.Counter("tcp.timeouts"))
-			e.Expect(true, "256 KiB echoed byte-exact", "checked every byte")
 			return nil
 		},
 	},
@@ -175,17 +187,10 @@ var catalogue = []*Experiment{
 		Name: "reorder", Summary: "a client segment overtaken by the next one: the stack buffers out-of-order data and delivers in order",
 		Faults: []string{"in data reorder nth=5"},
 		Run: func(e *Env) error {
-			c, _, err := e.Dial(5*time.Second, 0)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(20 * time.Second))
-			if err := echo(c, 128<<10); err != nil {
+			if err := e.dialEcho(128<<10, 20*time.Second, "the application receives the bytes in order"); err != nil {
 				return err
 			}
 			e.Expect(e.Counter("fault.reordered") == 1, "one segment arrives after its successor", "fault.reordered=%d", e.Counter("fault.reordered"))
-			e.Expect(true, "the application receives the bytes in order", "128 KiB echoed byte-exact")
 			e.Expect(e.Counter("tcp.timeouts") == 0, "no retransmission timeout on our side", "tcp.timeouts=%d", e.Counter("tcp.timeouts"))
 			return nil
 		},
@@ -194,17 +199,10 @@ var catalogue = []*Experiment{
 		Name: "duplicate", Summary: "a client segment arrives twice: the stack acknowledges and discards the copy",
 		Faults: []string{"in data dup nth=3"},
 		Run: func(e *Env) error {
-			c, _, err := e.Dial(5*time.Second, 0)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(20 * time.Second))
-			if err := echo(c, 64<<10); err != nil {
+			if err := e.dialEcho(64<<10, 20*time.Second, "the copy never reaches the application (no byte twice)"); err != nil {
 				return err
 			}
 			e.Expect(e.Counter("fault.duplicated") == 1, "one segment is duplicated", "fault.duplicated=%d", e.Counter("fault.duplicated"))
-			e.Expect(true, "the copy never reaches the application", "64 KiB echoed byte-exact, no byte twice")
 			return nil
 		},
 	},
@@ -212,18 +210,11 @@ var catalogue = []*Experiment{
 		Name: "corruption", Summary: "client segments with a flipped bit: checksum errors are counted, the segments dropped and retransmitted, nothing corrupt reaches the app",
 		Faults: []string{"in data corrupt count=3"},
 		Run: func(e *Env) error {
-			c, _, err := e.Dial(5*time.Second, 0)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			if err := echo(c, 64<<10); err != nil {
+			if err := e.dialEcho(64<<10, 30*time.Second, "the client retransmits them and nothing corrupt reaches the app"); err != nil {
 				return err
 			}
 			e.Expect(e.Counter("fault.corrupted") == 3, "three segments corrupted", "fault.corrupted=%d", e.Counter("fault.corrupted"))
 			e.Expect(e.Counter("tcp.checksum_errors") == 3, "the stack counts three checksum errors", "tcp.checksum_errors=%d", e.Counter("tcp.checksum_errors"))
-			e.Expect(true, "the client retransmits them and nothing corrupt reaches the app", "64 KiB echoed byte-exact")
 			return nil
 		},
 	},

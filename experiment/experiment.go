@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -29,7 +30,6 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
-	"github.com/tcp-upper/tcp-upper/tun"
 )
 
 // Experiment is one lesson.
@@ -210,9 +210,7 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	if opts.Seed == 0 {
-		var b [4]byte
-		rand.Read(b[:])
-		opts.Seed = uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3]) | 1
+		opts.Seed = mrand.Uint64()&(1<<32-1) | 1 // short enough to retype
 	}
 	if opts.Dir == "" {
 		if opts.Dir, err = os.MkdirTemp("", "tcp-upper-"+x.Name+"-"); err != nil {
@@ -246,7 +244,7 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 			err = derr
 		}
 	}()
-	dev, err := tun.Open(tun.Config{Name: "tun0", MTU: 1500, Addr: lab.TunAddr, NetNS: l.NetNSPath(lab.Apple)}, opts.Log)
+	dev, err := l.OpenServerTUN(opts.Log)
 	if err != nil {
 		return nil, err
 	}

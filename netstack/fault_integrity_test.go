@@ -9,7 +9,6 @@ import (
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/fault"
-	"github.com/tcp-upper/tcp-upper/tun"
 )
 
 func counters(st *netstack.Stack) map[string]uint64 {
@@ -35,17 +34,7 @@ func TestIntegrityUnderFaults(t *testing.T) {
 		}
 		rules = append(rules, r)
 	}
-	a, b := tun.Pipe("srv0", "cli0", 1500)
-	srv, err := netstack.New(a, netstack.Options{Addr: netip.MustParsePrefix("10.0.2.2/24"), Fault: fault.Options{Seed: 7, Rules: rules}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cli, err := netstack.New(b, netstack.Options{Addr: netip.MustParsePrefix("10.0.1.2/24")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	srv, cli := pair(t, netstack.Options{Fault: fault.Options{Seed: 7, Rules: rules}}, netstack.Options{})
 	ln, err := srv.Listen(9999)
 	if err != nil {
 		t.Fatal(err)

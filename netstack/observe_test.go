@@ -20,7 +20,6 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
-	"github.com/tcp-upper/tcp-upper/tun"
 )
 
 // observed is a server stack with tracing, a pcap and the tracker, and a
@@ -41,20 +40,10 @@ func newObserved(t *testing.T, hex bool, serverOpts app.ServerOptions) *observed
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pw.Close() })
-	a, b := tun.Pipe("srv0", "cli0", 1500)
-	o.srv, err = netstack.New(a, netstack.Options{
-		Addr: netip.MustParsePrefix("10.0.2.2/24"), Inspect: true, TimeWait: time.Second,
+	o.srv, o.cli = pair(t, netstack.Options{
+		Inspect: true, TimeWait: time.Second,
 		Trace: trace.Options{Out: o.traceOut, Pcap: pw, HexDump: hex},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.srv.Close)
-	o.cli, err = netstack.New(b, netstack.Options{Addr: netip.MustParsePrefix("10.0.1.2/24"), Inspect: true, TimeWait: time.Second}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.cli.Close)
+	}, netstack.Options{Inspect: true, TimeWait: time.Second})
 	o.srvEvs = o.srv.Tracker().Subscribe(1000)
 	o.cliEvs = o.cli.Tracker().Subscribe(1000)
 	ln, err := o.srv.Listen(9999)
@@ -281,17 +270,7 @@ func find(evs []inspect.Event, to inspect.State) *inspect.Event {
 // TIME-WAIT entry whose time left goes down and which then disappears.
 func TestSockets(t *testing.T) {
 	leakcheck.Check(t)
-	a, b := tun.Pipe("srv0", "cli0", 1500)
-	srv, err := netstack.New(a, netstack.Options{Addr: netip.MustParsePrefix("10.0.2.2/24"), Inspect: true, TimeWait: 2 * time.Second, Backlog: 16}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cli, err := netstack.New(b, netstack.Options{Addr: netip.MustParsePrefix("10.0.1.2/24")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	srv, cli := pair(t, netstack.Options{Inspect: true, TimeWait: 2 * time.Second, Backlog: 16}, netstack.Options{})
 	ln, err := srv.Listen(9999)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -270,52 +271,40 @@ func (st *Stack) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error
 // after closing the application's connections so their FINs are delivered
 // and acknowledged before the device goes away.
 func (st *Stack) Drain(ctx context.Context) error {
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		busy := 0
-		for _, ep := range st.s.RegisteredEndpoints() {
-			te, ok := ep.(*tcp.Endpoint)
-			if !ok {
-				continue
-			}
-			switch tcp.EndpointState(te.State()) {
-			case tcp.StateSynSent, tcp.StateSynRecv, tcp.StateFinWait1, tcp.StateFinWait2, tcp.StateClosing, tcp.StateLastAck:
-				busy++
-			}
-		}
-		if busy == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d connection(s) still closing: %w", busy, ctx.Err())
-		case <-tick.C:
-		}
-	}
+	return st.waitNone(ctx, "still closing",
+		tcp.StateSynSent, tcp.StateSynRecv, tcp.StateFinWait1, tcp.StateFinWait2, tcp.StateClosing, tcp.StateLastAck)
 }
 
 // WaitTimeWait waits until no connection is in TIME-WAIT (its 2MSL timer
 // has run out), or ctx ends.
 func (st *Stack) WaitTimeWait(ctx context.Context) error {
+	if err := st.waitNone(ctx, "still in TIME-WAIT", tcp.StateTimeWait); err != nil {
+		return err
+	}
+	if st.tracker != nil {
+		st.tracker.Sync() // report the TIME-WAIT's end before anything closes
+	}
+	return nil
+}
+
+// waitNone polls every 10ms until no TCP endpoint is in any of states, or
+// ctx ends.
+func (st *Stack) waitNone(ctx context.Context, what string, states ...tcp.EndpointState) error {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		n := 0
 		for _, ep := range st.s.RegisteredEndpoints() {
-			if te, ok := ep.(*tcp.Endpoint); ok && tcp.EndpointState(te.State()) == tcp.StateTimeWait {
+			if te, ok := ep.(*tcp.Endpoint); ok && slices.Contains(states, tcp.EndpointState(te.State())) {
 				n++
 			}
 		}
 		if n == 0 {
-			if st.tracker != nil {
-				st.tracker.Sync() // report the TIME-WAIT's end before anything closes
-			}
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d connection(s) still in TIME-WAIT: %w", n, ctx.Err())
+			return fmt.Errorf("%d connection(s) %s: %w", n, what, ctx.Err())
 		case <-tick.C:
 		}
 	}

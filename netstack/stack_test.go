@@ -15,18 +15,24 @@ import (
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
-// pair builds two stacks joined in memory: server 10.0.2.2, client 10.0.2.3.
-func pair(t *testing.T) (srv, cli *netstack.Stack) {
+// pair builds two stacks joined in memory, closed when the test ends. An
+// Options without Addr gets the lab's: server 10.0.2.2/24, client
+// 10.0.1.2/24.
+func pair(t *testing.T, srvOpts, cliOpts netstack.Options) (srv, cli *netstack.Stack) {
 	t.Helper()
+	if !srvOpts.Addr.IsValid() {
+		srvOpts.Addr = netip.MustParsePrefix("10.0.2.2/24")
+	}
+	if !cliOpts.Addr.IsValid() {
+		cliOpts.Addr = netip.MustParsePrefix("10.0.1.2/24")
+	}
 	a, b := tun.Pipe("srv0", "cli0", 1500)
 	var err error
-	srv, err = netstack.New(a, netstack.Options{Addr: netip.MustParsePrefix("10.0.2.2/24")}, nil)
-	if err != nil {
+	if srv, err = netstack.New(a, srvOpts, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	cli, err = netstack.New(b, netstack.Options{Addr: netip.MustParsePrefix("10.0.2.3/24")}, nil)
-	if err != nil {
+	if cli, err = netstack.New(b, cliOpts, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cli.Close)
@@ -35,7 +41,7 @@ func pair(t *testing.T) (srv, cli *netstack.Stack) {
 
 func TestSessionInMemory(t *testing.T) {
 	leakcheck.Check(t)
-	srv, cli := pair(t)
+	srv, cli := pair(t, netstack.Options{}, netstack.Options{})
 	ln, err := srv.Listen(9999)
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +110,7 @@ func (s *syncBuffer) String() string {
 
 func TestListenPortInUse(t *testing.T) {
 	leakcheck.Check(t)
-	srv, _ := pair(t)
+	srv, _ := pair(t, netstack.Options{}, netstack.Options{})
 	ln, err := srv.Listen(9999)
 	if err != nil {
 		t.Fatal(err)

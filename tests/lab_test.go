@@ -167,16 +167,25 @@ func TestNoKernelListener(t *testing.T) {
 	}
 }
 
+// tcpdumpTun starts tcpdump on apple's tun0 (the server's port) and waits
+// until it captures.
+func tcpdumpTun(t *testing.T, l *lab.Lab) *proc {
+	t.Helper()
+	requireTool(t, "tcpdump")
+	dump := startIn(t, l, lab.Apple, "tcpdump", "-l", "-n", "-i", "tun0", "tcp", "port", "9999")
+	if !dump.stderr.waitFor("listening on", 10*time.Second) {
+		t.Fatalf("tcpdump did not start: %q", dump.stderr.String())
+	}
+	return dump
+}
+
 // TestTcpdumpSeesSession: real tcpdump on the TUN in apple sees the
 // handshake, data and the close.
 func TestTcpdumpSeesSession(t *testing.T) {
 	requireTool(t, "tcpdump")
 	l := newLab(t)
 	srv := startServer(t, l)
-	dump := startIn(t, l, lab.Apple, "tcpdump", "-l", "-n", "-i", "tun0", "tcp", "port", "9999")
-	if !dump.stderr.waitFor("listening on", 10*time.Second) {
-		t.Fatalf("tcpdump did not start: %q", dump.stderr.String())
-	}
+	dump := tcpdumpTun(t, l)
 	c := dialAnt(t, l, serverAddr)
 	local := c.LocalAddr().String()
 	if err := app.Session(c, app.NewPipeLines(strings.NewReader("abc\n")), io.Discard); err != nil {
@@ -212,10 +221,7 @@ func TestSIGTERM(t *testing.T) {
 	requireTool(t, "tcpdump")
 	l := newLab(t)
 	srv := startServer(t, l)
-	dump := startIn(t, l, lab.Apple, "tcpdump", "-l", "-n", "-i", "tun0", "tcp", "port", "9999")
-	if !dump.stderr.waitFor("listening on", 10*time.Second) {
-		t.Fatalf("tcpdump did not start: %q", dump.stderr.String())
-	}
+	dump := tcpdumpTun(t, l)
 	c := dialAnt(t, l, serverAddr)
 	local := strings.Replace(c.LocalAddr().String(), ":", ".", 1)
 	c.Write([]byte("hi"))

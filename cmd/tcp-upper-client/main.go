@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -69,15 +68,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
-	var stackOnly []string
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "fault", "seed", "recovery", "linger":
-			stackOnly = append(stackOnly, "--"+f.Name)
-		}
-	})
-	if len(stackOnly) > 0 && c.stack != "netstack" {
-		return nil, cli.Usagef("%s: only with --stack netstack (the kernel's TCP cannot be traced or faulted from here; use tcpdump and ss)", strings.Join(stackOnly, ", "))
+	if err := c.obs.RequireNetstack(fs, c.stack, "linger"); err != nil {
+		return nil, err
 	}
 	if *ip == "" {
 		return nil, cli.Usagef("-i SERVER_IP is required, e.g. %s -i 10.0.2.2", prog)

@@ -278,7 +278,7 @@ func (d *demo) inLab(ctx context.Context, l *lab.Lab) (err error) {
 	}()
 	fmt.Fprintf(d.out, "  namespaces %s and %s (removed at the end)\n", l.NetNS(lab.Ant), l.NetNS(lab.Apple))
 
-	dev, err := tun.Open(tun.Config{Name: "tun0", MTU: 1500, Addr: lab.TunAddr, NetNS: l.NetNSPath(lab.Apple)}, d.log)
+	dev, err := l.OpenServerTUN(d.log)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 	"time"
 
@@ -69,13 +68,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
-	stackOnly := []string{}
 	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "mtu":
+		if f.Name == "mtu" {
 			c.mtuSet = true
-		case "trace", "trace-x", "pcap", "events", "events-format", "time-wait", "control", "fault", "seed", "recovery":
-			stackOnly = append(stackOnly, "--"+f.Name)
 		}
 	})
 	if c.idle < 0 {
@@ -84,8 +79,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	switch c.stack {
 	case "netstack":
 	case "kernel":
-		if len(stackOnly) > 0 {
-			return nil, cli.Usagef("%s: only with --stack netstack (the kernel's TCP cannot be traced or faulted from here; use tcpdump and ss)", strings.Join(stackOnly, ", "))
+		if err := c.obs.RequireNetstack(fs, c.stack); err != nil {
+			return nil, err
 		}
 	default:
 		return nil, cli.Usagef("bad --stack %q: want netstack or kernel", c.stack)

@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/tcp-upper/tcp-upper/internal/pkt"
+	"github.com/tcp-upper/tcp-upper/netstack/trace"
 )
 
 // Applied describes one fault the layer injected.
@@ -471,16 +472,7 @@ func segString(s *seg) string {
 	if !s.tcp {
 		return "non-TCP packet"
 	}
-	flags := ""
-	for _, f := range []struct {
-		bit  header.TCPFlags
-		name string
-	}{{header.TCPFlagFin, "F"}, {header.TCPFlagSyn, "S"}, {header.TCPFlagRst, "R"}, {header.TCPFlagPsh, "P"}, {header.TCPFlagAck, "."}} {
-		if s.flags&f.bit != 0 {
-			flags += f.name
-		}
-	}
-	out := fmt.Sprintf("Flags [%s], seq %d", flags, s.seq)
+	out := fmt.Sprintf("Flags [%s], seq %d", trace.FlagString(s.flags), s.seq)
 	if s.payload > 0 {
 		out += fmt.Sprintf(":%d", s.seq+uint32(s.payload))
 	}

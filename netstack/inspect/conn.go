@@ -106,31 +106,31 @@ func (c *conn) add(t *Tracker, ev Event, waitProbe bool) {
 		c.pending = append(c.pending, ev)
 		return
 	}
-	if ev.Kind != KindFault {
-		ev.N = c.numbers(false)
-	}
-	if ev.Kind == KindRTO {
-		// Our timer fired: nothing arrived, so the last probe snapshot
-		// is stale. Ask the endpoint for its (backed-off) RTO and cwnd.
-		c.fillFromTCPInfo(t, &ev.N)
-	}
-	t.emit(ev)
+	c.emit(t, ev)
 }
 
 // flush emits pending events with the numbers known now.
 func (c *conn) flush(t *Tracker) {
 	for _, ev := range c.pending {
-		if ev.Kind != KindFault {
-			if ev.N == (Numbers{}) {
-				ev.N = c.numbers(false)
-			}
-			if ev.N.Cwnd == 0 || ev.Kind == KindRTO {
-				c.fillFromTCPInfo(t, &ev.N)
-			}
-		}
-		t.emit(ev)
+		c.emit(t, ev)
 	}
 	c.pending = c.pending[:0]
+}
+
+// emit completes ev's numbers and sends it: the wire's sequence numbers if
+// it has none yet, and the endpoint's own congestion numbers when no probe
+// snapshot gave them or when our timer caused the event (nothing arrived,
+// so the last snapshot is stale and the RTO has since backed off).
+func (c *conn) emit(t *Tracker, ev Event) {
+	if ev.Kind != KindFault {
+		if ev.N == (Numbers{}) {
+			ev.N = c.numbers(false)
+		}
+		if ev.N.Cwnd == 0 || ev.Kind == KindRTO {
+			c.fillFromTCPInfo(t, &ev.N)
+		}
+	}
+	t.emit(ev)
 }
 
 // fillFromTCPInfo takes the congestion numbers from the endpoint itself

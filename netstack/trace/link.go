@@ -179,6 +179,12 @@ func (l *Link) observe(dir Direction, p *stack.PacketBuffer) {
 		l.opts.Observer.ObservePacket(now, dir, r.data[:min(len(r.data), HeaderSnap)], size)
 	}
 	r.t, r.dir, r.n = now, dir, size
+	l.push(r)
+}
+
+// push hands r to the recorder, or drops and counts it if the recorder is
+// that far behind.
+func (l *Link) push(r *record) {
 	l.pending.Add(1)
 	if !l.queue.Push(r) {
 		l.pending.Add(-1)
@@ -253,12 +259,7 @@ func (l *Link) Note(t time.Time, text string) {
 	}
 	r := l.pool.Get().(*record)
 	r.t, r.note, r.data = t, text, r.data[:0]
-	l.pending.Add(1)
-	if !l.queue.Push(r) {
-		l.pending.Add(-1)
-		l.stats.Dropped.Add(1)
-		l.pool.Put(r)
-	}
+	l.push(r)
 }
 
 // Flush waits (up to a second) until every packet queued so far has been

@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,11 +46,22 @@ type Flags struct {
 	Recovery string
 
 	format string
+	names  map[string]bool // the flags Register added
 }
 
 // Register adds the flags to fs. what names the program's stack in help
 // texts.
 func (f *Flags) Register(fs *flag.FlagSet) {
+	before := map[string]bool{}
+	fs.VisitAll(func(fl *flag.Flag) { before[fl.Name] = true })
+	defer func() {
+		f.names = map[string]bool{}
+		fs.VisitAll(func(fl *flag.Flag) {
+			if !before[fl.Name] {
+				f.names[fl.Name] = true
+			}
+		})
+	}()
 	fs.BoolVar(&f.Trace, "trace", false, "print every segment the stack sends or receives on stderr, as tcpdump does")
 	fs.BoolVar(&f.TraceX, "trace-x", false, "like --trace, with tcpdump -X's hex and ASCII dump of each packet")
 	fs.StringVar(&f.Pcap, "pcap", "", "write every packet to this pcap file (tcpdump -r, tshark -r, Wireshark)")
@@ -73,6 +86,25 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 		f.Seed, f.SeedSet = v, true
 		return nil
 	})
+}
+
+// RequireNetstack fails, naming them, if any of these flags (or of the
+// program's own extra ones) was given while stack is not netstack: they
+// watch or change our stack, which the kernel's TCP is not.
+func (f *Flags) RequireNetstack(fs *flag.FlagSet, stack string, extra ...string) error {
+	if stack == "netstack" {
+		return nil
+	}
+	var given []string
+	fs.Visit(func(fl *flag.Flag) {
+		if f.names[fl.Name] || slices.Contains(extra, fl.Name) {
+			given = append(given, "--"+fl.Name)
+		}
+	})
+	if len(given) == 0 {
+		return nil
+	}
+	return cli.Usagef("%s: only with --stack netstack (the kernel's TCP cannot be traced or faulted from here; use tcpdump and ss)", strings.Join(given, ", "))
 }
 
 // Validate checks the flags after parsing; tun is the TUN device's name
