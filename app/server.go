@@ -24,6 +24,11 @@ type ServerOptions struct {
 	// nothing for that long (the server then closes first, so TIME-WAIT
 	// lands on the server's side).
 	IdleClose time.Duration
+	// MaxConns, when positive, is how many connections are served at
+	// once: at the limit a new connection is closed as soon as it is
+	// accepted (the client reads EOF at once), counted (Refused) and
+	// logged. With IdleClose, idle connections free their places.
+	MaxConns int
 }
 
 // Server uppercases whatever its clients send, byte for byte, and sends it
@@ -39,6 +44,8 @@ type Server struct {
 	conns    map[net.Conn]struct{}
 	closing  bool
 	handlers sync.WaitGroup
+	refused  uint64    // connections closed at once: MaxConns reached
+	warned   time.Time // when a refusal was last logged as a warning
 }
 
 // NewServer returns a server for ln. Call Serve to run it.
@@ -95,10 +102,30 @@ func (s *Server) Serve() error {
 			c.Close()
 			return nil
 		}
+		if s.opts.MaxConns > 0 && len(s.conns) >= s.opts.MaxConns {
+			s.refuse(c)
+			s.mu.Unlock()
+			continue
+		}
 		s.conns[c] = struct{}{}
 		s.handlers.Add(1)
 		s.mu.Unlock()
 		go s.handle(c)
+	}
+}
+
+// refuse closes c at once because MaxConns connections are open, counts
+// it, and logs it: every refusal at debug level, and a warning with the
+// running total at most once a second (a flood of refusals must not flood
+// the log). s.mu is held.
+func (s *Server) refuse(c net.Conn) {
+	s.refused++
+	peer := c.RemoteAddr().String()
+	c.Close()
+	s.log.Debug("refused a connection: --max-conns reached", "peer", peer, "max_conns", s.opts.MaxConns)
+	if now := time.Now(); now.Sub(s.warned) >= time.Second {
+		s.warned = now
+		s.log.Warn("refusing connections: --max-conns reached", "peer", peer, "max_conns", s.opts.MaxConns, "refused_total", s.refused)
 	}
 }
 
@@ -170,6 +197,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return fmt.Errorf("shutdown: forced %d connection(s) closed: %w", n, ctx.Err())
 	}
+}
+
+// Refused reports how many connections were closed at once because
+// MaxConns connections were open.
+func (s *Server) Refused() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
 }
 
 // Conns reports how many connections are open.

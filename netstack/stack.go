@@ -51,7 +51,15 @@ type Options struct {
 	// (for example the TUN was deleted).
 	OnLinkError func(error)
 	// Backlog is the listen backlog (default 4096, Linux's somaxconn).
+	// When this many handshakes are pending, further SYNs are answered
+	// with SYN cookies (counted as tcp.syn_cookies_sent), so a SYN flood
+	// does not lock real clients out.
 	Backlog int
+	// UserTimeout, when positive, is every accepted connection's
+	// TCP_USER_TIMEOUT: a connection whose sent data (or FIN) stays
+	// unacknowledged for that long is aborted, so a peer that vanished
+	// is freed in bounded time instead of after ~15 retransmissions.
+	UserTimeout time.Duration
 	// Trace configures the tcpdump-style trace and the pcap file.
 	Trace trace.Options
 	// Inspect turns on the connection tracker (state events, ss -i,
@@ -84,6 +92,9 @@ type Stack struct {
 	faults  *fault.Link
 	tracker *inspect.Tracker
 	top     stack.LinkEndpoint // what the NIC is attached to
+
+	// userTimeout is set on listeners; accepted endpoints inherit it.
+	userTimeout time.Duration
 }
 
 // New builds the link pipeline over dev and a stack on top of it, gives it opts.Addr and a default route through
@@ -96,7 +107,7 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 	if !opts.Addr.IsValid() || !opts.Addr.Addr().Is4() {
 		return nil, fmt.Errorf("stack address %v: need an IPv4 address with prefix, such as 10.0.2.2/24", opts.Addr)
 	}
-	st := &Stack{addr: opts.Addr, log: log, backlog: opts.Backlog}
+	st := &Stack{addr: opts.Addr, log: log, backlog: opts.Backlog, userTimeout: opts.UserTimeout}
 	if st.backlog <= 0 {
 		st.backlog = 4096
 	}
@@ -214,6 +225,13 @@ func (st *Stack) Listen(port uint16) (net.Listener, error) {
 	if terr := ep.Bind(tcpip.FullAddress{NIC: NICID, Port: port}); terr != nil {
 		ep.Close()
 		return nil, fmt.Errorf("listen on 0.0.0.0:%d in the user-space stack: %s", port, terr)
+	}
+	if st.userTimeout > 0 {
+		uto := tcpip.TCPUserTimeoutOption(st.userTimeout)
+		if terr := ep.SetSockOpt(&uto); terr != nil {
+			ep.Close()
+			return nil, fmt.Errorf("listen on 0.0.0.0:%d in the user-space stack: set user timeout: %s", port, terr)
+		}
 	}
 	if terr := ep.Listen(st.backlog); terr != nil {
 		ep.Close()

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
@@ -46,6 +48,9 @@ type config struct {
 	mtuSet   bool
 	logLevel string
 	idle     time.Duration
+	maxConns int
+	backlog  int
+	userTO   time.Duration
 	obs      observe.Flags
 	cpuProf  string
 }
@@ -53,7 +58,7 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.2.2/24")
-	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--fault RULE]... [--seed N]")
+	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--max-conns N] [--backlog N] [--user-timeout D]\n       [--fault RULE]... [--seed N]")
 	fs.Var(&c.port, "p", "TCP port to listen on (short for --port)")
 	fs.Var(&c.port, "port", "TCP port to listen on")
 	fs.StringVar(&c.stack, "stack", "netstack", "whose TCP serves: netstack (gVisor on a TUN) or kernel (plain net.Listen)")
@@ -63,6 +68,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.mtu, "mtu", 1500, "MTU of the TUN and of the stack's NIC")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
 	fs.DurationVar(&c.idle, "idle-close", 0, "close a connection that has received nothing for this long, so the server closes first and TIME-WAIT lands in our stack (0: never)")
+	fs.IntVar(&c.maxConns, "max-conns", 0, "serve at most N connections at once; more are closed as soon as they are accepted, counted and logged (0: no limit)")
+	fs.IntVar(&c.backlog, "backlog", 4096, "listen backlog of our stack: with this many handshakes pending, SYNs are answered with SYN cookies")
+	fs.DurationVar(&c.userTO, "user-timeout", 0, "abort a connection whose sent data or FIN stays unacknowledged this long (TCP_USER_TIMEOUT), so a vanished peer is freed (0: the stack's retransmission limit)")
 	c.obs.Register(fs)
 	fs.StringVar(&c.cpuProf, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (go tool pprof), for performance work")
 	if err := cli.Parse(fs, args); err != nil {
@@ -76,9 +84,23 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.idle < 0 {
 		return nil, cli.Usagef("bad --idle-close %v: want a positive duration, or 0 for never", c.idle)
 	}
+	if c.maxConns < 0 {
+		return nil, cli.Usagef("bad --max-conns %d: want a positive number, or 0 for no limit", c.maxConns)
+	}
+	if c.backlog < 1 || c.backlog > 65535 {
+		return nil, cli.Usagef("bad --backlog %d: want 1 to 65535", c.backlog)
+	}
+	if c.userTO < 0 {
+		return nil, cli.Usagef("bad --user-timeout %v: want a positive duration, or 0 for none", c.userTO)
+	}
 	switch c.stack {
 	case "netstack":
 	case "kernel":
+		backlogSet := false
+		fs.Visit(func(f *flag.Flag) { backlogSet = backlogSet || f.Name == "backlog" })
+		if backlogSet {
+			return nil, cli.Usagef("--backlog is for --stack netstack: the kernel's backlog is net.core.somaxconn")
+		}
 		if err := c.obs.RequireNetstack(fs, c.stack); err != nil {
 			return nil, err
 		}
@@ -145,7 +167,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func serveKernel(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) error {
-	ln, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", c.port))
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		if c.userTO <= 0 {
+			return nil
+		}
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			// Accepted sockets inherit the listener's TCP_USER_TIMEOUT.
+			serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(c.userTO.Milliseconds()))
+		})
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			return fmt.Errorf("set TCP_USER_TIMEOUT: %w", err)
+		}
+		return nil
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", c.port))
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return fmt.Errorf("listen on 0.0.0.0:%d: port in use: stop the other server or pick another -p", c.port)
@@ -155,7 +194,7 @@ func serveKernel(ctx context.Context, c *config, stdout io.Writer, log *slog.Log
 		}
 		return err
 	}
-	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle}, log)
+	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle, MaxConns: c.maxConns}, log)
 	return serve(ctx, srv, nil, nil, log)
 }
 
@@ -173,6 +212,8 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 	opts := netstack.Options{
 		Addr:        c.addr.Prefix,
 		OnLinkError: func(err error) { linkErr <- err },
+		Backlog:     c.backlog,
+		UserTimeout: c.userTO,
 	}
 	obs, err := observe.New(&c.obs, &opts, stderr, log)
 	if err != nil {
@@ -195,7 +236,7 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 		return err
 	}
 	log.Info("serving", "tun", dev.Name(), "created", dev.Created(), "addr", c.addr, "mtu", dev.MTU(), "control", obs.ControlPath())
-	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle}, log)
+	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle, MaxConns: c.maxConns}, log)
 	return serve(ctx, srv, st, linkErr, log)
 }
 
