@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/netstack"
@@ -21,7 +22,7 @@ const StreamBuffer = 4096
 //
 //	hello   who the server is (pid, TUN, address, TIME-WAIT, commands)
 //	ss      the socket table, with ss -i's detail
-//	stats   the counters
+//	stats   the counters (and the process's goroutine count)
 //	events  a stream of connection events until the client leaves
 //
 // hello's PID, Started and Commands are filled in here.
@@ -51,6 +52,8 @@ func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
 		for _, c := range st.Counters() {
 			cs = append(cs, Counter{Name: c.Name, Value: c.Value, Help: c.Help})
 		}
+		// The process's, not the stack's: a leak check watches it.
+		cs = append(cs, Counter{Name: "go.goroutines", Value: uint64(runtime.NumGoroutine()), Help: "goroutines in the server process now"})
 		return send(&Response{Counters: cs})
 	})
 	s.Handle("fault", func(ctx context.Context, req *Request, send func(*Response) error) error {
