@@ -15,6 +15,16 @@ import (
 // BufSize is how much one read of the server takes at most.
 const BufSize = 64 << 10
 
+// smallBufSize is the buffer each connection owns: an idle connection, or
+// one exchanging short lines, never holds more. A read that fills it
+// borrows a BufSize buffer from the server's pool for as long as data keeps
+// coming.
+const smallBufSize = 2 << 10
+
+// quietAfter is how long a connection holding a pooled buffer may receive
+// nothing before it gives the buffer back.
+const quietAfter = 100 * time.Millisecond
+
 // ServerOptions configure a Server.
 type ServerOptions struct {
 	// Out receives the seed's lines ("listening at port: ...",
@@ -46,6 +56,11 @@ type Server struct {
 	handlers sync.WaitGroup
 	refused  uint64    // connections closed at once: MaxConns reached
 	warned   time.Time // when a refusal was last logged as a warning
+
+	// bufs holds *[]byte of BufSize for connections receiving in bulk.
+	bufs sync.Pool
+	// quiet is quietAfter (shorter in tests).
+	quiet time.Duration
 }
 
 // NewServer returns a server for ln. Call Serve to run it.
@@ -56,7 +71,9 @@ func NewServer(ln net.Listener, opts ServerOptions, log *slog.Logger) *Server {
 	if opts.Out == nil {
 		opts.Out = io.Discard
 	}
-	return &Server{ln: ln, opts: opts, log: log, conns: make(map[net.Conn]struct{})}
+	s := &Server{ln: ln, opts: opts, log: log, conns: make(map[net.Conn]struct{}), quiet: quietAfter}
+	s.bufs.New = func() any { b := make([]byte, BufSize); return &b }
+	return s
 }
 
 // ListenLine is the seed's first line for a listener on addr.
@@ -114,6 +131,11 @@ func (s *Server) Serve() error {
 	}
 }
 
+// handle echoes c's data uppercased until EOF, an error, IdleClose or
+// Shutdown. It reads into a small buffer of its own and switches to a
+// pooled BufSize buffer only while reads keep filling the small one; after
+// s.quiet without data it returns the pooled buffer, so idle connections
+// cost little memory.
 // refuse closes c at once because MaxConns connections are open, counts
 // it, and logs it: every refusal at debug level, and a warning with the
 // running total at most once a second (a flood of refusals must not flood
@@ -133,24 +155,65 @@ func (s *Server) handle(c net.Conn) {
 	defer s.handlers.Done()
 	peer := c.RemoteAddr().String()
 	s.println("%s connected", peer)
-	buf := make([]byte, BufSize)
+	small := make([]byte, smallBufSize)
+	var big *[]byte // from s.bufs while data keeps coming
+	defer func() {
+		if big != nil {
+			s.bufs.Put(big)
+		}
+	}()
+	var idleAt, deadline time.Time // IdleClose's end; the deadline set on c
+	got := true                    // the last read returned data (or none yet)
 	for {
-		if s.opts.IdleClose > 0 {
-			c.SetReadDeadline(time.Now().Add(s.opts.IdleClose))
+		if got && s.opts.IdleClose > 0 {
+			idleAt = time.Now().Add(s.opts.IdleClose)
+		}
+		want := idleAt
+		if big != nil {
+			// Refreshed at most every s.quiet/2, not on every read.
+			q := deadline
+			if q.IsZero() || time.Until(q) < s.quiet/2 {
+				q = time.Now().Add(s.quiet)
+			}
+			if want.IsZero() || q.Before(want) {
+				want = q
+			}
+		}
+		if !want.Equal(deadline) {
+			if !s.setReadDeadline(c, want) {
+				break // Shutdown has begun
+			}
+			deadline = want
+		}
+		buf := small
+		if big != nil {
+			buf = *big
 		}
 		n, err := c.Read(buf)
+		got = n > 0
 		if n > 0 {
 			Upper(buf[:n])
 			if _, werr := c.Write(buf[:n]); werr != nil {
 				s.log.Debug("write failed", "peer", peer, "err", werr)
 				break
 			}
+			if big == nil && n == len(small) {
+				big = s.bufs.Get().(*[]byte)
+			}
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			timeout := errors.Is(err, os.ErrDeadlineExceeded)
+			if timeout && big != nil && !s.isClosing() && (idleAt.IsZero() || time.Now().Before(idleAt)) {
+				// Quiet, not idle: give the big buffer back and wait on
+				// the small one.
+				s.bufs.Put(big)
+				big = nil
+				continue
+			}
+			if !errors.Is(err, io.EOF) && !timeout {
 				s.log.Debug("read failed", "peer", peer, "err", err)
 			}
-			if errors.Is(err, os.ErrDeadlineExceeded) && !s.isClosing() {
+			if timeout && !s.isClosing() {
 				s.log.Info("closing idle connection", "peer", peer, "idle", s.opts.IdleClose)
 			}
 			break
@@ -161,6 +224,19 @@ func (s *Server) handle(c net.Conn) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.println("%s disconnected", peer)
+}
+
+// setReadDeadline sets c's read deadline unless Shutdown has begun (its
+// immediate deadline, which wakes the handler, must not be overwritten);
+// then it reports false.
+func (s *Server) setReadDeadline(c net.Conn, t time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	c.SetReadDeadline(t)
+	return true
 }
 
 func (s *Server) isClosing() bool {
