@@ -1,5 +1,7 @@
 package netstack
 
+import "gvisor.dev/gvisor/pkg/tcpip"
+
 // Counter is one named count.
 type Counter struct {
 	Name  string
@@ -40,6 +42,10 @@ func (st *Stack) Counters() []Counter {
 		{"ip.packets_out", ip.PacketsSent.Value(), "IP packets sent"},
 		{"ip.malformed", ip.MalformedPacketsReceived.Value(), "IP packets dropped as malformed"},
 		{"ip.wrong_destination", ip.InvalidDestinationAddressesReceived.Value(), "IP packets for an address that is not ours"},
+		{"ip.bad_source", ip.InvalidSourceAddressesReceived.Value(), "IP packets from a loopback address or our own"},
+		{"ip.unknown_protocol", sumMap(s.NICs.UnknownL3ProtocolRcvdPacketCounts), "packets of a network protocol we do not speak (IPv6)"},
+		{"ip.unknown_transport", sumMap(s.NICs.UnknownL4ProtocolRcvdPacketCounts), "IP packets for a transport we do not serve (UDP, ...)"},
+		{"ip.malformed_transport", s.NICs.MalformedL4RcvdPackets.Value(), "TCP/ICMP headers too short, or bad for no connection"},
 
 		{"stack.dropped", s.DroppedPackets.Value(), "packets the stack dropped"},
 	}
@@ -76,4 +82,18 @@ func (st *Stack) Counters() []Counter {
 		)
 	}
 	return c
+}
+
+// sumMap adds up a counter map (gVisor keeps per-protocol counts).
+func sumMap(m *tcpip.IntegralStatCounterMap) uint64 {
+	if m == nil {
+		return 0
+	}
+	var n uint64
+	for _, k := range m.Keys() {
+		if c, ok := m.Get(k); ok {
+			n += c.Value()
+		}
+	}
+	return n
 }
