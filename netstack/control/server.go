@@ -261,7 +261,12 @@ func (s *Server) dispatch(ctx context.Context, req *Request, send func(*Response
 		return send(&Response{Error: fmt.Sprintf("unknown command %q: want one of %s", req.Cmd, strings.Join(s.Commands(), ", "))})
 	}
 	if err := h(ctx, req, send); err != nil {
-		if ctx.Err() != nil || errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded) {
+		// The connection is gone (a failed send), or a stream ended
+		// because the client left: nothing to answer. Any other error is
+		// the request's, and is answered even when the client has already
+		// half-closed (a request piped in and EOF).
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, os.ErrDeadlineExceeded) ||
+			errors.Is(err, net.ErrClosed) || (ctx.Err() != nil && errors.Is(err, ctx.Err())) {
 			return err
 		}
 		return send(&Response{Error: err.Error()})
