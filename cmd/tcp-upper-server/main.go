@@ -53,12 +53,13 @@ type config struct {
 	userTO   time.Duration
 	obs      observe.Flags
 	cpuProf  string
+	user     *account // --user: whom to become once the device and files are open
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.2.2/24")
-	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--max-conns N] [--backlog N] [--user-timeout D]\n       [--fault RULE]... [--seed N]")
+	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--max-conns N] [--backlog N] [--user-timeout D]\n       [--fault RULE]... [--seed N] [--user NAME]")
 	fs.Var(&c.port, "p", "TCP port to listen on (short for --port)")
 	fs.Var(&c.port, "port", "TCP port to listen on")
 	fs.StringVar(&c.stack, "stack", "netstack", "whose TCP serves: netstack (gVisor on a TUN) or kernel (plain net.Listen)")
@@ -72,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.backlog, "backlog", 4096, "listen backlog of our stack: with this many handshakes pending, SYNs are answered with SYN cookies")
 	fs.DurationVar(&c.userTO, "user-timeout", 0, "abort a connection whose sent data or FIN stays unacknowledged this long (TCP_USER_TIMEOUT), so a vanished peer is freed (0: the stack's retransmission limit)")
 	c.obs.Register(fs)
+	userName := fs.String("user", "", "after opening the TUN, the control socket and the pcap file, run as this user (setgroups, setgid, setuid); needs root")
 	fs.StringVar(&c.cpuProf, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (go tool pprof), for performance work")
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
@@ -138,6 +140,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			return nil, err
 		}
 	}
+	if *userName != "" {
+		a, err := lookupAccount(*userName)
+		if err != nil {
+			return nil, cli.Usagef("%v", err)
+		}
+		c.user = a
+	}
 	return c, nil
 }
 
@@ -194,6 +203,10 @@ func serveKernel(ctx context.Context, c *config, stdout io.Writer, log *slog.Log
 		}
 		return err
 	}
+	if err := c.user.drop(); err != nil {
+		ln.Close()
+		return err
+	}
 	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle, MaxConns: c.maxConns}, log)
 	return serve(ctx, srv, nil, nil, log)
 }
@@ -233,6 +246,9 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 		return err
 	}
 	if err := obs.Start(st, control.Hello{Program: prog, TUN: dev.Name(), Addr: c.addr.String()}); err != nil {
+		return err
+	}
+	if err := c.user.drop(); err != nil {
 		return err
 	}
 	log.Info("serving", "tun", dev.Name(), "created", dev.Created(), "addr", c.addr, "mtu", dev.MTU(), "control", obs.ControlPath())
