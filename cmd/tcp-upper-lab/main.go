@@ -36,6 +36,7 @@ func commands() map[string]command {
 		"run":   {"fault-injection experiments with verdicts: run NAME [--out DIR] [--seed N] | --all | --list", cmdRun},
 		"fault": {"change a running server's faults: fault add RULE | list | del ID | clear", cmdFault},
 		"trace": {"attach to a running server and stream its connection events live", cmdTrace},
+		"bench": {"measure our server against the kernel's: bulk, rr, connrate, idle memory, overheads [--json]", cmdBench},
 	}
 }
 

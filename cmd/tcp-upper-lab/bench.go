@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/bench"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/lab"
+)
+
+// cmdBench measures our server against the kernel's in a lab of its own,
+// which it always removes.
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg := bench.DefaultConfig()
+	fs := cli.NewFlagSet(prog+" bench", stderr, prog+" bench [--json] [--only NAME[,NAME]] [--duration D] [--rounds N] [--netstack-flags \"...\"]\n\nfigures: "+fmt.Sprint(bench.Names()))
+	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
+	only := fs.String("only", "", "run only these figures, comma-separated")
+	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "cap of each timed measurement (bulk, rr, connrate)")
+	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "measurements of each figure on each side")
+	nsFlags := fs.String("netstack-flags", "", "extra flags for every netstack server, e.g. \"--mtu 9000\" (quotes group words)")
+	mib := fs.Int64("bulk-mib", cfg.BulkBytes>>20, "cap of each bulk measurement in MiB each way")
+	fs.IntVar(&cfg.RRCount, "rr-count", cfg.RRCount, "cap of rr's exchanges per measurement")
+	fs.IntVar(&cfg.ConnCount, "conns", cfg.ConnCount, "cap of connrate's connections per measurement")
+	fs.IntVar(&cfg.IdleConns, "idle-conns", cfg.IdleConns, "idle-memory's connection count")
+	server := fs.String("server", "", "server program (default: tcp-upper-server next to this program, or on PATH)")
+	logLevel := fs.String("log-level", "warn", "log level on stderr: debug, info, warn or error")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if cfg.Only, err = bench.ParseOnly(*only); err != nil {
+		return cli.Usagef("bad --only: %v", err)
+	}
+	if cfg.NetstackFlags, err = bench.SplitArgs(*nsFlags); err != nil {
+		return cli.Usagef("bad --netstack-flags: %v", err)
+	}
+	switch {
+	case cfg.Duration <= 0 || cfg.Duration > 10*time.Minute:
+		return cli.Usagef("bad --duration %v: want 1ms to 10m", cfg.Duration)
+	case cfg.Rounds < 1 || cfg.Rounds > 100:
+		return cli.Usagef("bad --rounds %d: want 1 to 100", cfg.Rounds)
+	case *mib < 1 || *mib > 64<<10:
+		return cli.Usagef("bad --bulk-mib %d: want 1 to 65536", *mib)
+	case cfg.RRCount < 1 || cfg.ConnCount < 1 || cfg.IdleConns < 1 || cfg.IdleConns > 60000:
+		return cli.Usagef("--rr-count and --conns want at least 1, --idle-conns 1 to 60000")
+	}
+	cfg.BulkBytes = *mib << 20
+	if cfg.Log, err = cli.Logger(stderr, *logLevel); err != nil {
+		return err
+	}
+	cfg.Progress = stderr
+	if f, ok := stderr.(*os.File); ok {
+		cfg.ProgressTTY = app.IsTerminal(f)
+	}
+	if err := lab.CheckPrivileges(); err != nil {
+		return err
+	}
+	if cfg.ServerBin = *server; cfg.ServerBin == "" {
+		if cfg.ServerBin, err = lab.FindServer(); err != nil {
+			return err
+		}
+	}
+	rep, err := benchInLab(ctx, cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("interrupted; the bench's lab is removed")
+		}
+		return err
+	}
+	if *asJSON {
+		return rep.WriteJSON(stdout)
+	}
+	return rep.WriteTable(stdout)
+}
+
+// benchInLab runs the bench in a lab with a name of its own and removes
+// the lab (and the servers' state) whatever happens.
+func benchInLab(ctx context.Context, cfg bench.Config) (rep *bench.Report, err error) {
+	b := make([]byte, 3)
+	rand.Read(b)
+	l, err := lab.New("tcpub"+hex.EncodeToString(b), cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "tcp-upper-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("temporary directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	if err := l.Up(); err != nil {
+		return nil, fmt.Errorf("build the bench's lab: %w", err)
+	}
+	defer func() {
+		if derr := l.Down(); derr != nil {
+			cfg.Log.Warn("removing the bench's lab", "lab", l.Name, "err", derr)
+			if err == nil {
+				err = fmt.Errorf("remove the bench's lab %s: %w", l.Name, derr)
+			}
+		}
+	}()
+	cfg.Log.Info("bench lab up", slog.String("lab", l.Name))
+	env := bench.LabEnv(l, dir)
+	if err := bench.PrepareClient(env.Do); err != nil {
+		return nil, err
+	}
+	return bench.Run(ctx, env, cfg)
+}

@@ -1,0 +1,90 @@
+package tests
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/bench"
+	"github.com/tcp-upper/tcp-upper/lab"
+)
+
+// benchLabs lists the namespaces of bench labs (tcpub...).
+func benchLabs() map[string]bool {
+	m := map[string]bool{}
+	entries, _ := os.ReadDir(lab.NetNSDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "tcpub") {
+			m[e.Name()] = true
+		}
+	}
+	return m
+}
+
+// TestBench runs tcp-upper-lab bench briefly (rr and connrate, one round)
+// and checks its JSON: positive figures on both stacks, ratios and the
+// issue's targets, and no lab left behind.
+func TestBench(t *testing.T) {
+	requireRoot(t)
+	before := benchLabs()
+	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "bench",
+		"--only", "rr,connrate", "--rounds", "1", "--json", "--duration", "500ms", "--rr-count", "2000", "--conns", "300")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("JSON: %v\n%s", err, out)
+	}
+	got := map[string]*bench.Figure{}
+	for _, f := range rep.Figures {
+		got[f.Name] = f
+	}
+	for _, name := range []string{"rr-p50", "rr-p99", "connrate"} {
+		f := got[name]
+		if f == nil {
+			t.Errorf("no %s in %s", name, out)
+			continue
+		}
+		if f.Base.Label != "kernel" || f.Test.Label != "netstack" {
+			t.Errorf("%s: sides %q/%q", name, f.Base.Label, f.Test.Label)
+		}
+		if len(f.Base.Values) != 1 || len(f.Test.Values) != 1 || f.Base.Median <= 0 || f.Test.Median <= 0 || f.Ratio.Median <= 0 {
+			t.Errorf("%s: want one positive value per stack and a ratio: %+v", name, f)
+		}
+	}
+	if f := got["rr-p50"]; f != nil && (f.Target == nil || f.Target.Op != "<=" || f.Target.Value != 1.5) {
+		t.Errorf("rr-p50 target %+v, want <= 1.5", f.Target)
+	}
+	if len(rep.Figures) != 3 {
+		t.Errorf("%d figures, want only rr-p50, rr-p99, connrate", len(rep.Figures))
+	}
+	if !strings.Contains(stderr, "bench: round 1/1 connrate netstack:") {
+		t.Errorf("no progress line on stderr: %q", stderr)
+	}
+	for ns := range benchLabs() {
+		if !before[ns] {
+			t.Errorf("bench left namespace %s", ns)
+		}
+	}
+}
+
+// TestBenchErrors: bad flags and a missing root each give one line.
+func TestBenchErrors(t *testing.T) {
+	code, _, stderr := runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), "bench", "--only", "nope")
+	if code != 2 {
+		t.Errorf("--only nope: exit %d, want 2", code)
+	}
+	oneLine(t, "--only nope", stderr, "tcp-upper-lab bench", "connrate")
+	if os.Geteuid() != 0 {
+		return
+	}
+	code, _, stderr = runCmd(t, 10*time.Second, &syscall.Credential{Uid: 65534, Gid: 65534}, bin("tcp-upper-lab"), "bench")
+	if code != 1 {
+		t.Errorf("unprivileged: exit %d, want 1", code)
+	}
+	oneLine(t, "unprivileged bench", stderr, "tcp-upper-lab bench", "sudo")
+}
