@@ -131,11 +131,6 @@ func (s *Server) Serve() error {
 	}
 }
 
-// handle echoes c's data uppercased until EOF, an error, IdleClose or
-// Shutdown. It reads into a small buffer of its own and switches to a
-// pooled BufSize buffer only while reads keep filling the small one; after
-// s.quiet without data it returns the pooled buffer, so idle connections
-// cost little memory.
 // refuse closes c at once because MaxConns connections are open, counts
 // it, and logs it: every refusal at debug level, and a warning with the
 // running total at most once a second (a flood of refusals must not flood
@@ -151,6 +146,11 @@ func (s *Server) refuse(c net.Conn) {
 	}
 }
 
+// handle echoes c's data uppercased until EOF, an error, IdleClose or
+// Shutdown. It reads into a small buffer of its own and switches to a
+// pooled BufSize buffer only while reads keep filling the small one; after
+// s.quiet without data it returns the pooled buffer, so idle connections
+// cost little memory.
 func (s *Server) handle(c net.Conn) {
 	defer s.handlers.Done()
 	peer := c.RemoteAddr().String()
@@ -202,7 +202,7 @@ func (s *Server) handle(c net.Conn) {
 			}
 		}
 		if err != nil {
-			timeout := errors.Is(err, os.ErrDeadlineExceeded)
+			timeout := isTimeout(err)
 			if timeout && big != nil && !s.isClosing() && (idleAt.IsZero() || time.Now().Before(idleAt)) {
 				// Quiet, not idle: give the big buffer back and wait on
 				// the small one.
@@ -224,6 +224,13 @@ func (s *Server) handle(c net.Conn) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.println("%s disconnected", peer)
+}
+
+// isTimeout reports a read deadline's expiry: os.ErrDeadlineExceeded from
+// the kernel's net.Conn, a net.Error whose Timeout is true from gonet's.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // setReadDeadline sets c's read deadline unless Shutdown has begun (its

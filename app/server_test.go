@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -191,6 +192,55 @@ func TestShutdownWakesQuietHandler(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("client read after shutdown: %v, want EOF", err)
+	}
+}
+
+// gonetTimeout is how gVisor's gonet reports a deadline: a net.Error whose
+// Timeout is true, not os.ErrDeadlineExceeded.
+type gonetTimeout struct{}
+
+func (gonetTimeout) Error() string   { return "i/o timeout" }
+func (gonetTimeout) Timeout() bool   { return true }
+func (gonetTimeout) Temporary() bool { return true }
+
+// gonetLike makes a conn report deadlines as gonet does.
+type gonetLike struct{ net.Conn }
+
+func (c gonetLike) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = &net.OpError{Op: "read", Net: "tcp", Err: gonetTimeout{}}
+	}
+	return n, err
+}
+
+// TestQuietConnStaysOpen: a connection that received bulk data and then
+// went quiet gives its big buffer back and keeps working, whichever way
+// the conn reports the quiet deadline.
+func TestQuietConnStaysOpen(t *testing.T) {
+	for _, wrap := range []struct {
+		name string
+		fn   func(net.Conn) net.Conn
+	}{
+		{"net", func(c net.Conn) net.Conn { return c }},
+		{"gonet", func(c net.Conn) net.Conn { return gonetLike{c} }},
+	} {
+		t.Run(wrap.name, func(t *testing.T) {
+			_, ln := startPipeServer(t, 20*time.Millisecond)
+			cli, srv := net.Pipe()
+			select {
+			case ln.conns <- wrap.fn(srv):
+			case <-time.After(5 * time.Second):
+				t.Fatal("server did not accept")
+			}
+			defer cli.Close()
+			bulk := bytes.Repeat([]byte("abcd"), BufSize)
+			echo(t, cli, bulk)
+			time.Sleep(100 * time.Millisecond) // several quiet periods
+			if got := echo(t, cli, []byte("still there?")); string(got) != "STILL THERE?" {
+				t.Fatalf("echo after a quiet period: %q", got)
+			}
+		})
 	}
 }
 
