@@ -367,10 +367,14 @@ func (t *Tracker) poll(now time.Time) {
 	for id, c := range t.conns {
 		switch {
 		case c.ep != nil:
+			// No continue here: a connection both we and the stack
+			// see CLOSED must still be forgotten below (it holds
+			// the gVisor endpoint, and with it the connection's
+			// buffers).
 			st := FromGvisor(tcp.EndpointState(c.ep.State()))
 			if st == c.state || !quiet {
 				c.mismatch = 0
-				continue
+				break
 			}
 			c.mismatch++
 			if c.state == TimeWait && (st == Closed) {
