@@ -398,3 +398,359 @@ func TestMaxConnsKernelStack(t *testing.T) {
 		t.Fatalf("after one left: %v", err)
 	}
 }
+
+// TestLongLineRSS: a client sends 1 GiB with no newline (reading the echo
+// as it comes); the server replies to whatever arrives, so it never holds
+// more than its buffers: its VmRSS stays under a bound for the whole
+// transfer. TCP_UPPER_LONGLINE_MIB scales the size.
+func TestLongLineRSS(t *testing.T) {
+	l := newLab(t)
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	srv := startServer(t, l, "--log-level", "debug", "--control", ctl)
+	pid := srv.cmd.Process.Pid
+	mib := envInt(t, "TCP_UPPER_LONGLINE_MIB", 1024)
+	total := int64(mib) << 20
+	c := dialAnt(t, l, serverAddr)
+	base := readVmRSS(t, pid)
+	rss := sampleRSS(t, pid)
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		chunk := bytes.Repeat([]byte("abcdefghijklmnopqrstuvwxyz012345"), 2048) // 64 KiB, no newline
+		for sent := int64(0); sent < total; sent += int64(len(chunk)) {
+			c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			if _, err := c.Write(chunk); err != nil {
+				errc <- fmt.Errorf("write at %d: %w", sent, err)
+				return
+			}
+		}
+		errc <- nil
+	}()
+	want := bytes.Repeat([]byte("ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"), 2048)
+	buf := make([]byte, len(want))
+	for got := int64(0); got < total; got += int64(len(buf)) {
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			var werr error
+			select {
+			case werr = <-errc:
+			default:
+			}
+			t.Fatalf("read at %d of %d: %v (writer: %v); server stdout %q stderr %q; counters %v", got, total, err, werr, srv.stdout.String(), srv.stderr.String(), counterMap(t, ctl))
+		}
+		if !bytes.Equal(buf, want) {
+			t.Fatalf("echo at %d is not the uppercase of what was sent", got)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	rss.stop()
+	peak := int(rss.peak.Load())
+	t.Logf("FIGURE %d MiB without a newline in %v (%.0f MB/s each way): server VmRSS %d MiB before, peak %d MiB during",
+		mib, took.Round(time.Millisecond), float64(total)/took.Seconds()/1e6, base>>10, peak>>10)
+	if peak-base > 64<<10 {
+		t.Errorf("server VmRSS grew from %d to %d KiB during the transfer: want less than 64 MiB growth", base, peak)
+	}
+}
+
+// TestNeverReadsRSS: a client writes without ever reading its replies.
+// Flow control holds: the server's writes block, it stops reading, the
+// client's writes block after a few MiB; the server's VmRSS stays bounded,
+// and other clients keep being served meanwhile.
+func TestNeverReadsRSS(t *testing.T) {
+	l := newLab(t)
+	srv := startServer(t, l)
+	pid := srv.cmd.Process.Pid
+	c := dialAnt(t, l, serverAddr)
+	base := readVmRSS(t, pid)
+	rss := sampleRSS(t, pid)
+	var sent atomic.Int64
+	blocked := make(chan struct{})
+	go func() {
+		defer close(blocked)
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for i := 0; i < 1<<14; i++ { // at most 1 GiB
+			c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			n, err := c.Write(chunk)
+			sent.Add(int64(n))
+			if err != nil {
+				return // blocked for 2s: flow control holds
+			}
+		}
+	}()
+	select {
+	case <-blocked:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the client wrote %d MiB without blocking", sent.Load()>>20)
+	}
+	// Blocked now; others are served meanwhile.
+	for i := 0; i < 20; i++ {
+		if _, err := echoOnce(l, serverAddr, fmt.Sprintf("still served %d\n", i), 5*time.Second); err != nil {
+			t.Fatalf("another client while one never reads: %v", err)
+		}
+	}
+	rss.stop()
+	peak := int(rss.peak.Load())
+	t.Logf("FIGURE a client that never reads got %.1f MiB in before its writes blocked; server VmRSS %d MiB before, peak %d MiB; 20 other clients served meanwhile",
+		float64(sent.Load())/(1<<20), base>>10, peak>>10)
+	if sent.Load() > 64<<20 {
+		t.Errorf("the client wrote %d MiB before blocking: want flow control to stop it within 64 MiB", sent.Load()>>20)
+	}
+	if peak-base > 64<<10 {
+		t.Errorf("server VmRSS grew from %d to %d KiB: want less than 64 MiB growth", base, peak)
+	}
+}
+
+// hasPeer reports whether ss output has a row whose peer is peer.
+func hasPeer(ss, peer string) bool {
+	return regexp.MustCompile(`\s` + regexp.QuoteMeta(peer) + `(\s|$)`).MatchString(ss)
+}
+
+// peerGone waits until our stack's socket table (tcp-upper-lab ss -tan)
+// has no row for peer, and returns how long that took, or false.
+func peerGone(t *testing.T, ctl, peer string, timeout time.Duration) (time.Duration, bool) {
+	t.Helper()
+	start := time.Now()
+	ok := waitUntil(timeout, func() bool { return !hasPeer(labSS(t, ctl, "-tan"), peer) })
+	return time.Since(start), ok
+}
+
+// TestResetsAndHalfCloses: against one server (--idle-close 1s,
+// --user-timeout 2s), a kernel client in ant that resets mid-transfer, one
+// that half-closes and keeps reading, and one that vanishes (a fault rule
+// blackholes its port both ways). Each time the server logs the
+// disconnect, keeps nothing for that peer in its socket table within a
+// bound, and serves a new client.
+func TestResetsAndHalfCloses(t *testing.T) {
+	l := newLab(t)
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	const idle, uto = time.Second, 2 * time.Second
+	srv := startServer(t, l, "--idle-close", idle.String(), "--user-timeout", uto.String(), "--time-wait", "1s", "--control", ctl)
+	served := func(what string) {
+		t.Helper()
+		if _, err := echoOnce(l, serverAddr, "after "+what+"\n", 5*time.Second); err != nil {
+			t.Fatalf("new client after %s: %v", what, err)
+		}
+	}
+
+	t.Run("reset", func(t *testing.T) {
+		c := dialAnt(t, l, serverAddr).(*net.TCPConn)
+		peer := c.LocalAddr().String()
+		// Mid-transfer: 1 MiB out and not read back, more on the way.
+		chunk := bytes.Repeat([]byte("reset me "), 1<<14)
+		var sent int
+		for sent < 1<<20 {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			n, err := c.Write(chunk)
+			sent += n
+			if err != nil {
+				t.Fatalf("write: %v", err)
+			}
+		}
+		if err := c.SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
+		c.Close() // RST
+		if !srv.stdout.waitFor(peer+" disconnected", 2*time.Second) {
+			t.Fatalf("no disconnect line for %s: %q", peer, srv.stdout.String())
+		}
+		took, ok := peerGone(t, ctl, peer, 3*time.Second)
+		if !ok {
+			t.Fatalf("after the reset our stack still has %s:\n%s", peer, labSS(t, ctl, "-tan"))
+		}
+		t.Logf("FIGURE reset after %d KiB: socket gone from ss within %v of the disconnect line", sent>>10, took.Round(time.Millisecond))
+		served("a reset")
+	})
+
+	t.Run("half-close", func(t *testing.T) {
+		c := dialAnt(t, l, serverAddr).(*net.TCPConn)
+		peer := c.LocalAddr().String()
+		var lines bytes.Buffer
+		for i := 0; lines.Len() < 4<<20; i++ {
+			fmt.Fprintf(&lines, "line %d of a client that half-closes\n", i)
+		}
+		want := bytes.ToUpper(lines.Bytes())
+		got := make(chan []byte, 1)
+		go func() {
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			b, _ := io.ReadAll(c) // to EOF
+			got <- b
+		}()
+		c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Write(lines.Bytes()); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		b := <-got
+		if !bytes.Equal(b, want) {
+			t.Fatalf("after CloseWrite got %d bytes of %d replies (equal: %v), then EOF", len(b), len(want), bytes.Equal(b, want[:min(len(b), len(want))]))
+		}
+		c.Close()
+		if !srv.stdout.waitFor(peer+" disconnected", 2*time.Second) {
+			t.Fatalf("no disconnect line for %s", peer)
+		}
+		took, ok := peerGone(t, ctl, peer, 3*time.Second)
+		if !ok {
+			t.Fatalf("after the half-close our stack still has %s:\n%s", peer, labSS(t, ctl, "-tan"))
+		}
+		t.Logf("FIGURE half-close after %d KiB: every reply then EOF; socket gone from ss within %v", len(want)>>10, took.Round(time.Millisecond))
+		served("a half-close")
+	})
+
+	t.Run("vanish", func(t *testing.T) {
+		c := dialAnt(t, l, serverAddr)
+		peer := c.LocalAddr().String()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "about to vanish\n")
+		if _, err := io.ReadFull(c, make([]byte, 16)); err != nil {
+			t.Fatal(err)
+		}
+		// Nothing from or to it passes any more.
+		cc, err := control.Dial(ctl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		port := c.LocalAddr().(*net.TCPAddr).Port
+		if _, err := cc.Call("fault", control.FaultArgs{Op: "add", Rule: fmt.Sprintf("both any blackhole port=%d", port)}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if !srv.stdout.waitFor(peer+" disconnected", idle+2*time.Second) {
+			t.Fatalf("no disconnect line for %s within --idle-close %v + 2s", peer, idle)
+		}
+		logged := time.Since(start)
+		if !hasPeer(labSS(t, ctl, "-tan"), peer) {
+			t.Errorf("%s gone at once: want it closing (FIN-WAIT-1, its FIN unanswered) until --user-timeout", peer)
+		}
+		_, ok := peerGone(t, ctl, peer, uto+3*time.Second)
+		freed := time.Since(start)
+		if !ok {
+			t.Fatalf("vanished peer still in our stack %v after it went silent:\n%s", freed, labSS(t, ctl, "-tan"))
+		}
+		t.Logf("FIGURE vanished peer: disconnect logged after %v (--idle-close %v), socket freed after %v (--user-timeout %v)", logged.Round(time.Millisecond), idle, freed.Round(time.Millisecond), uto)
+		served("a vanished client")
+	})
+	if t.Failed() {
+		t.Logf("server stderr: %s", srv.stderr.String())
+	}
+}
+
+// writeSysctl sets a sysctl under /proc/sys in host's namespace.
+func writeSysctl(t *testing.T, l *lab.Lab, host, name, value string) {
+	t.Helper()
+	err := l.Do(host, func() error {
+		return os.WriteFile("/proc/sys/"+strings.ReplaceAll(name, ".", "/"), []byte(value+"\n"), 0o644)
+	})
+	if err != nil {
+		t.Fatalf("sysctl %s=%s in %s: %v", name, value, host, err)
+	}
+}
+
+// churn opens and closes n connections from ant, w at a time, each sending
+// one line and checking its answer; the client closes first, so the
+// TIME-WAITs are the kernel's, in ant.
+func churn(l *lab.Lab, n, w int) error {
+	var next atomic.Int64
+	errs := make(chan error, w)
+	for i := 0; i < w; i++ {
+		go func() {
+			errs <- l.Do(lab.Ant, func() error {
+				d := net.Dialer{Timeout: 5 * time.Second}
+				buf := make([]byte, 5)
+				for next.Add(1) <= int64(n) {
+					c, err := d.Dial("tcp4", serverAddr)
+					if err != nil {
+						return fmt.Errorf("dial: %w", err)
+					}
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					_, err = io.WriteString(c, "ping\n")
+					if err == nil {
+						_, err = io.ReadFull(c, buf)
+					}
+					c.Close()
+					if err != nil {
+						return fmt.Errorf("exchange: %w", err)
+					}
+					if string(buf) != "PING\n" {
+						return fmt.Errorf("reply %q", buf)
+					}
+				}
+				return nil
+			})
+		}()
+	}
+	var first error
+	for i := 0; i < w; i++ {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// TestChurnMemory: ROUNDS times, CONNS connections opened and closed (each
+// with one exchange) leave the server's goroutines where they started and
+// its VmRSS where the first round left it (the first round grows the heap
+// and gVisor's pools once; later rounds must not add to them), and within
+// 16 MiB of where it started. 10 x 10,000 takes about 20 s on 2 cores;
+// TCP_UPPER_CHURN_CONNS and TCP_UPPER_CHURN_ROUNDS scale it. (Before the
+// tracker forgot closed connections, this grew by ~7 KiB per connection.)
+func TestChurnMemory(t *testing.T) {
+	l := newLab(t)
+	conns := envInt(t, "TCP_UPPER_CHURN_CONNS", 10000)
+	rounds := envInt(t, "TCP_UPPER_CHURN_ROUNDS", 10)
+	writeSysctl(t, l, lab.Ant, "net.ipv4.ip_local_port_range", "1024 65535")
+	writeSysctl(t, l, lab.Ant, "net.ipv4.tcp_tw_reuse", "1")
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	srv := startServer(t, l, "--time-wait", "1s", "--control", ctl)
+	pid := srv.cmd.Process.Pid
+	goroutines := func() int { return int(counterMap(t, ctl)["go.goroutines"]) }
+	g0, rss0 := goroutines(), readVmRSS(t, pid)
+	// settled waits until the server holds no connection and its
+	// goroutines are back to g0 (or 5s pass), and returns the count.
+	settled := func() int {
+		var g int
+		waitUntil(5*time.Second, func() bool {
+			m := counterMap(t, ctl)
+			g = int(m["go.goroutines"])
+			return m["tcp.current_established"] == 0 && g <= g0
+		})
+		return g
+	}
+	var rss1, g1 int
+	var rssMax int
+	start := time.Now()
+	for r := 1; r <= rounds; r++ {
+		if err := churn(l, conns, 16); err != nil {
+			t.Fatalf("round %d: %v", r, err)
+		}
+		g := settled()
+		rss := readVmRSS(t, pid)
+		t.Logf("round %d: %d connections, goroutines %d, VmRSS %d KiB", r, conns, g, rss)
+		if r == 1 {
+			rss1, g1 = rss, g
+		}
+		rssMax = max(rssMax, rss)
+	}
+	took := time.Since(start)
+	gN, rssN := settled(), readVmRSS(t, pid)
+	t.Logf("FIGURE %d x %d connections in %v (%.0f/s): goroutines %d before, %d after round 1, %d after; VmRSS %d KiB before, %d after round 1, %d after (max %d)",
+		rounds, conns, took.Round(time.Millisecond), float64(rounds*conns)/took.Seconds(), g0, g1, gN, rss0, rss1, rssN, rssMax)
+	if gN > g0 {
+		t.Errorf("goroutines %d after the churn, %d before: leaked", gN, g0)
+	}
+	if lim := rss1 + rss1/5 + 4<<10; rssN > lim {
+		t.Errorf("VmRSS %d KiB after %d rounds, %d after the first: want at most %d (first round + 20%% + 4 MiB)", rssN, rounds, rss1, lim)
+	}
+	if rssN-rss0 > 16<<10 {
+		t.Errorf("VmRSS %d KiB after the churn, %d before: want less than 16 MiB growth", rssN, rss0)
+	}
+	if n := countLines(srv.stdout.String(), " disconnected"); n != rounds*conns {
+		t.Errorf("%d disconnect lines for %d connections", n, rounds*conns)
+	}
+}
