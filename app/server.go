@@ -152,26 +152,44 @@ func (s *Server) refuse(c net.Conn) {
 // s.quiet without data it returns the pooled buffer, so idle connections
 // cost little memory.
 func (s *Server) handle(c net.Conn) {
-	defer s.handlers.Done()
-	peer := c.RemoteAddr().String()
-	s.println("%s connected", peer)
-	small := make([]byte, smallBufSize)
-	var big *[]byte // from s.bufs while data keeps coming
-	defer func() {
-		if big != nil {
-			s.bufs.Put(big)
-		}
-	}()
-	var idleAt, deadline time.Time // IdleClose's end; the deadline set on c
-	got := true                    // the last read returned data (or none yet)
+	h := &connState{c: c, peer: c.RemoteAddr().String(), small: make([]byte, smallBufSize), got: true}
+	s.println("%s connected", h.peer)
+	s.echo(h)
+}
+
+// connState is a connection's handler state, which outlives the goroutine
+// running it (see echo).
+type connState struct {
+	c     net.Conn
+	peer  string
+	small []byte
+	big   *[]byte // from s.bufs while data keeps coming
+	// idleAt is when IdleClose ends the connection; deadline is the read
+	// deadline set on c.
+	idleAt, deadline time.Time
+	got              bool // the last read returned data (or none yet)
+	// wrote: this goroutine has written. A write on our stack runs
+	// gVisor's whole send path on the writer's goroutine, which leaves it
+	// with a stack of 8 KiB or more that the runtime does not shrink while
+	// it waits in Read.
+	wrote bool
+}
+
+// echo runs h's read-uppercase-write loop. When the connection goes quiet
+// (nothing for s.quiet) after this goroutine has written, it gives back the
+// big buffer and hands the connection to a fresh goroutine with a small
+// stack, and returns: that is what keeps an idle connection at a few KiB.
+// Busy connections never switch.
+func (s *Server) echo(h *connState) {
 	for {
-		if got && s.opts.IdleClose > 0 {
-			idleAt = time.Now().Add(s.opts.IdleClose)
+		if h.got && s.opts.IdleClose > 0 {
+			h.idleAt = time.Now().Add(s.opts.IdleClose)
 		}
-		want := idleAt
-		if big != nil {
+		want := h.idleAt
+		quiet := h.big != nil || h.wrote
+		if quiet {
 			// Refreshed at most every s.quiet/2, not on every read.
-			q := deadline
+			q := h.deadline
 			if q.IsZero() || time.Until(q) < s.quiet/2 {
 				q = time.Now().Add(s.quiet)
 			}
@@ -179,51 +197,63 @@ func (s *Server) handle(c net.Conn) {
 				want = q
 			}
 		}
-		if !want.Equal(deadline) {
-			if !s.setReadDeadline(c, want) {
+		if !want.Equal(h.deadline) {
+			if !s.setReadDeadline(h.c, want) {
 				break // Shutdown has begun
 			}
-			deadline = want
+			h.deadline = want
 		}
-		buf := small
-		if big != nil {
-			buf = *big
+		buf := h.small
+		if h.big != nil {
+			buf = *h.big
 		}
-		n, err := c.Read(buf)
-		got = n > 0
+		n, err := h.c.Read(buf)
+		h.got = n > 0
 		if n > 0 {
 			Upper(buf[:n])
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				s.log.Debug("write failed", "peer", peer, "err", werr)
+			if _, werr := h.c.Write(buf[:n]); werr != nil {
+				s.log.Debug("write failed", "peer", h.peer, "err", werr)
 				break
 			}
-			if big == nil && n == len(small) {
-				big = s.bufs.Get().(*[]byte)
+			h.wrote = true
+			if h.big == nil && n == len(h.small) {
+				h.big = s.bufs.Get().(*[]byte)
 			}
 		}
 		if err != nil {
 			timeout := isTimeout(err)
-			if timeout && big != nil && !s.isClosing() && (idleAt.IsZero() || time.Now().Before(idleAt)) {
-				// Quiet, not idle: give the big buffer back and wait on
-				// the small one.
-				s.bufs.Put(big)
-				big = nil
+			if timeout && quiet && !s.isClosing() && (h.idleAt.IsZero() || time.Now().Before(h.idleAt)) {
+				// Quiet, not idle.
+				if h.big != nil {
+					s.bufs.Put(h.big)
+					h.big = nil
+				}
+				if h.wrote {
+					h.wrote = false
+					go s.echo(h)
+					return
+				}
 				continue
 			}
 			if !errors.Is(err, io.EOF) && !timeout {
-				s.log.Debug("read failed", "peer", peer, "err", err)
+				s.log.Debug("read failed", "peer", h.peer, "err", err)
 			}
 			if timeout && !s.isClosing() {
-				s.log.Info("closing idle connection", "peer", peer, "idle", s.opts.IdleClose)
+				s.log.Info("closing idle connection", "peer", h.peer, "idle", s.opts.IdleClose)
 			}
 			break
 		}
 	}
-	c.Close()
+	if h.big != nil {
+		s.bufs.Put(h.big)
+		h.big = nil
+	}
+	h.c.Close()
 	s.mu.Lock()
-	delete(s.conns, c)
+	delete(s.conns, h.c)
 	s.mu.Unlock()
-	s.println("%s disconnected", peer)
+	s.println("%s disconnected", h.peer)
+	s.handlers.Done()
 }
 
 // isTimeout reports a read deadline's expiry: os.ErrDeadlineExceeded from
