@@ -171,27 +171,37 @@ func TestIdleConnMemory(t *testing.T) {
 }
 
 // TestShutdownWakesQuietHandler: a handler holding the big buffer (with its
-// quiet deadline armed) still ends promptly on Shutdown.
+// quiet deadline armed), or one that went quiet and continues on a fresh
+// goroutine, still ends promptly on Shutdown, and Shutdown counts it.
 func TestShutdownWakesQuietHandler(t *testing.T) {
-	ln := newPipeListener()
-	srv := NewServer(ln, ServerOptions{}, nil)
-	srv.quiet = time.Hour
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve() }()
-	c := ln.dial(t)
-	defer c.Close()
-	echo(t, c, bytes.Repeat([]byte("x"), 3*smallBufSize))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		t.Fatalf("shutdown: %v", err)
-	}
-	if err := <-served; err != nil {
-		t.Fatalf("serve: %v", err)
-	}
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-		t.Fatalf("client read after shutdown: %v, want EOF", err)
+	for _, quiet := range []time.Duration{time.Hour, 10 * time.Millisecond} {
+		ln := newPipeListener()
+		srv := NewServer(ln, ServerOptions{}, nil)
+		srv.quiet = quiet
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve() }()
+		c := ln.dial(t)
+		echo(t, c, bytes.Repeat([]byte("x"), 3*smallBufSize))
+		time.Sleep(50 * time.Millisecond) // with 10ms: quiet, the connection moved
+		if got := echo(t, c, []byte("ok")); string(got) != "OK" {
+			t.Fatalf("quiet %v: echo %q", quiet, got)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatalf("quiet %v: shutdown: %v", quiet, err)
+		}
+		cancel()
+		if err := <-served; err != nil {
+			t.Fatalf("quiet %v: serve: %v", quiet, err)
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Fatalf("quiet %v: client read after shutdown: %v, want EOF", quiet, err)
+		}
+		if n := srv.Conns(); n != 0 {
+			t.Errorf("quiet %v: %d connections left", quiet, n)
+		}
+		c.Close()
 	}
 }
 
