@@ -19,7 +19,7 @@ const BufSize = 64 << 10
 // one exchanging short lines, never holds more. A read that fills it
 // borrows a BufSize buffer from the server's pool for as long as data keeps
 // coming.
-const smallBufSize = 2 << 10
+const smallBufSize = 512
 
 // quietAfter is how long a connection holding a pooled buffer may receive
 // nothing before it gives the buffer back.
