@@ -459,12 +459,17 @@ func TestLongLineRSS(t *testing.T) {
 // TestNeverReadsRSS: a client writes without ever reading its replies.
 // Flow control holds: the server's writes block, it stops reading, the
 // client's writes block after a few MiB; the server's VmRSS stays bounded,
-// and other clients keep being served meanwhile.
+// and other clients keep being served meanwhile. A blocked write is not
+// idle (--idle-close watches reads), but --user-timeout is: the client's
+// zero window, probed and unacknowledged in data for that long, aborts
+// the connection, so a non-reader cannot hold its place forever.
 func TestNeverReadsRSS(t *testing.T) {
 	l := newLab(t)
-	srv := startServer(t, l)
+	const uto = 5 * time.Second
+	srv := startServer(t, l, "--user-timeout", uto.String())
 	pid := srv.cmd.Process.Pid
 	c := dialAnt(t, l, serverAddr)
+	peer := c.LocalAddr().String()
 	base := readVmRSS(t, pid)
 	rss := sampleRSS(t, pid)
 	var sent atomic.Int64
@@ -486,6 +491,7 @@ func TestNeverReadsRSS(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("the client wrote %d MiB without blocking", sent.Load()>>20)
 	}
+	blockedAt := time.Now()
 	// Blocked now; others are served meanwhile.
 	for i := 0; i < 20; i++ {
 		if _, err := echoOnce(l, serverAddr, fmt.Sprintf("still served %d\n", i), 5*time.Second); err != nil {
@@ -502,6 +508,10 @@ func TestNeverReadsRSS(t *testing.T) {
 	if peak-base > 64<<10 {
 		t.Errorf("server VmRSS grew from %d to %d KiB: want less than 64 MiB growth", base, peak)
 	}
+	if !srv.stdout.waitFor(peer+" disconnected", uto+5*time.Second) {
+		t.Fatalf("the non-reader still holds its connection %v after its writes blocked (--user-timeout %v)", time.Since(blockedAt).Round(time.Millisecond), uto)
+	}
+	t.Logf("FIGURE the non-reader was disconnected %v after its writes blocked (--user-timeout %v)", time.Since(blockedAt).Round(time.Millisecond), uto)
 }
 
 // hasPeer reports whether ss output has a row whose peer is peer.
