@@ -389,7 +389,12 @@ func (rc *rackControl) detectLoss(rcvTime tcpip.MonotonicTime) int {
 		}
 
 		endSeq := seg.sequenceNumber.Add(seqnum.Size(seg.payloadSize()))
-		if seg.xmitTime.Before(rc.XmitTime) || (seg.xmitTime == rc.XmitTime && rc.EndSequence.LessThan(endSeq)) {
+		// tcp-upper patch: RACK_sent_after (RFC 8985 6.2) breaks a tie of
+		// transmit times by sequence: the segment was sent before the
+		// delivered one if it ends before it. Upstream had it the other
+		// way round, which only matters when several segments share a
+		// transmit time: the pieces of a GSO segment always do.
+		if seg.xmitTime.Before(rc.XmitTime) || (seg.xmitTime == rc.XmitTime && endSeq.LessThan(rc.EndSequence)) {
 			timeRemaining := seg.xmitTime.Sub(rcvTime) + rc.RTT + rc.ReoWnd
 			if timeRemaining <= 0 {
 				seg.lost = true
@@ -462,6 +467,18 @@ func (rc *rackControl) DoRecovery(_ *segment, fastRetransmit bool) {
 
 		if !seg.lost {
 			continue
+		}
+
+		// tcp-upper patch: a segment sent with GSO stands for many wire
+		// segments, and the network may have lost only some of them.
+		// Look at it SMSS by SMSS: the pieces the peer SACKed are not
+		// sent again, and the rest stay marked lost (splitSeg's clone
+		// does not carry the mark, so the tail was left for the RTO).
+		if smss := int(snd.ep.scoreboard.SMSS()); seg.payloadSize() > smss {
+			snd.splitSeg(seg, smss)
+			if next := seg.Next(); next != nil {
+				next.lost = true
+			}
 		}
 
 		// Reset seg.lost as it is already SACKed.

@@ -1386,6 +1386,22 @@ func (s *sender) walkSACK(rcvdSeg *segment) bool {
 	seg := s.writeList.Front()
 	for _, sb := range sackBlocks {
 		for seg != nil && seg.sequenceNumber.LessThan(sb.End) && seg.xmitCount != 0 {
+			// tcp-upper patch: a segment sent with GSO stands for many
+			// wire segments and a SACK block may cover only some of
+			// them. Split it at the block's edges, as Linux does
+			// (tcp_match_skb_to_sack), so that "acked" and RACK's
+			// transmit times describe exactly what was delivered.
+			if !seg.acked && seg.payloadSize() > int(s.ep.scoreboard.SMSS()) {
+				segEnd := seg.sequenceNumber.Add(seqnum.Size(seg.payloadSize()))
+				if seg.sequenceNumber.LessThan(sb.Start) && sb.Start.LessThan(segEnd) {
+					s.splitSeg(seg, int(seg.sequenceNumber.Size(sb.Start)))
+					seg = seg.Next()
+					continue
+				}
+				if sb.Start.LessThanEq(seg.sequenceNumber) && sb.End.LessThan(segEnd) {
+					s.splitSeg(seg, int(seg.sequenceNumber.Size(sb.End)))
+				}
+			}
 			if sb.Start.LessThanEq(seg.sequenceNumber) && !seg.acked {
 				s.rc.update(seg, rcvdSeg)
 				s.rc.detectReorder(seg)
