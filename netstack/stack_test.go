@@ -15,10 +15,31 @@ import (
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
-// pair builds two stacks joined in memory, closed when the test ends. An
-// Options without Addr gets the lab's: server 10.0.2.2/24, client
+// link is a way of joining two stacks in memory: like plain TUNs (one wire
+// segment per packet, full checksums) or like TUNs with offloads (TCP
+// super-segments of up to 64 KiB, partial checksums).
+type link struct {
+	name string
+	pipe func(nameA, nameB string, mtu int) (*tun.PipeDevice, *tun.PipeDevice)
+}
+
+var (
+	plainLink   = link{"plain", tun.Pipe}
+	offloadLink = link{"offload", tun.OffloadPipe}
+)
+
+// forLinks runs f once for each link, as subtests: everything the data path
+// must guarantee holds with and without offloads.
+func forLinks(t *testing.T, f func(t *testing.T, l link)) {
+	for _, l := range []link{plainLink, offloadLink} {
+		t.Run(l.name, func(t *testing.T) { f(t, l) })
+	}
+}
+
+// pair builds two stacks joined in memory by l, closed when the test ends.
+// An Options without Addr gets the lab's: server 10.0.2.2/24, client
 // 10.0.1.2/24.
-func pair(t *testing.T, srvOpts, cliOpts netstack.Options) (srv, cli *netstack.Stack) {
+func pair(t *testing.T, l link, srvOpts, cliOpts netstack.Options) (srv, cli *netstack.Stack) {
 	t.Helper()
 	if !srvOpts.Addr.IsValid() {
 		srvOpts.Addr = netip.MustParsePrefix("10.0.2.2/24")
@@ -26,7 +47,7 @@ func pair(t *testing.T, srvOpts, cliOpts netstack.Options) (srv, cli *netstack.S
 	if !cliOpts.Addr.IsValid() {
 		cliOpts.Addr = netip.MustParsePrefix("10.0.1.2/24")
 	}
-	a, b := tun.Pipe("srv0", "cli0", 1500)
+	a, b := l.pipe("srv0", "cli0", 1500)
 	var err error
 	if srv, err = netstack.New(a, srvOpts, nil); err != nil {
 		t.Fatal(err)
@@ -39,9 +60,11 @@ func pair(t *testing.T, srvOpts, cliOpts netstack.Options) (srv, cli *netstack.S
 	return srv, cli
 }
 
-func TestSessionInMemory(t *testing.T) {
+func TestSessionInMemory(t *testing.T) { forLinks(t, testSessionInMemory) }
+
+func testSessionInMemory(t *testing.T, l link) {
 	leakcheck.Check(t)
-	srv, cli := pair(t, netstack.Options{}, netstack.Options{})
+	srv, cli := pair(t, l, netstack.Options{}, netstack.Options{})
 	ln, err := srv.Listen(9999)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +133,7 @@ func (s *syncBuffer) String() string {
 
 func TestListenPortInUse(t *testing.T) {
 	leakcheck.Check(t)
-	srv, _ := pair(t, netstack.Options{}, netstack.Options{})
+	srv, _ := pair(t, plainLink, netstack.Options{}, netstack.Options{})
 	ln, err := srv.Listen(9999)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/songgao/water"
 	"github.com/tcp-upper/tcp-upper/internal/netnsx"
@@ -36,6 +38,12 @@ type Config struct {
 	// NetNS is the path of a network namespace to create the device in
 	// (for example /var/run/netns/apple). Empty means our own namespace.
 	NetNS string
+	// Offload opens the device with IFF_VNET_HDR and turns on checksum
+	// and TCP segmentation offload (TUNSETOFFLOAD): packets then carry a
+	// virtio-net header and TCP segments up to 64 KiB cross the device in
+	// one piece (see OffloadDevice). water cannot ask for this, so such a
+	// device is opened with our own ioctl.
+	Offload bool
 }
 
 // Linux is a TUN device opened through /dev/net/tun.
@@ -44,14 +52,17 @@ type Linux struct {
 	mtu     int
 	file    *os.File
 	created bool
+	offload bool
+	raw     syscall.RawConn // for writev; set with offload
 	netns   string
 	log     *slog.Logger
 
 	closeOnce sync.Once
 	closeErr  error
+	closed    atomic.Bool
 }
 
-var _ Device = (*Linux)(nil)
+var _ OffloadDevice = (*Linux)(nil)
 
 // Open creates the TUN device cfg.Name, or attaches to it if it already
 // exists as a persistent device, and configures its kernel side.
@@ -102,21 +113,22 @@ func Open(cfg Config, log *slog.Logger) (*Linux, error) {
 		}
 		d.created = existing == nil
 
-		// Persist=true re-asserts the persist flag of a device we attach to:
-		// water always issues TUNSETPERSIST, and with false it would turn a
-		// persistent device into one that vanishes when we close it.
-		ifce, err := water.New(water.Config{
-			DeviceType:             water.TUN,
-			PlatformSpecificParams: water.PlatformSpecificParams{Name: cfg.Name, Persist: !d.created},
-		})
-		if err != nil {
-			return openError(cfg.Name, err)
+		var f *os.File
+		if cfg.Offload {
+			f, err = openVnet(cfg.Name)
+		} else {
+			f, err = openWater(cfg.Name, !d.created)
 		}
-		f, err := dupFile(ifce, cfg.Name)
 		if err != nil {
 			return err
 		}
 		d.file = f
+		d.offload = cfg.Offload
+		if d.offload {
+			if d.raw, err = f.SyscallConn(); err != nil {
+				return fmt.Errorf("open tun %q: %w", cfg.Name, err)
+			}
+		}
 
 		link, err := h.LinkByName(cfg.Name)
 		if err != nil {
@@ -161,6 +173,55 @@ func Open(cfg Config, log *slog.Logger) (*Linux, error) {
 	}
 	log.Debug("tun open", "name", d.name, "mtu", d.mtu, "created", d.created)
 	return d, nil
+}
+
+// openWater opens the device the plain way, through water. persist=true
+// re-asserts the persist flag of a device we attach to: water always issues
+// TUNSETPERSIST, and with false it would turn a persistent device into one
+// that vanishes when we close it.
+func openWater(name string, persist bool) (*os.File, error) {
+	ifce, err := water.New(water.Config{
+		DeviceType:             water.TUN,
+		PlatformSpecificParams: water.PlatformSpecificParams{Name: name, Persist: persist},
+	})
+	if err != nil {
+		return nil, openError(name, err)
+	}
+	return dupFile(ifce, name)
+}
+
+// TUNSETOFFLOAD flags (linux/if_tun.h).
+const (
+	tunFCsum = 0x01
+	tunFTSO4 = 0x02
+	tunFTSO6 = 0x04
+)
+
+// openVnet opens the device with IFF_VNET_HDR and turns on checksum and
+// TSO offloads, so the kernel hands us (and takes from us) TCP segments of
+// up to 64 KiB with a virtio-net header in front. It leaves the persist
+// flag as it is: a device we create goes away when we close it, one we
+// attach to stays.
+func openVnet(name string) (*os.File, error) {
+	fd, err := unix.Open(CloneDevice, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, openError(name, err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open tun %q: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, openError(name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4|tunFTSO6); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open tun %q: turn on offloads (TUNSETOFFLOAD): %w: run without --offload", name, err)
+	}
+	return os.NewFile(uintptr(fd), "tun:"+name), nil
 }
 
 // dupFile takes a close-on-exec duplicate of water's descriptor as a
@@ -239,17 +300,29 @@ func (d *Linux) MTU() int { return d.mtu }
 // Created reports whether Open created the device (and Close deletes it).
 func (d *Linux) Created() bool { return d.created }
 
-// Read implements Device.
+// Read implements Device. On a device opened with offloads, a packet that
+// arrives as a super-segment or with a partial checksum is an error: use
+// ReadOffload.
 func (d *Linux) Read(buf []byte) (int, error) {
-	n, err := d.file.Read(buf)
-	if err != nil {
-		return n, d.ioError("read", err)
+	if !d.offload {
+		n, err := d.file.Read(buf)
+		if err != nil {
+			return n, d.ioError("read", err)
+		}
+		return n, nil
 	}
-	return n, nil
+	n, o, err := d.ReadOffload(buf)
+	if err == nil && (o.GSO != GSONone || o.NeedsCsum) {
+		return 0, fmt.Errorf("read tun %q: an offloaded packet reached Read: use ReadOffload", d.name)
+	}
+	return n, err
 }
 
 // Write implements Device.
 func (d *Linux) Write(pkt []byte) (int, error) {
+	if d.offload {
+		return d.WriteOffload([][]byte{pkt}, Offload{})
+	}
 	n, err := d.file.Write(pkt)
 	if err != nil {
 		return n, d.ioError("write", err)
@@ -257,9 +330,58 @@ func (d *Linux) Write(pkt []byte) (int, error) {
 	return n, nil
 }
 
+// Offloads implements OffloadDevice.
+func (d *Linux) Offloads() bool { return d.offload }
+
+// ReadOffload implements OffloadDevice: one read gives the virtio-net
+// header and the packet, which lands in buf.
+func (d *Linux) ReadOffload(buf []byte) (int, Offload, error) {
+	var hdr [VnetHdrLen]byte
+	var n int
+	var rerr error
+	err := d.raw.Read(func(fd uintptr) bool {
+		iov := [2][]byte{hdr[:], buf}
+		n, rerr = unix.Readv(int(fd), iov[:])
+		return rerr != unix.EAGAIN
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return 0, Offload{}, d.ioError("read", err)
+	}
+	o, err := ParseOffload(hdr[:min(n, VnetHdrLen)])
+	if err != nil {
+		return 0, Offload{}, fmt.Errorf("read tun %q: %w", d.name, err)
+	}
+	return n - VnetHdrLen, o, nil
+}
+
+// WriteOffload implements OffloadDevice with one writev.
+func (d *Linux) WriteOffload(bufs [][]byte, o Offload) (int, error) {
+	var hdr [VnetHdrLen]byte
+	o.Marshal(hdr[:])
+	var stack [8][]byte
+	iov := append(stack[:0], hdr[:])
+	iov = append(iov, bufs...)
+	var n int
+	var werr error
+	err := d.raw.Write(func(fd uintptr) bool {
+		n, werr = unix.Writev(int(fd), iov)
+		return werr != unix.EAGAIN
+	})
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		return 0, d.ioError("write", err)
+	}
+	return max(n-VnetHdrLen, 0), nil
+}
+
 func (d *Linux) ioError(op string, err error) error {
 	switch {
-	case errors.Is(err, os.ErrClosed):
+	case errors.Is(err, os.ErrClosed), d.closed.Load():
 		return ErrClosed
 	case errors.Is(err, unix.EBADFD), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO):
 		return fmt.Errorf("%s tun %q: the device was deleted underneath the server (ip link del?): %w", op, d.name, err)
@@ -272,6 +394,7 @@ func (d *Linux) ioError(op string, err error) error {
 // still there, so a created device never outlives the server.
 func (d *Linux) Close() error {
 	d.closeOnce.Do(func() {
+		d.closed.Store(true)
 		if d.file != nil {
 			d.closeErr = d.file.Close()
 		}

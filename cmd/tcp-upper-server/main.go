@@ -46,6 +46,7 @@ type config struct {
 	tunAddr  netip.Prefix // invalid: leave the device alone
 	mtu      int
 	mtuSet   bool
+	offload  bool
 	logLevel string
 	idle     time.Duration
 	maxConns int
@@ -67,6 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(&c.addr, "addr", "the server's address inside the user-space stack")
 	tunAddr := fs.String("tun-addr", "", "address for the kernel side of the TUN (default: the first host of --addr's network, e.g. 10.0.2.1/24); none leaves a pre-configured device alone")
 	fs.IntVar(&c.mtu, "mtu", 1500, "MTU of the TUN and of the stack's NIC")
+	fs.BoolVar(&c.offload, "offload", true, "open the TUN with checksum and segmentation offloads (IFF_VNET_HDR): TCP segments of up to 64 KiB cross it in one piece, as on a kernel NIC; --offload=false for the plain one-packet-per-read TUN")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
 	fs.DurationVar(&c.idle, "idle-close", 0, "close a connection that has received nothing for this long, so the server closes first and TIME-WAIT lands in our stack (0: never)")
 	fs.IntVar(&c.maxConns, "max-conns", 0, "serve at most N connections at once; more are closed as soon as they are accepted, counted and logged (0: no limit)")
@@ -216,7 +218,7 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 	if !c.tunAddr.IsValid() && !c.mtuSet {
 		mtu = 0 // adopt the pre-configured device's MTU
 	}
-	dev, err := tun.Open(tun.Config{Name: c.tun, MTU: mtu, Addr: c.tunAddr}, log)
+	dev, err := tun.Open(tun.Config{Name: c.tun, MTU: mtu, Addr: c.tunAddr, Offload: c.offload}, log)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/tcp-upper/tcp-upper/internal/pkt"
+	"github.com/tcp-upper/tcp-upper/netstack/gso"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
 )
 
@@ -184,6 +185,31 @@ func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	return n, nil
 }
 
+// Capabilities implements stack.LinkEndpoint. While rules are installed the
+// stack must verify every checksum itself (a corrupted segment has to fail
+// there), so the layer withdraws the device's receive checksum offload and
+// hands the stack only wire segments with full checksums (see handle).
+func (l *Link) Capabilities() stack.LinkEndpointCapabilities {
+	c := l.Endpoint.Capabilities()
+	if l.active.Load() {
+		c &^= stack.CapabilityRXChecksumOffload
+	}
+	return c
+}
+
+// SupportedGSO implements stack.GSOEndpoint. A connection opened while rules
+// are installed sends wire segments, not super-segments: rules act on wire
+// segments, and gVisor recovers a super-segment that lost some of its
+// segments mostly by retransmission timeouts (measured: 15% loss costs a
+// GSO sender 20-60x the time of a plain one). Connections keep what they
+// had when they opened.
+func (l *Link) SupportedGSO() stack.SupportedGSO {
+	if l.active.Load() {
+		return stack.GSONotSupported
+	}
+	return l.Endpoint.SupportedGSO()
+}
+
 // Close implements stack.LinkEndpoint: timers still holding packets are
 // stopped and their packets dropped.
 func (l *Link) Close() {
@@ -328,7 +354,35 @@ func (l *Link) decide(dir Dir, s *seg, now time.Time) *rule {
 	return nil
 }
 
+// offloaded reports whether p is not a wire packet: a TCP super-segment or
+// one with a partial checksum (see tunlink).
+func offloaded(p *stack.PacketBuffer) bool {
+	return p.GSOOptions.Type != stack.GSONone && (p.GSOOptions.NeedsCsum || p.GSOOptions.MSS > 0)
+}
+
+// handle runs the rules on p. Rules act on wire segments: a super-segment
+// from an offloading device or stack is first cut into the segments the
+// kernel would have made of it, each with full checksums, and each goes
+// through the rules on its own.
 func (l *Link) handle(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer) {
+	if offloaded(p) {
+		segs, err := gso.Segment(pkt.Bytes(p), int(p.GSOOptions.MSS))
+		if err == nil {
+			for _, s := range segs {
+				sp := pkt.New(s)
+				sp.NetworkProtocolNumber = proto
+				l.handleWire(dir, proto, sp)
+				sp.DecRef()
+			}
+			return
+		}
+		l.log.Debug("fault layer: cannot segment an offloaded packet; rules see it whole", "err", err)
+	}
+	l.handleWire(dir, proto, p)
+}
+
+// handleWire runs the rules on one wire packet.
+func (l *Link) handleWire(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer) {
 	var hdr [64]byte
 	size := p.Size()
 	n := pkt.Gather(hdr[:], p)

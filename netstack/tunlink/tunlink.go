@@ -6,6 +6,13 @@
 // The device carries bare IP packets, so there is no link header, no link
 // address and no ARP: the stack reaches everything through a default route
 // over this NIC.
+//
+// On a device with offloads (tun.OffloadDevice, a TUN opened with
+// IFF_VNET_HDR) the endpoint offers gVisor host GSO: TCP hands it segments
+// of up to 64 KiB and the kernel cuts them to the MSS; the kernel hands us
+// what its local senders built, just as large, with partial checksums that
+// it vouches for. A packet's Offload travels up the pipeline in its
+// GSOOptions, so the layers above know a super-segment when they see one.
 package tunlink
 
 import (
@@ -16,6 +23,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
@@ -33,6 +41,7 @@ type Options struct {
 // Endpoint drives a tun.Device for a gVisor stack.
 type Endpoint struct {
 	dev     tun.Device
+	odev    tun.OffloadDevice // dev, when it was opened with offloads
 	log     *slog.Logger
 	onError func(error)
 
@@ -54,6 +63,13 @@ type Stats struct {
 	RxPackets, RxBytes, TxPackets, TxBytes atomic.Uint64
 	// RxErrors counts packets that were not IP (bad version nibble, empty).
 	RxErrors atomic.Uint64
+	// RxChecksumErrors counts packets dropped for a bad transport checksum
+	// by this endpoint: with offloads the stack trusts the link to check
+	// what the kernel did not vouch for, as it trusts a NIC.
+	RxChecksumErrors atomic.Uint64
+	// RxGSO and TxGSO count super-segments (more than one wire segment)
+	// received and sent.
+	RxGSO, TxGSO atomic.Uint64
 	// TxErrors counts packets the device refused.
 	TxErrors atomic.Uint64
 }
@@ -61,6 +77,11 @@ type Stats struct {
 type dispatcherRef struct{ d stack.NetworkDispatcher }
 
 var _ stack.LinkEndpoint = (*Endpoint)(nil)
+var _ stack.GSOEndpoint = (*Endpoint)(nil)
+
+// GSOMaxSize is the largest TCP segment we hand a device with offloads:
+// with up to 80 bytes of headers it stays a valid IPv4 datagram.
+const GSOMaxSize = 65000
 
 // New returns an endpoint for dev. It starts reading when a stack attaches.
 func New(dev tun.Device, opts Options, log *slog.Logger) *Endpoint {
@@ -68,9 +89,15 @@ func New(dev tun.Device, opts Options, log *slog.Logger) *Endpoint {
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Endpoint{dev: dev, log: log, onError: opts.OnError}
+	if od, ok := dev.(tun.OffloadDevice); ok && od.Offloads() {
+		e.odev = od
+	}
 	e.mtu.Store(uint32(dev.MTU()))
 	return e
 }
+
+// Offloads reports whether the endpoint uses the device's offloads.
+func (e *Endpoint) Offloads() bool { return e.odev != nil }
 
 // Stats returns the endpoint's counters.
 func (e *Endpoint) Stats() *Stats { return &e.stats }
@@ -100,6 +127,10 @@ func (e *Endpoint) currentDispatcher() stack.NetworkDispatcher {
 
 func (e *Endpoint) readLoop(done chan struct{}) {
 	defer close(done)
+	if e.odev != nil {
+		e.readOffloads()
+		return
+	}
 	mtu := int(e.mtu.Load())
 	for {
 		v := buffer.NewViewSize(mtu)
@@ -116,11 +147,49 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 			return
 		}
 		v.CapLength(n)
-		e.deliver(v)
+		e.deliver(v, tun.Offload{})
 	}
 }
 
-func (e *Endpoint) deliver(v *buffer.View) {
+// copyBelow: a packet read with offloads that is at most this long is
+// copied out of the 64 KiB read buffer into one its size (the buffer is
+// reused); a longer one takes the buffer with it.
+const copyBelow = 16 << 10
+
+func (e *Endpoint) readOffloads() {
+	var big *buffer.View
+	defer func() {
+		if big != nil {
+			big.Release()
+		}
+	}()
+	for {
+		if big == nil {
+			big = buffer.NewViewSize(tun.MaxOffloadPacket)
+		}
+		n, o, err := e.odev.ReadOffload(big.AsSlice())
+		if err != nil {
+			if errors.Is(err, tun.ErrClosed) {
+				return
+			}
+			e.log.Error("link down", "err", err)
+			if e.onError != nil {
+				e.onError(err)
+			}
+			return
+		}
+		var v *buffer.View
+		if n <= copyBelow {
+			v = buffer.NewViewWithData(big.AsSlice()[:n])
+		} else {
+			v, big = big, nil
+			v.CapLength(n)
+		}
+		e.deliver(v, o)
+	}
+}
+
+func (e *Endpoint) deliver(v *buffer.View, o tun.Offload) {
 	var proto tcpip.NetworkProtocolNumber
 	b := v.AsSlice()
 	if len(b) == 0 {
@@ -138,6 +207,13 @@ func (e *Endpoint) deliver(v *buffer.View) {
 		v.Release()
 		return
 	}
+	if e.odev != nil && !o.NeedsCsum && !o.DataValid && !transportChecksumValid(b) {
+		// The stack believes our checksum offload: check what the kernel
+		// did not vouch for, as a NIC would.
+		e.stats.RxChecksumErrors.Add(1)
+		v.Release()
+		return
+	}
 	e.stats.RxPackets.Add(1)
 	e.stats.RxBytes.Add(uint64(len(b)))
 	d := e.currentDispatcher()
@@ -146,18 +222,65 @@ func (e *Endpoint) deliver(v *buffer.View) {
 		return
 	}
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	if o.NeedsCsum || o.GSO != tun.GSONone {
+		pkt.GSOOptions = stack.GSO{
+			Type:       stack.GSOTCPv4,
+			NeedsCsum:  o.NeedsCsum,
+			CsumOffset: o.CsumOffset,
+			MSS:        o.GSOSize,
+			L3HdrLen:   o.CsumStart,
+		}
+		if proto == header.IPv6ProtocolNumber {
+			pkt.GSOOptions.Type = stack.GSOTCPv6
+		}
+		if o.GSO != tun.GSONone {
+			e.stats.RxGSO.Add(1)
+		}
+	}
 	d.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
+}
+
+// transportChecksumValid checks the TCP, UDP or ICMP checksum of an IPv4
+// packet with a complete checksum. Anything it cannot parse passes: the
+// stack's own parsing rejects and counts it.
+func transportChecksumValid(b []byte) bool {
+	if header.IPVersion(b) != header.IPv4Version || len(b) < header.IPv4MinimumSize {
+		return true
+	}
+	ip := header.IPv4(b)
+	hl, total := int(ip.HeaderLength()), int(ip.TotalLength())
+	if hl < header.IPv4MinimumSize || total > len(b) || total < hl || ip.More() || ip.FragmentOffset() != 0 {
+		return true
+	}
+	t := b[hl:total]
+	var x uint16
+	switch ip.TransportProtocol() {
+	case header.TCPProtocolNumber, header.UDPProtocolNumber:
+		if ip.TransportProtocol() == header.UDPProtocolNumber && len(t) >= header.UDPMinimumSize && header.UDP(t).Checksum() == 0 {
+			return true // UDP without a checksum
+		}
+		x = header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), uint16(len(t)))
+	case header.ICMPv4ProtocolNumber:
+	default:
+		return true
+	}
+	return checksum.Checksum(t, x) == 0xffff
 }
 
 // WritePackets implements stack.LinkWriter.
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		v := pkt.ToView()
-		_, err := e.dev.Write(v.AsSlice())
-		size := v.Size()
-		v.Release()
+		var err error
+		size := pkt.Size()
+		if e.odev != nil {
+			_, err = e.odev.WriteOffload(pkt.AsSlices(), e.offloadOf(pkt))
+		} else {
+			v := pkt.ToView()
+			_, err = e.dev.Write(v.AsSlice())
+			v.Release()
+		}
 		if err != nil {
 			e.stats.TxErrors.Add(1)
 			if n == 0 {
@@ -173,6 +296,48 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		n++
 	}
 	return n, nil
+}
+
+// offloadOf describes pkt to the kernel: where its partial checksum is and,
+// for a super-segment, how to cut it (Linux's virtio_net_hdr_to_skb).
+func (e *Endpoint) offloadOf(pkt *stack.PacketBuffer) tun.Offload {
+	g := pkt.GSOOptions
+	if g.Type == stack.GSONone {
+		return tun.Offload{}
+	}
+	var o tun.Offload
+	if g.NeedsCsum {
+		o.NeedsCsum = true
+		o.CsumStart = uint16(pkt.NetworkHeader().View().Size())
+		o.CsumOffset = g.CsumOffset
+	}
+	if g.MSS > 0 && pkt.Data().Size() > int(g.MSS) {
+		o.GSO = tun.GSOTCPv4
+		if g.Type == stack.GSOTCPv6 {
+			o.GSO = tun.GSOTCPv6
+		}
+		o.GSOSize = g.MSS
+		o.HdrLen = uint16(pkt.HeaderSize())
+		e.stats.TxGSO.Add(1)
+	}
+	return o
+}
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *Endpoint) GSOMaxSize() uint32 {
+	if e.odev == nil {
+		return 0
+	}
+	return GSOMaxSize
+}
+
+// SupportedGSO implements stack.GSOEndpoint: host GSO on a device with
+// offloads, none on a plain one.
+func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
+	if e.odev == nil {
+		return stack.GSONotSupported
+	}
+	return stack.HostGSOSupported
 }
 
 // MTU implements stack.NetworkLinkEndpoint.
@@ -196,8 +361,18 @@ func (*Endpoint) LinkAddress() tcpip.LinkAddress { return "" }
 func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements stack.NetworkLinkEndpoint. A plain TUN offers no
-// offloads: the stack computes and verifies every checksum itself.
-func (*Endpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+// offloads: the stack computes and verifies every checksum itself. With
+// offloads the kernel vouches for the checksums of what it hands us (its
+// local senders' partial checksums, or ones it verified) and this endpoint
+// checks the rest, so the stack need not: receive checksum offload. It
+// still computes transmit checksums for everything it does not send as
+// GSO.
+func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	if e.odev == nil {
+		return 0
+	}
+	return stack.CapabilityRXChecksumOffload
+}
 
 // IsAttached implements stack.NetworkLinkEndpoint.
 func (e *Endpoint) IsAttached() bool { return e.currentDispatcher() != nil }
