@@ -765,3 +765,29 @@ func TestChurnMemory(t *testing.T) {
 		t.Errorf("%d disconnect lines for %d connections", n, rounds*conns)
 	}
 }
+
+// TestUserTimeoutKernelStack: --user-timeout sets TCP_USER_TIMEOUT on the
+// kernel's listener too (accepted sockets inherit it): a client that
+// never reads is dropped.
+func TestUserTimeoutKernelStack(t *testing.T) {
+	l := newLab(t)
+	const uto = 3 * time.Second
+	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--stack", "kernel", "--user-timeout", uto.String())
+	if !srv.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %s", srv.stderr.String())
+	}
+	c := dialAnt(t, l, net.JoinHostPort(lab.AppleAddr.Addr().String(), fmt.Sprint(lab.Port)))
+	peer := c.LocalAddr().String()
+	chunk := bytes.Repeat([]byte("x"), 64<<10)
+	for i := 0; i < 1<<14; i++ { // until blocked, at most 1 GiB
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(chunk); err != nil {
+			break
+		}
+	}
+	blockedAt := time.Now()
+	if !srv.stdout.waitFor(peer+" disconnected", uto+5*time.Second) {
+		t.Fatalf("the kernel stack still serves the non-reader %v after it blocked (--user-timeout %v)", time.Since(blockedAt).Round(time.Millisecond), uto)
+	}
+	t.Logf("FIGURE kernel stack: the non-reader was disconnected %v after its writes blocked (--user-timeout %v)", time.Since(blockedAt).Round(time.Millisecond), uto)
+}
