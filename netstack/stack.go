@@ -329,9 +329,11 @@ func (st *Stack) waitNone(ctx context.Context, what string, states ...tcp.Endpoi
 }
 
 // Close tears the stack down: any connection still open is reset, the NIC
-// is removed and the link pipeline (and its device) closed.
+// is removed and the link pipeline (and its device) closed. Connections in
+// TIME-WAIT end quietly when nothing else is left (see quietTimeWait).
 func (st *Stack) Close() {
 	if st.s != nil {
+		st.quietTimeWait()
 		st.s.Close()
 	}
 	// gVisor waits for link endpoints before it closes them; ours stops its
@@ -343,4 +345,26 @@ func (st *Stack) Close() {
 	if st.tracker != nil {
 		st.tracker.Close()
 	}
+}
+
+// quietTimeWait disables the NIC, so that aborting the endpoints sends
+// nothing, when every connection left is in TIME-WAIT (as after a clean
+// shutdown: every peer has closed). gVisor resets every connected endpoint
+// on Close, TIME-WAIT included; the kernel never sends a RST from
+// TIME-WAIT, and one after a clean four-way close would only puzzle
+// whoever reads the capture. With any other connection left (a drain that
+// timed out), the NIC stays up and those peers get their RST.
+func (st *Stack) quietTimeWait() {
+	for _, ep := range st.s.RegisteredEndpoints() {
+		te, ok := ep.(*tcp.Endpoint)
+		if !ok {
+			continue
+		}
+		switch tcp.EndpointState(te.State()) {
+		case tcp.StateTimeWait, tcp.StateListen, tcp.StateClose, tcp.StateInitial, tcp.StateBound, tcp.StateError:
+		default:
+			return
+		}
+	}
+	st.s.DisableNIC(NICID)
 }
