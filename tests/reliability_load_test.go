@@ -320,12 +320,12 @@ func dialMany(t *testing.T, l *lab.Lab, addr string, n int) []net.Conn {
 
 // TestIdleConnsCannotStarve: 1,000 idle connections fill --max-conns
 // 1000. A new client is closed at once (EOF within a second, not a hang),
-// counted and logged; --idle-close 2s then frees the idle ones and a new
+// counted and logged; --idle-close 3s then frees the idle ones and a new
 // client is served within idle-close plus a second. The idle connections
 // each see the server's FIN.
 func TestIdleConnsCannotStarve(t *testing.T) {
 	l := newLab(t)
-	const n, idle = 1000, 2 * time.Second
+	const n, idle = 1000, 3 * time.Second
 	srv := startServer(t, l, "--max-conns", fmt.Sprint(n), "--idle-close", idle.String(), "--time-wait", "1s")
 	start := time.Now()
 	conns := dialMany(t, l, serverAddr, n)
@@ -333,6 +333,9 @@ func TestIdleConnsCannotStarve(t *testing.T) {
 		t.Fatalf("server shows %d of %d connections", countLines(srv.stdout.String(), " connected"), n)
 	}
 	opened := time.Since(start)
+	if opened > idle/2 {
+		t.Fatalf("opening %d connections took %v: too slow to test at the limit before --idle-close %v frees places", n, opened, idle)
+	}
 	rss := readVmRSS(t, srv.cmd.Process.Pid)
 
 	// At the limit: accepted by the stack, closed by the server at once.
