@@ -17,11 +17,32 @@ import (
 	"github.com/tcp-upper/tcp-upper/lab"
 )
 
+// benchHelp says what each figure measures.
+const benchHelp = `Builds a lab of its own (removed at the end, also on Ctrl-C): the kernel's TCP
+as the client in ant, tcp-upper-server in apple on --stack kernel and on our
+stack, a fresh server for every measurement, kernel and netstack in
+alternating order. Figures (MB/s are 10^6 bytes/s of payload):
+  bulk            one connection, 1 MiB writes while the uppercased echo is
+                  read back and checked byte for byte (client does real work)
+  bulk-oneway     one connection, the client writes one fixed buffer and
+                  discards the echo unchecked, then half-closes: the server's
+                  echo path with the least client CPU
+  bulk-parallel   8 bulk connections at once, aggregate
+  rr              16-byte request/response on one connection: p50, p99
+  connrate        connect, one 16-byte exchange, close (client first), per s
+  idle-memory     server RSS growth per connection at 10,000 idle
+                  connections (each echoed once), KiB; for the kernel stack
+                  this is the program only (socket memory is the kernel's)
+  trace-overhead  netstack bulk with --trace --events (stderr to /dev/null)
+                  divided by plain netstack bulk
+  fault-overhead  netstack bulk with a fault rule that never matches
+                  ("in rst drop port=1") divided by plain netstack bulk`
+
 // cmdBench measures our server against the kernel's in a lab of its own,
 // which it always removes.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := bench.DefaultConfig()
-	fs := cli.NewFlagSet(prog+" bench", stderr, prog+" bench [--json] [--only NAME[,NAME]] [--duration D] [--rounds N] [--netstack-flags \"...\"]\n\nfigures: "+fmt.Sprint(bench.Names()))
+	fs := cli.NewFlagSet(prog+" bench", stderr, prog+" bench [--json] [--only NAME[,NAME]] [--duration D] [--rounds N] [--netstack-flags \"...\"]\n\n"+benchHelp)
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
 	only := fs.String("only", "", "run only these figures, comma-separated")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "cap of each timed measurement (bulk, rr, connrate)")
