@@ -201,7 +201,10 @@ type Options struct {
 	Seed uint64
 	// Name is the lab name; empty: a unique one.
 	Name string
-	Log  *slog.Logger
+	// PlainTUN opens the server's TUN without offloads (the server's
+	// --offload=false).
+	PlainTUN bool
+	Log      *slog.Logger
 }
 
 // Run runs x in a lab of its own and removes the lab afterwards.
@@ -244,7 +247,7 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 			err = derr
 		}
 	}()
-	dev, err := l.OpenServerTUN(opts.Log)
+	dev, err := l.OpenServerTUN(opts.Log, opts.PlainTUN)
 	if err != nil {
 		return nil, err
 	}

@@ -90,10 +90,11 @@ func (l *Lab) NetNSPath(host string) string { return filepath.Join(NetNSDir, l.N
 func (l *Lab) StateDir() string { return filepath.Join("/run/tcp-upper", "lab-"+l.Name) }
 
 // OpenServerTUN creates the server's TUN in apple as the lab's server has
-// it: tun0, 10.0.2.1/24 on the kernel side, MTU 1500. For programs that run
-// the server's stack in-process (the demo, the experiments).
-func (l *Lab) OpenServerTUN(log *slog.Logger) (*tun.Linux, error) {
-	return tun.Open(tun.Config{Name: "tun0", MTU: 1500, Addr: TunAddr, NetNS: l.NetNSPath(Apple)}, log)
+// it: tun0, 10.0.2.1/24 on the kernel side, MTU 1500, with offloads unless
+// plain. For programs that run the server's stack in-process (the demo, the
+// experiments).
+func (l *Lab) OpenServerTUN(log *slog.Logger, plain bool) (*tun.Linux, error) {
+	return tun.Open(tun.Config{Name: "tun0", MTU: 1500, Addr: TunAddr, NetNS: l.NetNSPath(Apple), Offload: !plain}, log)
 }
 
 // ControlPath is the control socket of the server StartServer starts.

@@ -29,9 +29,11 @@ func envInt(t testing.TB, name string, def int) int {
 // speed, RUNS times, each run SIZE MiB each way, with a progress watchdog.
 // TCP_UPPER_STALL_RUNS and TCP_UPPER_STALL_MIB scale it
 // (scripts/stall-repeat.sh runs it longer and counts stalls).
-func TestBulkNoStall(t *testing.T) {
+func TestBulkNoStall(t *testing.T) { forModes(t, testBulkNoStall) }
+
+func testBulkNoStall(t *testing.T, mode []string) {
 	l := newLab(t)
-	startServer(t, l)
+	startServer(t, l, mode...)
 	runs := envInt(t, "TCP_UPPER_STALL_RUNS", 6)
 	mib := envInt(t, "TCP_UPPER_STALL_MIB", 256)
 	stalled := 0

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,11 +18,16 @@ import (
 // every expectation to pass and the three output files written.
 func TestExperiments(t *testing.T) {
 	requireRoot(t)
+	forModes(t, testExperiments)
+}
+
+func testExperiments(t *testing.T, mode []string) {
 	for _, x := range experiment.Catalogue() {
 		t.Run(x.Name, func(t *testing.T) {
 			var out bytes.Buffer
 			dir := t.TempDir()
-			res, err := experiment.Run(context.Background(), x, experiment.Options{Dir: dir, Seed: 1}, &out)
+			opts := experiment.Options{Dir: dir, Seed: 1, PlainTUN: slices.Contains(mode, "--offload=false")}
+			res, err := experiment.Run(context.Background(), x, opts, &out)
 			if err != nil {
 				t.Fatalf("%v\n%s", err, out.String())
 			}

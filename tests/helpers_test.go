@@ -152,6 +152,25 @@ func startIn(t *testing.T, l *lab.Lab, host string, name string, args ...string)
 	return p
 }
 
+// linkModes are the ways the server can hold its TUN; what the data path
+// guarantees (byte-exact echo, no stall, valid traces, faults) is tested in
+// each. Offloads are the default.
+var linkModes = []struct {
+	name  string
+	flags []string
+}{
+	{"offload", nil},
+	{"plain", []string{"--offload=false"}},
+}
+
+// forModes runs f once per link mode, as subtests, with the server flags
+// that select it.
+func forModes(t *testing.T, f func(t *testing.T, flags []string)) {
+	for _, m := range linkModes {
+		t.Run(m.name, func(t *testing.T) { f(t, m.flags) })
+	}
+}
+
 // startServer runs tcp-upper-server in apple on tun0 and waits until it
 // listens.
 func startServer(t *testing.T, l *lab.Lab, args ...string) *proc {

@@ -58,9 +58,11 @@ func TestSeedSession(t *testing.T) {
 
 // TestBinaryEcho sends 1 MiB of random binary bytes (NULs, 0xff, UTF-8
 // fragments, everything) and checks the echo byte for byte.
-func TestBinaryEcho(t *testing.T) {
+func TestBinaryEcho(t *testing.T) { forModes(t, testBinaryEcho) }
+
+func testBinaryEcho(t *testing.T, mode []string) {
 	l := newLab(t)
-	startServer(t, l)
+	startServer(t, l, mode...)
 	data := make([]byte, 1<<20)
 	rand.Read(data)
 	conn := dialAnt(t, l, serverAddr)
@@ -95,9 +97,11 @@ func TestBinaryEcho(t *testing.T) {
 
 // TestConcurrentClients runs 50 clients at once, each with its own data,
 // and checks that each gets exactly its own reply.
-func TestConcurrentClients(t *testing.T) {
+func TestConcurrentClients(t *testing.T) { forModes(t, testConcurrentClients) }
+
+func testConcurrentClients(t *testing.T, mode []string) {
 	l := newLab(t)
-	srv := startServer(t, l)
+	srv := startServer(t, l, mode...)
 	const n = 50
 	conns := make([]net.Conn, n)
 	for i := range conns {
@@ -183,8 +187,12 @@ func tcpdumpTun(t *testing.T, l *lab.Lab) *proc {
 // handshake, data and the close.
 func TestTcpdumpSeesSession(t *testing.T) {
 	requireTool(t, "tcpdump")
+	forModes(t, testTcpdumpSeesSession)
+}
+
+func testTcpdumpSeesSession(t *testing.T, mode []string) {
 	l := newLab(t)
-	srv := startServer(t, l)
+	srv := startServer(t, l, mode...)
 	dump := tcpdumpTun(t, l)
 	c := dialAnt(t, l, serverAddr)
 	local := c.LocalAddr().String()

@@ -43,6 +43,7 @@ type config struct {
 	addr     cli.Prefix
 	tunAddr  netip.Prefix
 	mtu      int
+	offload  bool
 	timeout  time.Duration
 	logLevel string
 	obs      observe.Flags
@@ -61,6 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(&c.addr, "addr", "with --stack netstack: the client's address inside its stack")
 	tunAddr := fs.String("tun-addr", "", "with --stack netstack: address of the kernel side of the TUN (default: first host of --addr's network); none leaves the device alone")
 	fs.IntVar(&c.mtu, "mtu", 1500, "with --stack netstack: MTU of the TUN")
+	fs.BoolVar(&c.offload, "offload", true, "with --stack netstack: open the TUN with checksum and segmentation offloads (IFF_VNET_HDR); --offload=false for the plain one")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the connection to be established")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
 	c.obs.Register(fs)
@@ -135,7 +137,7 @@ func session(ctx context.Context, c *config, stdin *os.File, stdout, stderr io.W
 	var conn net.Conn
 	var st *netstack.Stack
 	if c.stack == "netstack" {
-		dev, err := tun.Open(tun.Config{Name: c.tun, MTU: c.mtu, Addr: c.tunAddr}, log)
+		dev, err := tun.Open(tun.Config{Name: c.tun, MTU: c.mtu, Addr: c.tunAddr, Offload: c.offload}, log)
 		if err != nil {
 			return err
 		}

@@ -278,7 +278,7 @@ func (d *demo) inLab(ctx context.Context, l *lab.Lab) (err error) {
 	}()
 	fmt.Fprintf(d.out, "  namespaces %s and %s (removed at the end)\n", l.NetNS(lab.Ant), l.NetNS(lab.Apple))
 
-	dev, err := l.OpenServerTUN(d.log)
+	dev, err := l.OpenServerTUN(d.log, false)
 	if err != nil {
 		return err
 	}

@@ -15,13 +15,16 @@ import (
 
 // cmdRun runs canned fault-injection experiments.
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	usage := prog + " run NAME [--out DIR] [--seed N] | run --all [--out DIR] | run --list"
+	usage := prog + " run NAME [--out DIR] [--seed N] [--offload=false] | run --all [--out DIR] [--offload=false] | run --list"
 	var names []string
 	var out string
 	var seed uint64
-	all, list := false, false
+	all, list, plain := false, false, false
 	for i := 0; i < len(args); i++ {
 		switch a := args[i]; a {
+		case "--offload=false":
+			plain = true
+		case "--offload", "--offload=true":
 		case "--list", "-l":
 			list = true
 		case "--all":
@@ -79,7 +82,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if dir != "" && len(xs) > 1 {
 			dir = filepath.Join(out, x.Name)
 		}
-		res, err := experiment.Run(ctx, x, experiment.Options{Dir: dir, Seed: seed}, stdout)
+		res, err := experiment.Run(ctx, x, experiment.Options{Dir: dir, Seed: seed, PlainTUN: plain}, stdout)
 		if err != nil {
 			return fmt.Errorf("%s: %w", x.Name, err)
 		}
