@@ -413,7 +413,7 @@ func TestHugeLineBoundedMemory(t *testing.T) {
 		t.Fatalf("answer %q", line)
 	}
 	alloc := after.TotalAlloc - before.TotalAlloc
-	t.Logf("10 MiB line refused in %v; %d KiB allocated meanwhile (whole process)", took.Round(time.Millisecond), alloc>>10)
+	t.Logf("FIGURE 10 MiB line refused in %v; %d KiB allocated meanwhile (whole process)", took.Round(time.Millisecond), alloc>>10)
 	if alloc > 2<<20 {
 		t.Errorf("%d KiB allocated while a 10 MiB line arrived: the server buffers it", alloc>>10)
 	}
