@@ -1,7 +1,9 @@
 package netstack_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -21,9 +23,11 @@ import (
 // service) whose device the test drives by hand from the far end of an
 // in-memory pipe, the way the kernel drives a TUN.
 type ingress struct {
-	st     *netstack.Stack
-	peer   *rawtcp.Peer
-	marker uint32
+	st      *netstack.Stack
+	far     *tun.PipeDevice
+	offload bool
+	segs    chan rawtcp.Segment // what the stack sends, parsed
+	marker  uint32
 }
 
 var (
@@ -33,9 +37,15 @@ var (
 	markerIP = netip.MustParseAddr("10.0.1.250")
 )
 
-func newIngress(tb testing.TB) *ingress {
+// newIngress builds the server on a plain pipe, or on one with offloads
+// (virtio-net headers: partial checksums and super-segments) like the TUN
+// tcp-upper-server opens by default.
+func newIngress(tb testing.TB, offload bool) *ingress {
 	tb.Helper()
 	near, far := tun.Pipe("srv0", "far0", 1500)
+	if offload {
+		near, far = tun.OffloadPipe("srv0", "far0", 1500)
+	}
 	st, err := netstack.New(near, netstack.Options{Addr: netip.PrefixFrom(serverIP, 24), TimeWait: time.Second}, nil)
 	if err != nil {
 		tb.Fatal(err)
@@ -47,48 +57,91 @@ func newIngress(tb testing.TB) *ingress {
 	}
 	srv := app.NewServer(ln, app.ServerOptions{}, nil)
 	go srv.Serve()
+	in := &ingress{st: st, far: far, offload: offload, segs: make(chan rawtcp.Segment, 4096)}
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		buf := make([]byte, tun.MaxOffloadPacket)
+		for {
+			n, _, err := far.ReadOffload(buf)
+			if err != nil {
+				return
+			}
+			if s, err := rawtcp.Parse(buf[:n]); err == nil {
+				select {
+				case in.segs <- s:
+				default: // nobody asked for this many; drop
+				}
+			}
+		}
+	}()
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
 		st.Close()
 		far.Close()
+		<-read
 	})
-	return &ingress{st: st, peer: rawtcp.NewPeer(far)}
+	return in
 }
 
-// feed writes pkt into the stack and waits until the stack has handled it:
-// a SYN to a closed port follows it through the same read goroutine, and
-// its RST comes back only after pkt went through the IP and TCP layers. It
-// returns the counters' growth.
-func (in *ingress) feed(tb testing.TB, pkt []byte) map[string]uint64 {
+// send writes s into the stack.
+func (in *ingress) send(tb testing.TB, s rawtcp.Segment) {
+	tb.Helper()
+	if _, err := in.far.Write(s.Marshal()); err != nil {
+		tb.Fatalf("send: %v", err)
+	}
+}
+
+// recv waits up to 5 s for a segment to dst that satisfies ok.
+func (in *ingress) recv(tb testing.TB, dst netip.AddrPort, ok func(rawtcp.Segment) bool) rawtcp.Segment {
+	tb.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case s := <-in.segs:
+			if s.Dst == dst && ok(s) {
+				return s
+			}
+		case <-timeout:
+			tb.Fatalf("no segment to %v within 5s", dst)
+		}
+	}
+}
+
+// feed writes pkt (with offload metadata o, on an offload pipe) into the
+// stack and waits until the stack has handled it: a SYN to a closed port
+// follows it through the same read goroutine, and its RST comes back only
+// after pkt went through the IP and TCP layers. It returns the counters'
+// growth, or nil if the device refused pkt (as a TUN refuses a write
+// longer than its MTU).
+func (in *ingress) feed(tb testing.TB, pkt []byte, o tun.Offload) map[string]uint64 {
 	tb.Helper()
 	before := counters(in.st)
-	if _, err := in.peer.Dev.Write(pkt); err != nil {
-		tb.Fatalf("write: %v", err)
+	var err error
+	if in.offload {
+		_, err = in.far.WriteOffload([][]byte{pkt}, o)
+	} else {
+		_, err = in.far.Write(pkt)
+	}
+	if err != nil {
+		return nil
 	}
 	in.marker++
 	seq := in.marker * 7919
-	port := uint16(20000 + in.marker%40000)
-	syn := rawtcp.Segment{
-		Src: netip.AddrPortFrom(markerIP, port), Dst: netip.AddrPortFrom(serverIP, 1),
-		Seq: seq, Flags: header.TCPFlagSyn, Window: 1024,
-	}
-	if err := in.peer.Send(syn); err != nil {
-		tb.Fatalf("marker: %v", err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
+	marker := netip.AddrPortFrom(markerIP, uint16(20000+in.marker%40000))
+	in.send(tb, rawtcp.Segment{Src: marker, Dst: netip.AddrPortFrom(serverIP, 1), Seq: seq, Flags: header.TCPFlagSyn, Window: 1024})
+	timeout := time.After(5 * time.Second)
+wait:
 	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			tb.Fatalf("the stack stopped answering after input %x", pkt)
-		}
-		s, ok := in.peer.Recv(left)
-		if !ok {
-			continue
-		}
-		if s.Dst.Port() == port && s.Dst.Addr() == markerIP && s.Flags.Contains(header.TCPFlagRst) && s.Ack == seq+1 {
-			break
+		select {
+		case s := <-in.segs:
+			if s.Dst == marker && s.Flags.Contains(header.TCPFlagRst) && s.Ack == seq+1 {
+				break wait
+			}
+		case <-timeout:
+			tb.Fatalf("the stack stopped answering after input %x (offload %+v)", pkt, o)
 		}
 	}
 	after := counters(in.st)
@@ -103,20 +156,27 @@ func (in *ingress) feed(tb testing.TB, pkt []byte) map[string]uint64 {
 	return grew
 }
 
-// drops are the counters of packets the stack threw away as bad.
+// drops are the counters of packets the link or the stack threw away as
+// bad.
 var drops = []string{
-	"link.errors_in", "ip.malformed", "ip.wrong_destination", "ip.bad_source",
+	"link.errors_in", "link.checksum_errors_in", "ip.malformed", "ip.wrong_destination", "ip.bad_source",
 	"ip.unknown_protocol", "ip.unknown_transport", "ip.malformed_transport",
 	"tcp.checksum_errors", "tcp.invalid_segments", "stack.dropped",
 }
 
 // check asserts what the counters must show for pkt, judged from its bytes
-// alone: every packet is counted once, and a packet that is not
-// well-formed is counted as dropped for the reason it is bad.
-func check(tb testing.TB, pkt []byte, grew map[string]uint64) {
+// (and, with offloads, its virtio-net header o) alone: every packet is
+// counted once, and a packet that is not well-formed is counted as dropped
+// for the reason it is bad. With offloads the link trusts the kernel for
+// what o vouches for (DataValid, a partial checksum) and for IP header
+// checksums, as a NIC with checksum offload does; the rest it checks.
+func check(tb testing.TB, pkt []byte, offload bool, o tun.Offload, grew map[string]uint64) {
 	tb.Helper()
-	if n := grew["link.packets_in"] + grew["link.errors_in"]; n != 1 {
-		tb.Fatalf("input %x: link counted %d packets, want 1 (%v)", pkt, n, grew)
+	if grew == nil {
+		return // the device refused it
+	}
+	if n := grew["link.packets_in"] + grew["link.errors_in"] + grew["link.checksum_errors_in"]; n != 1 {
+		tb.Fatalf("input %x (%+v): link counted %d packets, want 1 (%v)", pkt, o, n, grew)
 	}
 	if len(pkt) == 0 || (header.IPVersion(pkt) != 4 && header.IPVersion(pkt) != 6) {
 		if grew["link.errors_in"] != 1 {
@@ -131,24 +191,32 @@ func check(tb testing.TB, pkt []byte, grew map[string]uint64) {
 		return
 	}
 	ip := header.IPv4(pkt)
-	if !ip.IsValid(len(pkt)) || !ip.IsChecksumValid() {
+	if !ip.IsValid(len(pkt)) || (!offload && !ip.IsChecksumValid()) {
 		if grew["ip.malformed"] != 1 {
 			tb.Fatalf("input %x: malformed IPv4, but ip.malformed did not count it (%v)", pkt, grew)
 		}
 		return
 	}
-	if grew["ip.packets_in"] == 0 {
-		tb.Fatalf("input %x: IPv4 not counted in ip.packets_in (%v)", pkt, grew)
+	if o.GSO != tun.GSONone {
+		return // a super-segment: counted once, the stack still answers
+	}
+	vouched := offload && (o.NeedsCsum || o.DataValid)
+	if offload && !ip.IsChecksumValid() {
+		return
+	}
+	if grew["ip.packets_in"] == 0 && grew["link.checksum_errors_in"] == 0 {
+		tb.Fatalf("input %x: IPv4 counted neither in ip.packets_in nor as a checksum error (%v)", pkt, grew)
 	}
 	// A plain (no options, not a fragment) IPv4 packet to us carrying a
-	// TCP segment that is cut short or fails its checksum is dropped.
+	// TCP segment that is cut short or fails a checksum nobody vouched
+	// for is dropped.
 	if ip.HeaderLength() != header.IPv4MinimumSize || ip.More() || ip.FragmentOffset() != 0 ||
 		ip.DestinationAddress() != tcpip.AddrFrom4(serverIP.As4()) || ip.TransportProtocol() != header.TCPProtocolNumber {
 		return
 	}
 	seg := header.TCP(pkt[header.IPv4MinimumSize:ip.TotalLength()])
 	bad := len(seg) < header.TCPMinimumSize || int(seg.DataOffset()) < header.TCPMinimumSize || int(seg.DataOffset()) > len(seg)
-	if !bad {
+	if !bad && !vouched {
 		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(seg)))
 		bad = checksum.Checksum(seg, xsum) != 0xffff
 	}
@@ -160,7 +228,7 @@ func check(tb testing.TB, pkt []byte, grew map[string]uint64) {
 		n += grew[d]
 	}
 	if n == 0 {
-		tb.Fatalf("input %x: bad TCP segment, but no drop counter moved (%v)", pkt, grew)
+		tb.Fatalf("input %x (%+v): bad TCP segment, but no drop counter moved (%v)", pkt, o, grew)
 	}
 }
 
@@ -245,52 +313,51 @@ func fixTCPSum(p []byte) {
 	seg.SetChecksum(^checksum.Checksum(seg, xsum))
 }
 
-// TestIngressGarbageCounted feeds each seed and checks the exact counter
-// that must count it; afterwards a handshake and an echo still work.
+// TestIngressGarbageCounted feeds each seed, on a plain link and on one
+// with offloads, and checks the exact counter that must count it;
+// afterwards a handshake and an echo still work.
 func TestIngressGarbageCounted(t *testing.T) {
-	leakcheck.Check(t)
-	in := newIngress(t)
-	want := map[string]string{
-		"bad-tcp-checksum": "tcp.checksum_errors", // the listener's endpoint drops it
-		"bad-ip-checksum":  "ip.malformed", "tcp-offset-short": "tcp.invalid_segments",
-		"tcp-offset-long": "tcp.invalid_segments", "truncated-ip": "ip.malformed",
-		"truncated-tcp": "ip.malformed_transport", "total-length-too-big": "ip.malformed",
-		"udp": "ip.unknown_transport", "wrong-destination": "ip.wrong_destination",
-		"loopback-source": "ip.bad_source", "ipv6": "ip.unknown_protocol",
-		"empty": "link.errors_in", "not-ip": "link.errors_in",
+	for _, offload := range []bool{false, true} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) {
+			leakcheck.Check(t)
+			in := newIngress(t, offload)
+			want := map[string]string{
+				"bad-tcp-checksum": "tcp.checksum_errors", // the listener's endpoint drops it
+				"bad-ip-checksum":  "ip.malformed", "tcp-offset-short": "tcp.invalid_segments",
+				"tcp-offset-long": "tcp.invalid_segments", "truncated-ip": "ip.malformed",
+				"truncated-tcp": "ip.malformed_transport", "total-length-too-big": "ip.malformed",
+				"udp": "ip.unknown_transport", "wrong-destination": "ip.wrong_destination",
+				"loopback-source": "ip.bad_source", "ipv6": "ip.unknown_protocol",
+				"empty": "link.errors_in", "not-ip": "link.errors_in",
+			}
+			if offload {
+				// The link checks transport checksums the kernel did not
+				// vouch for, before the stack sees them; it trusts IP
+				// header checksums (the kernel checked them).
+				want["bad-tcp-checksum"] = "link.checksum_errors_in"
+				want["truncated-tcp"] = "link.checksum_errors_in"
+				delete(want, "bad-ip-checksum")
+			}
+			for name, pkt := range seeds() {
+				grew := in.feed(t, pkt, tun.Offload{})
+				check(t, pkt, offload, tun.Offload{}, grew)
+				if c, ok := want[name]; ok && grew[c] != 1 {
+					t.Errorf("%s: %s grew by %d, want 1 (%v)", name, c, grew[c], grew)
+				}
+			}
+			// Still serving: a handshake and an echo by hand.
+			cli := netip.AddrPortFrom(peerIP, 41000)
+			srv := netip.AddrPortFrom(serverIP, 9999)
+			in.send(t, rawtcp.Segment{Src: cli, Dst: srv, Seq: 100, Flags: header.TCPFlagSyn, Window: 65535, Options: rawtcp.SynOptions(1460, -1, false)})
+			synAck := in.recv(t, cli, func(s rawtcp.Segment) bool { return s.Flags == header.TCPFlagSyn|header.TCPFlagAck })
+			in.send(t, rawtcp.Segment{Src: cli, Dst: srv, Seq: 101, Ack: synAck.Seq + 1, Flags: header.TCPFlagAck | header.TCPFlagPsh, Window: 65535, Payload: []byte("abc\n")})
+			reply := in.recv(t, cli, func(s rawtcp.Segment) bool { return len(s.Payload) > 0 })
+			if string(reply.Payload) != "ABC\n" {
+				t.Fatalf("reply %q, want ABC", reply.Payload)
+			}
+			in.send(t, rawtcp.Segment{Src: cli, Dst: srv, Seq: 105, Ack: reply.Seq + 4, Flags: header.TCPFlagRst | header.TCPFlagAck})
+		})
 	}
-	for name, pkt := range seeds() {
-		grew := in.feed(t, pkt)
-		check(t, pkt, grew)
-		if c, ok := want[name]; ok && grew[c] != 1 {
-			t.Errorf("%s: %s grew by %d, want 1 (%v)", name, c, grew[c], grew)
-		}
-	}
-	// Still serving: a handshake and an echo by hand.
-	cli := netip.AddrPortFrom(peerIP, 41000)
-	srv := netip.AddrPortFrom(serverIP, 9999)
-	in.peer.Send(rawtcp.Segment{Src: cli, Dst: srv, Seq: 100, Flags: header.TCPFlagSyn, Window: 65535, Options: rawtcp.SynOptions(1460, -1, false)})
-	synAck := recvFor(t, in.peer, cli, func(s rawtcp.Segment) bool { return s.Flags == header.TCPFlagSyn|header.TCPFlagAck })
-	in.peer.Send(rawtcp.Segment{Src: cli, Dst: srv, Seq: 101, Ack: synAck.Seq + 1, Flags: header.TCPFlagAck | header.TCPFlagPsh, Window: 65535, Payload: []byte("abc\n")})
-	reply := recvFor(t, in.peer, cli, func(s rawtcp.Segment) bool { return len(s.Payload) > 0 })
-	if string(reply.Payload) != "ABC\n" {
-		t.Fatalf("reply %q, want ABC", reply.Payload)
-	}
-	in.peer.Send(rawtcp.Segment{Src: cli, Dst: srv, Seq: 105, Ack: reply.Seq + 4, Flags: header.TCPFlagRst | header.TCPFlagAck})
-}
-
-// recvFor waits up to 5 s for a segment to dst that satisfies ok.
-func recvFor(t *testing.T, p *rawtcp.Peer, dst netip.AddrPort, ok func(rawtcp.Segment) bool) rawtcp.Segment {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		s, got := p.Recv(time.Until(deadline))
-		if got && s.Dst == dst && ok(s) {
-			return s
-		}
-	}
-	t.Fatalf("no segment to %v within 5s", dst)
-	return rawtcp.Segment{}
 }
 
 // FuzzIngress feeds arbitrary bytes as packets into a whole server stack
@@ -300,11 +367,64 @@ func FuzzIngress(f *testing.F) {
 	for _, p := range seeds() {
 		f.Add(p)
 	}
-	in := newIngress(f)
+	in := newIngress(f, false)
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		if len(pkt) > 1500 {
 			pkt = pkt[:1500] // the device's MTU: a TUN never hands us more
 		}
-		check(t, pkt, in.feed(t, pkt))
+		check(t, pkt, false, tun.Offload{}, in.feed(t, pkt, tun.Offload{}))
 	})
+}
+
+// FuzzIngressOffload is FuzzIngress on a device with offloads, the TUN
+// tcp-upper-server opens by default: each input is a virtio-net header
+// (10 bytes: flags, GSO type, header length, GSO size, checksum start and
+// offset, as the kernel would write them) and a packet, so partial
+// checksums and super-segments of up to 64 KiB with any metadata arrive.
+func FuzzIngressOffload(f *testing.F) {
+	hdr := func(o tun.Offload) []byte {
+		b := make([]byte, tun.VnetHdrLen)
+		o.Marshal(b)
+		return b
+	}
+	for _, p := range seeds() {
+		f.Add(append(hdr(tun.Offload{}), p...))
+		f.Add(append(hdr(tun.Offload{DataValid: true}), p...))
+	}
+	cli := netip.AddrPortFrom(peerIP, 40000)
+	srv := netip.AddrPortFrom(serverIP, 9999)
+	// A partial checksum (pseudo-header only), as a local sender leaves it.
+	syn := rawtcp.Segment{Src: cli, Dst: srv, Seq: 1000, Flags: header.TCPFlagSyn, Window: 64240, Options: rawtcp.SynOptions(1460, 7, true)}.Marshal()
+	partial(syn)
+	f.Add(append(hdr(tun.Offload{NeedsCsum: true, CsumStart: 20, CsumOffset: 16}), syn...))
+	// A super-segment: 4,000 bytes of data in one, for 1,448-byte segments.
+	big := rawtcp.Segment{Src: cli, Dst: srv, Seq: 1001, Ack: 1, Flags: header.TCPFlagAck | header.TCPFlagPsh, Window: 502, Payload: bytes.Repeat([]byte("x"), 4000)}.Marshal()
+	partial(big)
+	f.Add(append(hdr(tun.Offload{NeedsCsum: true, CsumStart: 20, CsumOffset: 16, GSO: tun.GSOTCPv4, GSOSize: 1448, HdrLen: 40}), big...))
+	f.Add(append(hdr(tun.Offload{NeedsCsum: true, CsumStart: 65535, CsumOffset: 65535, GSO: tun.GSOTCPv4, GSOSize: 0, HdrLen: 65535}), big...))
+	f.Add(append(hdr(tun.Offload{GSO: tun.GSOTCPv6, GSOSize: 1}), syn...))
+	in := newIngress(f, true)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var o tun.Offload
+		if len(b) >= tun.VnetHdrLen {
+			o, _ = tun.ParseOffload(b)
+			b = b[tun.VnetHdrLen:]
+		}
+		if len(b) > tun.MaxOffloadPacket {
+			b = b[:tun.MaxOffloadPacket]
+		}
+		if o.GSO == tun.GSONone && len(b) > 1500 {
+			b = b[:1500]
+		}
+		check(t, b, true, o, in.feed(t, b, o))
+	})
+}
+
+// partial replaces an IPv4/TCP packet's TCP checksum with the
+// pseudo-header sum alone, as a sender that offloads the checksum leaves
+// it.
+func partial(p []byte) {
+	ip := header.IPv4(p)
+	seg := header.TCP(p[header.IPv4MinimumSize:])
+	seg.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(seg))))
 }
