@@ -140,15 +140,23 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 			if errors.Is(err, tun.ErrClosed) {
 				return
 			}
-			e.log.Error("link down", "err", err)
-			if e.onError != nil {
-				e.onError(err)
-			}
+			e.linkDown(err)
 			return
 		}
 		v.CapLength(n)
 		e.deliver(v, tun.Offload{})
 	}
+}
+
+// linkDown reports a device failure once: to OnError, whose owner tells
+// the user, or else to the log.
+func (e *Endpoint) linkDown(err error) {
+	if e.onError != nil {
+		e.log.Debug("link down", "err", err)
+		e.onError(err)
+		return
+	}
+	e.log.Error("link down", "err", err)
 }
 
 // copyBelow: a packet read with offloads that is at most this long is
@@ -172,10 +180,7 @@ func (e *Endpoint) readOffloads() {
 			if errors.Is(err, tun.ErrClosed) {
 				return
 			}
-			e.log.Error("link down", "err", err)
-			if e.onError != nil {
-				e.onError(err)
-			}
+			e.linkDown(err)
 			return
 		}
 		var v *buffer.View
