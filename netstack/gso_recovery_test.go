@@ -56,3 +56,58 @@ func TestGSOSenderRecoversFromLoss(t *testing.T) {
 		t.Errorf("%d retransmission timeouts: holes in GSO segments were left to the RTO (upstream gVisor: 40-60)", c["tcp.timeouts"])
 	}
 }
+
+// TestIdleRuleKeepsOffloads: a rule that cannot take a data segment (here
+// RSTs on port 1) leaves the offloads alone, so it costs nothing at bulk
+// speed: super-segments still cross the link both ways whole. A rule on
+// outgoing data makes connections opened under it send wire segments.
+func TestIdleRuleKeepsOffloads(t *testing.T) {
+	for _, tc := range []struct {
+		rule      string
+		srvGSOOut bool // the server still sends super-segments
+		srvGSOIn  bool // super-segments from the client reach the stack whole
+	}{
+		{"in rst drop port=1", true, true},
+		{"out rst drop port=1", false, true},
+		{"in data delay 1ms", true, false},
+	} {
+		t.Run(tc.rule, func(t *testing.T) {
+			r, err := fault.Parse(tc.rule)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv, cli := pair(t, offloadLink, netstack.Options{Fault: fault.Options{Rules: []*fault.Rule{r}}}, netstack.Options{})
+			ln, err := srv.Listen(9999)
+			if err != nil {
+				t.Fatal(err)
+			}
+			server := app.NewServer(ln, app.ServerOptions{}, nil)
+			go server.Serve()
+			defer server.Shutdown(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			conn, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := app.Bulk(ctx, conn, app.BulkOptions{Total: 4 << 20, Seed: 1, StallAfter: 30 * time.Second}); err != nil {
+				t.Fatal(err)
+			}
+			s, c := counters(srv), counters(cli)
+			t.Logf("server: %d super-segments out, %d in (client sent %d); segments in %d", s["link.gso_out"], s["link.gso_in"], c["link.gso_out"], s["tcp.segments_in"])
+			if got := s["link.gso_out"] > 0; got != tc.srvGSOOut {
+				t.Errorf("server sent super-segments: %v, want %v", got, tc.srvGSOOut)
+			}
+			if c["link.gso_out"] == 0 {
+				t.Fatal("the client sent no super-segments")
+			}
+			// Each packet the client sent reaches the server's stack as
+			// one segment when the rules leave it whole; a cut
+			// super-segment becomes dozens.
+			whole := s["tcp.segments_in"] < 2*c["link.packets_out"]
+			if whole != tc.srvGSOIn {
+				t.Errorf("super-segments reached the stack whole: %v, want %v", whole, tc.srvGSOIn)
+			}
+		})
+	}
+}
