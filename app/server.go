@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -51,7 +52,7 @@ type Server struct {
 	outMu sync.Mutex
 
 	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
+	conns    map[net.Conn]*connState
 	closing  bool
 	handlers sync.WaitGroup
 	refused  uint64    // connections closed at once: MaxConns reached
@@ -71,7 +72,7 @@ func NewServer(ln net.Listener, opts ServerOptions, log *slog.Logger) *Server {
 	if opts.Out == nil {
 		opts.Out = io.Discard
 	}
-	s := &Server{ln: ln, opts: opts, log: log, conns: make(map[net.Conn]struct{}), quiet: quietAfter}
+	s := &Server{ln: ln, opts: opts, log: log, conns: make(map[net.Conn]*connState), quiet: quietAfter}
 	s.bufs.New = func() any { b := make([]byte, BufSize); return &b }
 	return s
 }
@@ -124,10 +125,11 @@ func (s *Server) Serve() error {
 			s.mu.Unlock()
 			continue
 		}
-		s.conns[c] = struct{}{}
+		h := &connState{c: c, peer: c.RemoteAddr().String(), got: true}
+		s.conns[c] = h
 		s.handlers.Add(1)
 		s.mu.Unlock()
-		go s.handle(c)
+		go s.handle(h)
 	}
 }
 
@@ -151,10 +153,21 @@ func (s *Server) refuse(c net.Conn) {
 // pooled BufSize buffer only while reads keep filling the small one; after
 // s.quiet without data it returns the pooled buffer, so idle connections
 // cost little memory.
-func (s *Server) handle(c net.Conn) {
-	h := &connState{c: c, peer: c.RemoteAddr().String(), small: make([]byte, smallBufSize), got: true}
+func (s *Server) handle(h *connState) {
+	h.small = make([]byte, smallBufSize)
+	h.rn, _ = h.c.(ReadNotifier)
 	s.println("%s connected", h.peer)
 	s.echo(h)
+}
+
+// ReadNotifier is a connection that can say when it becomes readable, so
+// that an idle one needs no goroutine blocked in Read. Our stack's
+// connections are (netstack.Conn); the kernel's net.Conn is not, and there
+// the server keeps a goroutine per connection as usual.
+type ReadNotifier interface {
+	// NotifyReadable arranges for ready to be called once a Read would
+	// not block; ready must not block. stop undoes it.
+	NotifyReadable(ready func()) (stop func())
 }
 
 // connState is a connection's handler state, which outlives the goroutine
@@ -173,20 +186,32 @@ type connState struct {
 	// with a stack of 8 KiB or more that the runtime does not shrink while
 	// it waits in Read.
 	wrote bool
+
+	rn ReadNotifier // h.c, if it can park
+
+	// A parked connection has no goroutine: the first of readiness, the
+	// IdleClose timer and Shutdown to claim it (parked true -> false)
+	// starts one (see park).
+	parked atomic.Bool
+	parkMu sync.Mutex // held while parking; resume waits for it
+	stop   func()     // ends the readiness arrangement
+	timer  *time.Timer
 }
 
 // echo runs h's read-uppercase-write loop. When the connection goes quiet
-// (nothing for s.quiet) after this goroutine has written, it gives back the
-// big buffer and hands the connection to a fresh goroutine with a small
-// stack, and returns: that is what keeps an idle connection at a few KiB.
-// Busy connections never switch.
+// (nothing for s.quiet) it gives back the big buffer and, on our stack
+// (ReadNotifier), parks the connection without a goroutine; elsewhere,
+// after this goroutine has written, it hands the connection to a fresh
+// goroutine with a small stack. Either way it returns: that is what keeps
+// an idle connection at a few KiB. Busy connections never switch.
 func (s *Server) echo(h *connState) {
 	for {
 		if h.got && s.opts.IdleClose > 0 {
 			h.idleAt = time.Now().Add(s.opts.IdleClose)
 		}
 		want := h.idleAt
-		quiet := h.big != nil || h.wrote
+		// A connection that can park does so after s.quiet without data.
+		quiet := h.big != nil || h.wrote || h.rn != nil
 		if quiet {
 			// Refreshed at most every s.quiet/2, not on every read.
 			q := h.deadline
@@ -228,6 +253,11 @@ func (s *Server) echo(h *connState) {
 					s.bufs.Put(h.big)
 					h.big = nil
 				}
+				if h.rn != nil {
+					h.wrote = false
+					s.park(h)
+					return
+				}
 				if h.wrote {
 					h.wrote = false
 					go s.echo(h)
@@ -254,6 +284,44 @@ func (s *Server) echo(h *connState) {
 	s.mu.Unlock()
 	s.println("%s disconnected", h.peer)
 	s.handlers.Done()
+}
+
+// park leaves h without a goroutine until it is readable, IdleClose ends
+// it, or Shutdown begins: the first of these claims it and resumes echo on
+// a new goroutine.
+func (s *Server) park(h *connState) {
+	h.parkMu.Lock()
+	defer h.parkMu.Unlock()
+	h.parked.Store(true)
+	if !h.idleAt.IsZero() {
+		h.timer = time.AfterFunc(time.Until(h.idleAt), func() { s.claim(h) })
+	}
+	h.stop = h.rn.NotifyReadable(func() { s.claim(h) })
+	if s.isClosing() {
+		s.claim(h) // Shutdown may have looked before we parked
+	}
+}
+
+// claim resumes a parked h. It never blocks: readiness calls it under the
+// stack's locks.
+func (s *Server) claim(h *connState) {
+	if h.parked.CompareAndSwap(true, false) {
+		go s.resume(h)
+	}
+}
+
+func (s *Server) resume(h *connState) {
+	h.parkMu.Lock() // park has finished arranging
+	if h.stop != nil {
+		h.stop()
+		h.stop = nil
+	}
+	if h.timer != nil {
+		h.timer.Stop()
+		h.timer = nil
+	}
+	h.parkMu.Unlock()
+	s.echo(h)
 }
 
 // isTimeout reports a read deadline's expiry: os.ErrDeadlineExceeded from
@@ -288,9 +356,11 @@ func (s *Server) isClosing() bool {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
-	for c := range s.conns {
-		// Wake a handler blocked in Read; it then closes its connection.
+	for c, h := range s.conns {
+		// Wake a handler blocked in Read, or a parked connection; it
+		// then closes.
 		c.SetReadDeadline(time.Now())
+		s.claim(h)
 	}
 	s.mu.Unlock()
 	s.ln.Close()

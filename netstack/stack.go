@@ -215,7 +215,7 @@ func (st *Stack) Addr() netip.Addr { return st.addr.Addr() }
 func (st *Stack) Gvisor() *stack.Stack { return st.s }
 
 // Listen listens on 0.0.0.0:port inside the stack, with the stack's
-// backlog.
+// backlog. Accept hands out *Conn.
 func (st *Stack) Listen(port uint16) (net.Listener, error) {
 	var wq waiter.Queue
 	ep, terr := st.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
@@ -240,7 +240,7 @@ func (st *Stack) Listen(port uint16) (net.Listener, error) {
 	if st.tracker != nil {
 		st.tracker.NoteListener(port, st.backlog)
 	}
-	return gonet.NewTCPListener(st.s, &wq, ep), nil
+	return newListener(gonet.NewTCPListener(st.s, &wq, ep), ep, &wq), nil
 }
 
 // Faults is the fault layer.
