@@ -3,6 +3,7 @@ package netstack_test
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,6 +71,10 @@ func TestIdleRuleKeepsOffloads(t *testing.T) {
 		{"in rst drop port=1", true, true},
 		{"out rst drop port=1", false, true},
 		{"in data delay 1ms", true, false},
+		// Small packets with partial checksums are judged as they are:
+		// the rule takes the client's SYN (and the stack's SYN-ACK
+		// answers the retransmission).
+		{"in syn drop count=1", true, true},
 	} {
 		t.Run(tc.rule, func(t *testing.T) {
 			r, err := fault.Parse(tc.rule)
@@ -95,6 +100,9 @@ func TestIdleRuleKeepsOffloads(t *testing.T) {
 			}
 			s, c := counters(srv), counters(cli)
 			t.Logf("server: %d super-segments out, %d in (client sent %d); segments in %d", s["link.gso_out"], s["link.gso_in"], c["link.gso_out"], s["tcp.segments_in"])
+			if strings.Contains(tc.rule, "drop") && strings.Contains(tc.rule, "syn") && s["fault.dropped"] != 1 {
+				t.Errorf("fault.dropped %d, want the one SYN", s["fault.dropped"])
+			}
 			if got := s["link.gso_out"] > 0; got != tc.srvGSOOut {
 				t.Errorf("server sent super-segments: %v, want %v", got, tc.srvGSOOut)
 			}

@@ -407,9 +407,10 @@ func (l *Link) handle(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.Packe
 	l.handleWire(dir, proto, p)
 }
 
-// mayMatch reports whether some rule could take one of the wire segments
-// of the offloaded packet p: they all carry data and the ACK flag, the last
-// one p's FIN if any, and p's addresses and ports.
+// mayMatch reports whether some rule could take the offloaded packet p or,
+// for a super-segment, one of its wire segments: those all carry data and
+// the ACK flag, the last one p's FIN if any, and p's addresses and ports.
+// It changes no rule's counters.
 func (l *Link) mayMatch(dir Dir, p *stack.PacketBuffer) bool {
 	var hdr [64]byte
 	n := pkt.Gather(hdr[:], p)
@@ -417,13 +418,17 @@ func (l *Link) mayMatch(dir Dir, p *stack.PacketBuffer) bool {
 	if !s.tcp {
 		return true
 	}
+	super := p.GSOOptions.MSS > 0 && s.payload > int(p.GSOOptions.MSS)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, r := range l.rules {
 		if r.Dir&dir == 0 || (r.Port != 0 && s.src.Port() != r.Port && s.dst.Port() != r.Port) {
 			continue
 		}
-		if r.Match == Any || r.Match == Data || (r.Match == Fin && s.flags&header.TCPFlagFin != 0) {
+		if !super && r.Match.matches(&s) {
+			return true
+		}
+		if super && (r.Match == Any || r.Match == Data || (r.Match == Fin && s.flags&header.TCPFlagFin != 0)) {
 			return true
 		}
 	}
