@@ -62,6 +62,11 @@ type Endpoint struct {
 	writerDone chan struct{}
 	txMu       sync.RWMutex
 	txStopped  bool
+	// writeMu is held while writing to the device; pending counts packets
+	// queued and not yet written. A small packet finding none pending and
+	// the device free is written at once by its sender (see WritePackets).
+	writeMu sync.Mutex
+	pending atomic.Int64
 
 	mu         sync.Mutex
 	readerDone chan struct{}
@@ -306,12 +311,28 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	}
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
+		n++
+		// A lone small packet (an ACK, a short reply) goes out at once:
+		// a hand-off to the writer would add a goroutine wake-up to
+		// every request/response. Nothing queued may be overtaken.
+		if pkt.Size() <= inlineMax && e.pending.Load() == 0 && e.writeMu.TryLock() {
+			if e.pending.Load() == 0 {
+				e.write1(pkt)
+				e.writeMu.Unlock()
+				continue
+			}
+			e.writeMu.Unlock()
+		}
+		e.pending.Add(1)
 		pkt.IncRef()
 		e.txq <- pkt
-		n++
 	}
 	return n, nil
 }
+
+// inlineMax is the largest packet a sender writes itself when nothing is
+// queued: one wire segment.
+const inlineMax = 1500
 
 // writer writes the queued packets in order, as many as are waiting at
 // each wake-up, until Close.
@@ -326,7 +347,10 @@ func (e *Endpoint) writer() {
 			for {
 				select {
 				case p := <-e.txq:
-					e.write([]*stack.PacketBuffer{p})
+					e.writeMu.Lock()
+					e.write1(p)
+					e.writeMu.Unlock()
+					e.pending.Add(-1)
 					p.DecRef()
 				default:
 					return
@@ -344,7 +368,12 @@ func (e *Endpoint) writer() {
 				break more
 			}
 		}
-		e.write(batch)
+		e.writeMu.Lock()
+		for _, p := range batch {
+			e.write1(p)
+		}
+		e.writeMu.Unlock()
+		e.pending.Add(-int64(len(batch)))
 		for i, p := range batch {
 			p.DecRef()
 			batch[i] = nil
@@ -352,28 +381,26 @@ func (e *Endpoint) writer() {
 	}
 }
 
-// write writes pkts to the device, counting what it refuses.
-func (e *Endpoint) write(pkts []*stack.PacketBuffer) {
-	for _, pkt := range pkts {
-		var err error
-		size := pkt.Size()
-		if e.odev != nil {
-			_, err = e.odev.WriteOffload(pkt.AsSlices(), e.offloadOf(pkt))
-		} else {
-			v := pkt.ToView()
-			_, err = e.dev.Write(v.AsSlice())
-			v.Release()
-		}
-		if err != nil {
-			e.stats.TxErrors.Add(1)
-			if !errors.Is(err, tun.ErrClosed) {
-				e.log.Debug("write to the device", "err", err)
-			}
-			continue
-		}
-		e.stats.TxPackets.Add(1)
-		e.stats.TxBytes.Add(uint64(size))
+// write1 writes pkt to the device, counting a refusal. e.writeMu is held.
+func (e *Endpoint) write1(pkt *stack.PacketBuffer) {
+	var err error
+	size := pkt.Size()
+	if e.odev != nil {
+		_, err = e.odev.WriteOffload(pkt.AsSlices(), e.offloadOf(pkt))
+	} else {
+		v := pkt.ToView()
+		_, err = e.dev.Write(v.AsSlice())
+		v.Release()
 	}
+	if err != nil {
+		e.stats.TxErrors.Add(1)
+		if !errors.Is(err, tun.ErrClosed) {
+			e.log.Debug("write to the device", "err", err)
+		}
+		return
+	}
+	e.stats.TxPackets.Add(1)
+	e.stats.TxBytes.Add(uint64(size))
 }
 
 // offloadOf describes pkt to the kernel: where its partial checksum is and,
