@@ -2,7 +2,6 @@ package netstack_test
 
 import (
 	"context"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -39,21 +38,9 @@ func testIntegrityUnderFaults(t *testing.T, l link) {
 		rules = append(rules, r)
 	}
 	srv, cli := pair(t, l, netstack.Options{Fault: fault.Options{Seed: 7, Rules: rules}}, netstack.Options{})
-	ln, err := srv.Listen(9999)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := app.NewServer(ln, app.ServerOptions{}, nil)
-	go server.Serve()
-	defer server.Shutdown(context.Background())
-
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	conn, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := echo(ctx, t, srv, cli, app.ServerOptions{})
 	const total = 16 << 20
 	res, err := app.Bulk(ctx, conn, app.BulkOptions{Total: total, Seed: 3, Chunk: 64 << 10, StallAfter: time.Minute})
 	if err != nil {

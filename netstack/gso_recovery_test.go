@@ -2,7 +2,6 @@ package netstack_test
 
 import (
 	"context"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -26,19 +25,9 @@ func TestGSOSenderRecoversFromLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, cli := pair(t, offloadLink, netstack.Options{Fault: fault.Options{Seed: 7, Rules: []*fault.Rule{r}}}, netstack.Options{})
-	ln, err := srv.Listen(9999)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := app.NewServer(ln, app.ServerOptions{}, nil)
-	go server.Serve()
-	defer server.Shutdown(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	conn, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := echo(ctx, t, srv, cli, app.ServerOptions{})
 	const total = 4 << 20
 	res, err := app.Bulk(ctx, conn, app.BulkOptions{Total: total, Seed: 3, StallAfter: 30 * time.Second})
 	if err != nil {
@@ -82,19 +71,9 @@ func TestIdleRuleKeepsOffloads(t *testing.T) {
 				t.Fatal(err)
 			}
 			srv, cli := pair(t, offloadLink, netstack.Options{Fault: fault.Options{Rules: []*fault.Rule{r}}}, netstack.Options{})
-			ln, err := srv.Listen(9999)
-			if err != nil {
-				t.Fatal(err)
-			}
-			server := app.NewServer(ln, app.ServerOptions{}, nil)
-			go server.Serve()
-			defer server.Shutdown(context.Background())
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			conn, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn := echo(ctx, t, srv, cli, app.ServerOptions{})
 			if _, err := app.Bulk(ctx, conn, app.BulkOptions{Total: 4 << 20, Seed: 1, StallAfter: 30 * time.Second}); err != nil {
 				t.Fatal(err)
 			}

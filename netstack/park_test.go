@@ -94,20 +94,9 @@ func TestIdleConnectionsPark(t *testing.T) {
 // TestParkedIdleClose: IdleClose ends a parked connection on time.
 func TestParkedIdleClose(t *testing.T) {
 	srv, cli := pair(t, plainLink, netstack.Options{}, netstack.Options{})
-	ln, err := srv.Listen(9999)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := app.NewServer(ln, app.ServerOptions{IdleClose: 500 * time.Millisecond}, nil)
-	go server.Serve()
-	defer server.Shutdown(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := echo(ctx, t, srv, cli, app.ServerOptions{IdleClose: 500 * time.Millisecond})
 	c.Write([]byte("abc"))
 	io.ReadFull(c, make([]byte, 3))
 	start := time.Now()

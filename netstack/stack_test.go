@@ -3,6 +3,7 @@ package netstack_test
 import (
 	"bytes"
 	"context"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -58,6 +59,25 @@ func pair(t *testing.T, l link, srvOpts, cliOpts netstack.Options) (srv, cli *ne
 	}
 	t.Cleanup(cli.Close)
 	return srv, cli
+}
+
+// echo runs the uppercase service on srv's port 9999 until the test ends
+// and dials it from cli; ctx bounds the dial.
+func echo(ctx context.Context, t *testing.T, srv, cli *netstack.Stack, opts app.ServerOptions) net.Conn {
+	t.Helper()
+	ln, err := srv.Listen(9999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := app.NewServer(ln, opts, nil)
+	go server.Serve()
+	t.Cleanup(func() { server.Shutdown(context.Background()) })
+	conn, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func TestSessionInMemory(t *testing.T) { forLinks(t, testSessionInMemory) }
