@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bufio"
 	"bytes"
 	"os"
 	"os/exec"
@@ -72,6 +73,39 @@ func TestDemo(t *testing.T) {
 	if l, _ := lab.New("tdemo", nil); l.Exists() {
 		l.Down()
 		t.Fatal("demo left its namespaces behind")
+	}
+}
+
+// TestDemoReaderGone: `tcp-upper-lab demo | head -3` must not leave the
+// lab behind: when nobody reads its output any more the demo stops and tears
+// down, within a bound.
+func TestDemoReaderGone(t *testing.T) {
+	requireRoot(t)
+	cmd := exec.Command(bin("tcp-upper-lab"), "demo", "--name", "tdemopipe")
+	r, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "tcp-upper demo") {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	r.Close() // the reader is gone, as when head has its lines
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("demo still running 30s after its reader went away")
+	}
+	if l, _ := lab.New("tdemopipe", nil); l.Exists() {
+		l.Down()
+		t.Fatal("demo left its namespaces behind when its reader went away")
 	}
 }
 
