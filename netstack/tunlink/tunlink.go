@@ -2,7 +2,8 @@
 // stack.LinkEndpoint that carries packets to and from a tun.Device.
 //
 // One goroutine reads the device and delivers each packet up the pipeline;
-// another writes what the stack sends, in order, from a bounded queue. A
+// another writes what the stack sends, in order, from a bounded queue (a
+// small packet that finds the queue empty is written by its sender). A
 // write into a TUN does the kernel's side of the work in the writer's
 // system call (forwarding, and often the receiver's TCP), so with its own
 // goroutine the stack's TCP and the kernel's run side by side: bulk echo
@@ -302,7 +303,8 @@ func transportChecksumValid(b []byte) bool {
 }
 
 // WritePackets implements stack.LinkWriter: it queues the packets for the
-// writer goroutine, waiting while the queue is full.
+// writer goroutine, waiting while the queue is full, except a small packet
+// that finds nothing queued, which it writes itself.
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	e.txMu.RLock()
 	defer e.txMu.RUnlock()
