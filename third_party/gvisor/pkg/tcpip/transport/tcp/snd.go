@@ -519,6 +519,11 @@ func (s *sender) resendSegment() {
 	if seg := s.writeList.Front(); seg != nil {
 		if seg.payloadSize() > s.MaxPayloadSize {
 			s.splitSeg(seg, s.MaxPayloadSize)
+			// tcp-upper patch: the rest of a GSO segment stays as lost
+			// as it was (splitSeg's clone does not carry the mark).
+			if next := seg.Next(); next != nil {
+				next.lost = seg.lost
+			}
 		}
 
 		// See: RFC 6675 section 5 Step 4.3
@@ -1377,10 +1382,14 @@ func (s *sender) walkSACK(rcvdSeg *segment) bool {
 
 	// Sort the SACK blocks. The first block is the most recent unacked
 	// block. The following blocks can be in arbitrary order.
+	//
+	// tcp-upper patch: in ascending order, for the single forward walk of
+	// the write list below; upstream sorted them descending, so only the
+	// highest block was ever walked.
 	sackBlocks := make([]header.SACKBlock, n)
 	copy(sackBlocks, rcvdSeg.parsedOptions.SACKBlocks[idx:])
 	sort.Slice(sackBlocks, func(i, j int) bool {
-		return sackBlocks[j].Start.LessThan(sackBlocks[i].Start)
+		return sackBlocks[i].Start.LessThan(sackBlocks[j].Start)
 	})
 
 	seg := s.writeList.Front()
@@ -1388,18 +1397,23 @@ func (s *sender) walkSACK(rcvdSeg *segment) bool {
 		for seg != nil && seg.sequenceNumber.LessThan(sb.End) && seg.xmitCount != 0 {
 			// tcp-upper patch: a segment sent with GSO stands for many
 			// wire segments and a SACK block may cover only some of
-			// them. Split it at the block's edges, as Linux does
-			// (tcp_match_skb_to_sack), so that "acked" and RACK's
-			// transmit times describe exactly what was delivered.
-			if !seg.acked && seg.payloadSize() > int(s.ep.scoreboard.SMSS()) {
+			// them. Split it at the block's edges, rounded down to
+			// whole SMSS as Linux does (tcp_match_skb_to_sack), so that
+			// "acked" and RACK's transmit times describe what was
+			// delivered, and a peer's odd edges cannot shred the queue.
+			if smss := int(s.ep.scoreboard.SMSS()); !seg.acked && seg.payloadSize() > smss {
 				segEnd := seg.sequenceNumber.Add(seqnum.Size(seg.payloadSize()))
 				if seg.sequenceNumber.LessThan(sb.Start) && sb.Start.LessThan(segEnd) {
-					s.splitSeg(seg, int(seg.sequenceNumber.Size(sb.Start)))
+					if off := int(seg.sequenceNumber.Size(sb.Start)) / smss * smss; off > 0 {
+						s.splitSeg(seg, off)
+					}
 					seg = seg.Next()
 					continue
 				}
 				if sb.Start.LessThanEq(seg.sequenceNumber) && sb.End.LessThan(segEnd) {
-					s.splitSeg(seg, int(seg.sequenceNumber.Size(sb.End)))
+					if off := int(seg.sequenceNumber.Size(sb.End)) / smss * smss; off > 0 {
+						s.splitSeg(seg, off)
+					}
 				}
 			}
 			if sb.Start.LessThanEq(seg.sequenceNumber) && !seg.acked {
