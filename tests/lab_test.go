@@ -290,20 +290,26 @@ func TestAttachPersistentTUN(t *testing.T) {
 	if err != nil {
 		t.Fatalf("persistent TUN in apple: %v", err)
 	}
-	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--tun", "up0", "--tun-addr", "none")
-	if !srv.stdout.waitFor("waiting for connections", 10*time.Second) {
-		t.Fatalf("server: %q %q", srv.stdout.String(), srv.stderr.String())
-	}
-	c := dialAnt(t, l, serverAddr)
-	c.Write([]byte("persist"))
-	b := make([]byte, 7)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(c, b); err != nil || string(b) != "PERSIST" {
-		t.Fatalf("reply %q %v", b, err)
-	}
-	c.Close()
-	if code := srv.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
-		t.Fatalf("exit %d: %q", code, srv.stderr.String())
+	// With offloads, then without: offloads belong to the device, and the
+	// second server must not inherit the first one's (the kernel would
+	// hand it 64 KiB segments its plain reads cannot take).
+	for _, mode := range linkModes {
+		srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), append([]string{"--tun", "up0", "--tun-addr", "none"}, mode.flags...)...)
+		if !srv.stdout.waitFor("waiting for connections", 10*time.Second) {
+			t.Fatalf("%s server: %q %q", mode.name, srv.stdout.String(), srv.stderr.String())
+		}
+		c := dialAnt(t, l, serverAddr)
+		data := bytes.Repeat([]byte("persist "), 128<<10) // 1 MiB: large segments if offloads were on
+		go c.Write(data)
+		b := make([]byte, len(data))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, b); err != nil || !bytes.Equal(b, bytes.ToUpper(data)) {
+			t.Fatalf("%s: echo of 1 MiB: %v", mode.name, err)
+		}
+		c.Close()
+		if code := srv.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+			t.Fatalf("%s: exit %d: %q", mode.name, code, srv.stderr.String())
+		}
 	}
 	inNS(t, l, lab.Apple, func(h *netlink.Handle) {
 		link, err := h.LinkByName("up0")

@@ -187,7 +187,26 @@ func openWater(name string, persist bool) (*os.File, error) {
 	if err != nil {
 		return nil, openError(name, err)
 	}
-	return dupFile(ifce, name)
+	f, err := dupFile(ifce, name)
+	if err != nil {
+		return nil, err
+	}
+	// Offloads are the device's, not the descriptor's: a persistent TUN
+	// that a server with offloads had open keeps them, and the kernel
+	// would go on handing us 64 KiB segments with partial checksums.
+	// (Through Control: f.Fd would put the descriptor in blocking mode.)
+	rc, err := f.SyscallConn()
+	if err == nil {
+		cerr := rc.Control(func(fd uintptr) { err = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, 0) })
+		if err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open tun %q: turn offloads off (TUNSETOFFLOAD): %w", name, err)
+	}
+	return f, nil
 }
 
 // TUNSETOFFLOAD flags (linux/if_tun.h).
@@ -342,7 +361,7 @@ func (d *Linux) ReadOffload(buf []byte) (int, Offload, error) {
 	err := d.raw.Read(func(fd uintptr) bool {
 		iov := [2][]byte{hdr[:], buf}
 		n, rerr = unix.Readv(int(fd), iov[:])
-		return rerr != unix.EAGAIN
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
 	})
 	if err == nil {
 		err = rerr
@@ -352,7 +371,7 @@ func (d *Linux) ReadOffload(buf []byte) (int, Offload, error) {
 	}
 	o, err := ParseOffload(hdr[:min(n, VnetHdrLen)])
 	if err != nil {
-		return 0, Offload{}, fmt.Errorf("read tun %q: %w", d.name, err)
+		return 0, Offload{}, nil // an empty packet: counted as not IP, not the end of the link
 	}
 	return n - VnetHdrLen, o, nil
 }
@@ -368,7 +387,7 @@ func (d *Linux) WriteOffload(bufs [][]byte, o Offload) (int, error) {
 	var werr error
 	err := d.raw.Write(func(fd uintptr) bool {
 		n, werr = unix.Writev(int(fd), iov)
-		return werr != unix.EAGAIN
+		return werr != unix.EAGAIN && werr != unix.EINTR
 	})
 	if err == nil {
 		err = werr
