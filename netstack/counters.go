@@ -58,6 +58,7 @@ func (st *Stack) Counters() []Counter {
 		Counter{"link.errors_in", d.RxErrors.Load(), "packets read that were not IP"},
 		Counter{"link.errors_out", d.TxErrors.Load(), "packets the device refused"},
 		Counter{"link.checksum_errors_in", d.RxChecksumErrors.Load(), "packets dropped by the link for a bad checksum (with offloads the link checks what the kernel did not)"},
+		Counter{"link.fragments_dropped_in", d.RxFragmentsDropped.Load(), "IP fragments dropped with offloads (their transport checksum cannot be checked by the link; TCP sets DF)"},
 		Counter{"link.gso_in", d.RxGSO.Load(), "super-segments read (several wire segments in one, with offloads)"},
 		Counter{"link.gso_out", d.TxGSO.Load(), "super-segments written for the kernel to cut (with offloads)"},
 	)

@@ -175,7 +175,7 @@ func check(tb testing.TB, pkt []byte, offload bool, o tun.Offload, grew map[stri
 	if grew == nil {
 		return // the device refused it
 	}
-	if n := grew["link.packets_in"] + grew["link.errors_in"] + grew["link.checksum_errors_in"]; n != 1 {
+	if n := grew["link.packets_in"] + grew["link.errors_in"] + grew["link.checksum_errors_in"] + grew["link.fragments_dropped_in"]; n != 1 {
 		tb.Fatalf("input %x (%+v): link counted %d packets, want 1 (%v)", pkt, o, n, grew)
 	}
 	if len(pkt) == 0 || (header.IPVersion(pkt) != 4 && header.IPVersion(pkt) != 6) {
@@ -204,8 +204,8 @@ func check(tb testing.TB, pkt []byte, offload bool, o tun.Offload, grew map[stri
 	if offload && !ip.IsChecksumValid() {
 		return
 	}
-	if grew["ip.packets_in"] == 0 && grew["link.checksum_errors_in"] == 0 {
-		tb.Fatalf("input %x: IPv4 counted neither in ip.packets_in nor as a checksum error (%v)", pkt, grew)
+	if grew["ip.packets_in"] == 0 && grew["link.checksum_errors_in"] == 0 && grew["link.fragments_dropped_in"] == 0 {
+		tb.Fatalf("input %x: IPv4 counted neither in ip.packets_in nor as dropped by the link (%v)", pkt, grew)
 	}
 	// A plain (no options, not a fragment) IPv4 packet to us carrying a
 	// TCP segment that is cut short or fails a checksum nobody vouched
@@ -336,6 +336,7 @@ func TestIngressGarbageCounted(t *testing.T) {
 				// header checksums (the kernel checked them).
 				want["bad-tcp-checksum"] = "link.checksum_errors_in"
 				want["truncated-tcp"] = "link.checksum_errors_in"
+				want["fragment"] = "link.fragments_dropped_in"
 				delete(want, "bad-ip-checksum")
 			}
 			for name, pkt := range seeds() {

@@ -86,6 +86,10 @@ type Stats struct {
 	// by this endpoint: with offloads the stack trusts the link to check
 	// what the kernel did not vouch for, as it trusts a NIC.
 	RxChecksumErrors atomic.Uint64
+	// RxFragmentsDropped counts IP fragments dropped with offloads: the
+	// stack trusts the link with transport checksums, and the link cannot
+	// check a fragment's (TCP sets DF; without offloads they pass).
+	RxFragmentsDropped atomic.Uint64
 	// RxGSO and TxGSO count super-segments (more than one wire segment)
 	// received and sent.
 	RxGSO, TxGSO atomic.Uint64
@@ -241,12 +245,19 @@ func (e *Endpoint) deliver(v *buffer.View, o tun.Offload) {
 		v.Release()
 		return
 	}
-	if e.odev != nil && !o.NeedsCsum && !o.DataValid && !transportChecksumValid(b) {
+	if e.odev != nil && !o.NeedsCsum && !o.DataValid {
 		// The stack believes our checksum offload: check what the kernel
 		// did not vouch for, as a NIC would.
-		e.stats.RxChecksumErrors.Add(1)
-		v.Release()
-		return
+		switch transportChecksum(b) {
+		case checksumBad:
+			e.stats.RxChecksumErrors.Add(1)
+			v.Release()
+			return
+		case checksumUncheckable:
+			e.stats.RxFragmentsDropped.Add(1)
+			v.Release()
+			return
+		}
 	}
 	e.stats.RxPackets.Add(1)
 	e.stats.RxBytes.Add(uint64(len(b)))
@@ -275,31 +286,45 @@ func (e *Endpoint) deliver(v *buffer.View, o tun.Offload) {
 	pkt.DecRef()
 }
 
-// transportChecksumValid checks the TCP, UDP or ICMP checksum of an IPv4
-// packet with a complete checksum. Anything it cannot parse passes: the
-// stack's own parsing rejects and counts it.
-func transportChecksumValid(b []byte) bool {
+type checksumVerdict int
+
+const (
+	checksumOK checksumVerdict = iota
+	checksumBad
+	checksumUncheckable // a fragment: its transport checksum covers the whole datagram
+)
+
+// transportChecksum checks the TCP, UDP or ICMP checksum of an IPv4 packet
+// with a complete checksum. Anything it cannot parse passes: the stack's
+// own parsing rejects and counts it.
+func transportChecksum(b []byte) checksumVerdict {
 	if header.IPVersion(b) != header.IPv4Version || len(b) < header.IPv4MinimumSize {
-		return true
+		return checksumOK
 	}
 	ip := header.IPv4(b)
 	hl, total := int(ip.HeaderLength()), int(ip.TotalLength())
-	if hl < header.IPv4MinimumSize || total > len(b) || total < hl || ip.More() || ip.FragmentOffset() != 0 {
-		return true
+	if hl < header.IPv4MinimumSize || total > len(b) || total < hl {
+		return checksumOK
+	}
+	if ip.More() || ip.FragmentOffset() != 0 {
+		return checksumUncheckable
 	}
 	t := b[hl:total]
 	var x uint16
 	switch ip.TransportProtocol() {
 	case header.TCPProtocolNumber, header.UDPProtocolNumber:
 		if ip.TransportProtocol() == header.UDPProtocolNumber && len(t) >= header.UDPMinimumSize && header.UDP(t).Checksum() == 0 {
-			return true // UDP without a checksum
+			return checksumOK // UDP without a checksum
 		}
 		x = header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), uint16(len(t)))
 	case header.ICMPv4ProtocolNumber:
 	default:
-		return true
+		return checksumOK
 	}
-	return checksum.Checksum(t, x) == 0xffff
+	if checksum.Checksum(t, x) != 0xffff {
+		return checksumBad
+	}
+	return checksumOK
 }
 
 // WritePackets implements stack.LinkWriter: it queues the packets for the
