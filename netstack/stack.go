@@ -71,6 +71,10 @@ type Options struct {
 	// retransmit (with SACK) and the retransmission timer. Lessons about
 	// RTO and fast retransmit want it.
 	ClassicRecovery bool
+	// MaxRTO caps the retransmission timeout's exponential backoff; zero
+	// keeps gVisor's 120 s. Under heavy injected loss a retransmission can
+	// be lost many times in a row, and each loss doubles the wait.
+	MaxRTO time.Duration
 	// Fault configures the fault layer (its seed and first rules). The
 	// layer is always in the pipeline, so rules can be added at run time;
 	// without rules it costs one atomic load per packet.
@@ -184,6 +188,12 @@ func (st *Stack) configure(link stack.LinkEndpoint, opts Options) error {
 		}
 	}
 
+	if opts.MaxRTO > 0 {
+		maxRTO := tcpip.TCPMaxRTOOption(opts.MaxRTO)
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &maxRTO); err != nil {
+			return fmt.Errorf("set TCP max RTO %v: %s", opts.MaxRTO, err)
+		}
+	}
 	if opts.ClassicRecovery {
 		rec := tcpip.TCPRecovery(0)
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rec); err != nil {
