@@ -25,14 +25,7 @@ func oneLine(t *testing.T, what, stderr, prog, want string) {
 
 func TestServerWithoutPrivileges(t *testing.T) {
 	l := newLab(t)
-	p := &proc{stdout: &watch{}, stderr: &watch{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin("tcp-upper-server"))
-	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	if err := l.Start(lab.Apple, p.cmd); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	p := startAs(t, l, lab.Apple, &syscall.Credential{Uid: 65534, Gid: 65534}, bin("tcp-upper-server"))
 	if code := p.wait(t, 10*time.Second); code != 1 {
 		t.Fatalf("exit %d, want 1", code)
 	}

@@ -128,9 +128,18 @@ type proc struct {
 // l == nil) and stops it (SIGKILL) when the test ends if it still runs.
 func startIn(t *testing.T, l *lab.Lab, host string, name string, args ...string) *proc {
 	t.Helper()
+	return startAs(t, l, host, nil, name, args...)
+}
+
+// startAs is startIn as the user cred (nil: as we are).
+func startAs(t *testing.T, l *lab.Lab, host string, cred *syscall.Credential, name string, args ...string) *proc {
+	t.Helper()
 	p := &proc{stdout: &watch{}, stderr: &watch{}, done: make(chan struct{})}
 	p.cmd = exec.Command(name, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if cred != nil {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	var err error
 	if l == nil {
 		err = p.cmd.Start()

@@ -258,38 +258,48 @@ func TestSIGTERM(t *testing.T) {
 	}
 }
 
-// TestAttachPersistentTUN: a persistent TUN configured by someone else is
-// used as it is with --tun-addr none and left as it was after SIGTERM.
-func TestAttachPersistentTUN(t *testing.T) {
-	l := newLab(t)
+// persistentTUN makes tt (a persistent TUN without packet information) in
+// apple as `ip tuntap add` would, with 10.0.2.1/24 and up, and returns its
+// index. netlink opens /dev/net/tun in the calling thread's namespace,
+// whatever the handle: it is created from inside apple.
+func persistentTUN(t *testing.T, l *lab.Lab, tt *netlink.Tuntap) int {
+	t.Helper()
+	tt.Mode, tt.Flags = netlink.TUNTAP_MODE_TUN, netlink.TUNTAP_NO_PI
 	var ifindex int
-	// netlink opens /dev/net/tun for a tuntap in the calling thread's
-	// namespace, whatever the handle: create it from inside apple.
 	err := l.Do(lab.Apple, func() error {
-		tt := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "up0", MTU: 1400}, Mode: netlink.TUNTAP_MODE_TUN, Flags: netlink.TUNTAP_NO_PI}
 		if err := netlink.LinkAdd(tt); err != nil {
 			return err
 		}
 		for _, f := range tt.Fds {
 			f.Close()
 		}
-		link, err := netlink.LinkByName("up0")
+		link, err := netlink.LinkByName(tt.Name)
 		if err != nil {
 			return err
 		}
 		ifindex = link.Attrs().Index
-		if err := netlink.LinkSetMTU(link, 1400); err != nil {
-			return err
+		if tt.MTU != 0 {
+			if err := netlink.LinkSetMTU(link, tt.MTU); err != nil {
+				return err
+			}
 		}
-		addr, _ := netlink.ParseAddr("10.0.2.1/24")
+		addr, _ := netlink.ParseAddr(lab.TunAddr.String())
 		if err := netlink.AddrAdd(link, addr); err != nil {
 			return err
 		}
 		return netlink.LinkSetUp(link)
 	})
 	if err != nil {
-		t.Fatalf("persistent TUN in apple: %v", err)
+		t.Fatalf("persistent TUN %s in apple: %v", tt.Name, err)
 	}
+	return ifindex
+}
+
+// TestAttachPersistentTUN: a persistent TUN configured by someone else is
+// used as it is with --tun-addr none and left as it was after SIGTERM.
+func TestAttachPersistentTUN(t *testing.T) {
+	l := newLab(t)
+	ifindex := persistentTUN(t, l, &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "up0", MTU: 1400}})
 	// With offloads, then without: offloads belong to the device, and the
 	// second server must not inherit the first one's (the kernel would
 	// hand it 64 KiB segments its plain reads cannot take).

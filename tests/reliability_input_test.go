@@ -245,29 +245,7 @@ func TestServerUnprivilegedPersistentTUN(t *testing.T) {
 	requireTool(t, "setpriv")
 	requireTool(t, "mknod")
 	l := newLab(t)
-	err := l.Do(lab.Apple, func() error {
-		// netlink opens /dev/net/tun in the calling thread's namespace.
-		tt := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "utun0"}, Mode: netlink.TUNTAP_MODE_TUN,
-			Flags: netlink.TUNTAP_NO_PI, Owner: nobodyID, Group: nobodyID}
-		if err := netlink.LinkAdd(tt); err != nil {
-			return err
-		}
-		for _, f := range tt.Fds {
-			f.Close()
-		}
-		link, err := netlink.LinkByName("utun0")
-		if err != nil {
-			return err
-		}
-		addr, _ := netlink.ParseAddr(lab.TunAddr.String())
-		if err := netlink.AddrAdd(link, addr); err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(link)
-	})
-	if err != nil {
-		t.Fatalf("persistent TUN for nobody in apple: %v", err)
-	}
+	persistentTUN(t, l, &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "utun0"}, Owner: nobodyID, Group: nobodyID})
 	// Distributions make /dev/net/tun 0666; containers often leave it
 	// 0600. A private mount namespace with a 0666 node of its own gives
 	// the server what a normal host gives it, without touching ours. Then
@@ -351,14 +329,7 @@ func TestServerDropsToUser(t *testing.T) {
 	oneLine(t, "unknown user", bad.stderr.String(), "tcp-upper-server", `bad --user "no-such-user-tcpu": no such user`)
 
 	// Not root: the drop itself is refused, in one line.
-	p := &proc{stdout: &watch{}, stderr: &watch{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin("tcp-upper-server"), "--stack", "kernel", "-p", "19999", "--user", "root")
-	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobodyID, Gid: nobodyID}}
-	if err := l.Start(lab.Apple, p.cmd); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	p := startAs(t, l, lab.Apple, &syscall.Credential{Uid: nobodyID, Gid: nobodyID}, bin("tcp-upper-server"), "--stack", "kernel", "-p", "19999", "--user", "root")
 	if code := p.wait(t, 10*time.Second); code != 1 {
 		t.Errorf("--user as nobody: exit %d, want 1", code)
 	}

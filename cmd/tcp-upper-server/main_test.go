@@ -68,6 +68,11 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--bogus"}, "flag provided but not defined: -bogus"},
 		{[]string{"extra"}, "unexpected argument \"extra\""},
 		{[]string{"--log-level", "loud"}, "bad --log-level"},
+		{[]string{"--max-conns", "-1"}, "bad --max-conns -1"},
+		{[]string{"--backlog", "0"}, "bad --backlog 0"},
+		{[]string{"--backlog", "70000"}, "bad --backlog 70000"},
+		{[]string{"--user-timeout", "-1s"}, "bad --user-timeout -1s"},
+		{[]string{"--stack", "kernel", "--backlog", "16"}, "--backlog is for --stack netstack"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), tc.args, &stdout, &stderr)
