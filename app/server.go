@@ -125,7 +125,7 @@ func (s *Server) Serve() error {
 			s.mu.Unlock()
 			continue
 		}
-		h := &connState{c: c, peer: c.RemoteAddr().String(), got: true}
+		h := &connState{c: c, peer: peerName(c), got: true}
 		s.conns[c] = h
 		s.handlers.Add(1)
 		s.mu.Unlock()
@@ -139,13 +139,23 @@ func (s *Server) Serve() error {
 // the log). s.mu is held.
 func (s *Server) refuse(c net.Conn) {
 	s.refused++
-	peer := c.RemoteAddr().String()
+	peer := peerName(c)
 	c.Close()
 	s.log.Debug("refused a connection: --max-conns reached", "peer", peer, "max_conns", s.opts.MaxConns)
 	if now := time.Now(); now.Sub(s.warned) >= time.Second {
 		s.warned = now
 		s.log.Warn("refusing connections: --max-conns reached", "peer", peer, "max_conns", s.opts.MaxConns, "refused_total", s.refused)
 	}
+}
+
+// peerName is c's remote address as the seed prints it. Our stack's and
+// the kernel's connections keep the address they were accepted with even
+// after a reset; another net.Conn may not, and must not crash the server.
+func peerName(c net.Conn) string {
+	if a := c.RemoteAddr(); a != nil {
+		return a.String()
+	}
+	return "unknown-peer"
 }
 
 // handle echoes c's data uppercased until EOF, an error, IdleClose or

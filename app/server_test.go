@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -267,3 +268,45 @@ func BenchmarkEcho(b *testing.B) {
 		echo(b, c, p)
 	}
 }
+
+// noAddr is a connection that no longer knows its peer, as gonet's did
+// after a reset.
+type noAddr struct{ net.Conn }
+
+func (noAddr) RemoteAddr() net.Addr { return nil }
+
+// TestConnWithoutPeerAddress: a connection without a remote address is
+// served and named, not a crash (it once took the server down).
+func TestConnWithoutPeerAddress(t *testing.T) {
+	var out bytes.Buffer
+	var mu sync.Mutex
+	ln := newPipeListener()
+	srv := NewServer(ln, ServerOptions{Out: writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.Write(p)
+	})}, nil)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+	cli, s := net.Pipe()
+	ln.conns <- noAddr{s}
+	if got := echo(t, cli, []byte("abc")); string(got) != "ABC" {
+		t.Fatalf("echo %q", got)
+	}
+	cli.Close()
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(out.String(), "unknown-peer connected\nunknown-peer disconnected\n") {
+		t.Fatalf("output %q", out.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

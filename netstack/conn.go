@@ -14,11 +14,32 @@ import (
 // be told when it becomes readable without a goroutine blocked in Read (see
 // NotifyReadable). A server holding thousands of idle connections then
 // needs no goroutine, and no goroutine stack, for each.
+//
+// Its addresses are the 4-tuple it was opened or accepted with, for its
+// whole life: gonet asks the endpoint each time, and a reset endpoint has
+// none (RemoteAddr would be nil), as a kernel socket keeps them.
 type Conn struct {
 	*gonet.TCPConn
-	wq *waiter.Queue
-	ep tcpip.Endpoint
+	wq            *waiter.Queue
+	ep            tcpip.Endpoint
+	local, remote *net.TCPAddr
 }
+
+func newConn(ep tcpip.Endpoint, wq *waiter.Queue, local, remote tcpip.FullAddress) *Conn {
+	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep, local: tcpAddr(local), remote: tcpAddr(remote)}
+}
+
+func tcpAddr(a tcpip.FullAddress) *net.TCPAddr {
+	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
+}
+
+// LocalAddr implements net.Conn: the address the connection was opened
+// with, even after a reset.
+func (c *Conn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr implements net.Conn: the peer the connection was opened with,
+// even after a reset.
+func (c *Conn) RemoteAddr() net.Addr { return c.remote }
 
 // readableMask is what wakes a reader: data or EOF, and errors.
 const readableMask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
@@ -53,15 +74,18 @@ func newListener(gl *gonet.TCPListener, ep tcpip.Endpoint, wq *waiter.Queue) *li
 	return &listener{TCPListener: gl, ep: ep, wq: wq, done: make(chan struct{})}
 }
 
-// Accept implements net.Listener, as gonet's does.
+// Accept implements net.Listener, as gonet's does. A connection the peer
+// reset while it waited to be accepted is handed out too, as the kernel
+// does: it keeps its addresses, and its first Read reports the reset.
 func (l *listener) Accept() (net.Conn, error) {
-	n, wq, err := l.ep.Accept(nil)
+	var peer tcpip.FullAddress
+	n, wq, err := l.ep.Accept(&peer)
 	if _, ok := err.(*tcpip.ErrWouldBlock); ok {
 		entry, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
 		l.wq.EventRegister(&entry)
 		defer l.wq.EventUnregister(&entry)
 		for {
-			n, wq, err = l.ep.Accept(nil)
+			n, wq, err = l.ep.Accept(&peer)
 			if _, ok := err.(*tcpip.ErrWouldBlock); !ok {
 				break
 			}
@@ -75,7 +99,13 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: errors.New(err.String())}
 	}
-	return &Conn{TCPConn: gonet.NewTCPConn(wq, n), wq: wq, ep: n}, nil
+	// The local address is the endpoint's ID, set when the SYN arrived;
+	// unlike the remote one, gVisor gives it in any state.
+	local, lerr := n.GetLocalAddress()
+	if lerr != nil {
+		local, _ = l.ep.GetLocalAddress()
+	}
+	return newConn(n, wq, local, peer), nil
 }
 
 // Close implements net.Listener.

@@ -12,6 +12,7 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -280,17 +281,41 @@ func (st *Stack) Tracker() *inspect.Tracker { return st.tracker }
 // Trace is the trace layer, or nil when nothing traces.
 func (st *Stack) Trace() *trace.Link { return st.tr }
 
-// Dial opens a TCP connection from the stack to addr.
+// Dial opens a TCP connection from the stack to addr. It hands out a
+// *Conn, as Accept does (gonet's DialContextTCP, with the connection's
+// addresses kept).
 func (st *Stack) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 	if !addr.Addr().Is4() {
 		return nil, fmt.Errorf("dial %s: only IPv4 is supported", addr)
 	}
 	full := tcpip.FullAddress{NIC: NICID, Addr: tcpip.AddrFrom4(addr.Addr().As4()), Port: addr.Port()}
-	c, err := gonet.DialContextTCP(ctx, st.s, full, ipv4.ProtocolNumber)
-	if err != nil {
+	fail := func(err error) (net.Conn, error) {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	return c, nil
+	var wq waiter.Queue
+	ep, terr := st.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return fail(errors.New(terr.String()))
+	}
+	entry, ch := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	terr = ep.Connect(full)
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			ep.Close()
+			return fail(ctx.Err())
+		case <-ch:
+		}
+		terr = ep.LastError()
+	}
+	if terr != nil {
+		ep.Close()
+		return fail(&net.OpError{Op: "connect", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: errors.New(terr.String())})
+	}
+	local, _ := ep.GetLocalAddress()
+	return newConn(ep, &wq, local, full), nil
 }
 
 // Drain waits until every closing connection has finished its FIN
