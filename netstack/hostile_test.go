@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
@@ -29,6 +30,8 @@ type rawServer struct {
 	ln   net.Listener
 	out  *syncBuffer
 	srv  *app.Server
+	// marker numbers barrier's probes.
+	marker uint32
 }
 
 func newRawServer(t *testing.T, l link) *rawServer {
@@ -152,6 +155,17 @@ func (rs *rawServer) waitResets(t *testing.T, n uint64) {
 	waitFor(t, func() bool { return rs.st.Gvisor().Stats().TCP.ResetsReceived.Value() >= n })
 }
 
+// established reports whether the stack holds an ESTABLISHED connection
+// from the peer's port.
+func (rs *rawServer) established(port uint16) bool {
+	for _, ep := range rs.st.Gvisor().RegisteredEndpoints() {
+		if e, ok := ep.(*tcp.Endpoint); ok && e.TransportEndpointInfo.ID.RemotePort == port && e.EndpointState() == tcp.StateEstablished {
+			return true
+		}
+	}
+	return false
+}
+
 // TestResetBeforeAccept: a client that completes the handshake and resets
 // the connection before the application accepts it used to crash the
 // server (gonet's RemoteAddr is nil once the endpoint was reset, and the
@@ -203,6 +217,8 @@ func testResetBeforeAcceptRefused(t *testing.T, l link) {
 	leakcheck.Check(t)
 	rs := newRawServer(t, l)
 	held := rs.handshake(t, 40001) // accepted first: the one place is taken
+	// Accept takes connections in the order their handshakes completed.
+	waitFor(t, func() bool { return rs.established(40001) })
 	c := rs.handshake(t, 40002)
 	rs.reset(t, c)
 	rs.waitResets(t, 1)
