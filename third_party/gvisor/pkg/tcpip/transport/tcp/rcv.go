@@ -480,6 +480,19 @@ func (r *receiver) handleRcvdSegment(s *segment) (drop bool, err tcpip.Error) {
 		return true, nil
 	}
 
+	// tcp-upper patch: RFC 9293 3.10.7.4 ("fifth, check the ACK field")
+	// and RFC 5961 5.2 in every synchronized state: the ACK is acceptable
+	// only if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT, and a segment
+	// whose ACK is not MUST be answered with an ACK and discarded, data
+	// included. Upstream checked SEG.ACK <= SND.NXT only in the closing
+	// states, saying Linux skips it in ESTABLISHED; Linux drops such a
+	// segment in every state (tcp_ack: SKB_DROP_REASON_TCP_ACK_UNSENT_DATA,
+	// and TCP_TOO_OLD_ACK after a challenge ACK).
+	if !r.ep.snd.acceptableAck(s.ackNumber) {
+		r.ep.snd.maybeSendOutOfWindowAck(s)
+		return true, nil
+	}
+
 	if state != StateEstablished {
 		drop, err := r.handleRcvdSegmentClosing(s, state, closed)
 		if drop || err != nil {

@@ -190,6 +190,11 @@ type sender struct {
 	// corkTimer is used to drain the segments which are held when TCP_CORK
 	// option is enabled.
 	corkTimer timer `state:"nosave"`
+
+	// maxSndWnd is MAX.SND.WND (RFC 5961 5.2): the largest window the
+	// peer has ever advertised (tcp-upper patch; save/restore, generated
+	// in tcp_state_autogen.go, does not keep it: we do not use it).
+	maxSndWnd seqnum.Size
 }
 
 // protectedWriteList wraps the write list, checking for invalid state when
@@ -280,7 +285,8 @@ func initSender(ep *Endpoint, iss, irs seqnum.Value, sndWnd seqnum.Size, mss uin
 			},
 			RTO: 1 * time.Second,
 		},
-		gso: ep.gso.Type != stack.GSONone,
+		gso:       ep.gso.Type != stack.GSONone,
+		maxSndWnd: sndWnd,
 		writeList: protectedWriteList{
 			set: make(map[*segment]struct{}),
 		},
@@ -1645,6 +1651,9 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 
 	// Stash away the current window size.
 	s.SndWnd = rcvdSeg.window
+	if s.maxSndWnd < s.SndWnd {
+		s.maxSndWnd = s.SndWnd
+	}
 
 	// Disable zero window probing if remote advertises a non-zero receive
 	// window. This can be with an ACK to the zero window probe (where the
@@ -1907,6 +1916,13 @@ func (s *sender) sendEmptySegment(flags header.TCPFlags, seq seqnum.Value) tcpip
 	s.MaxSentAck = rcvNxt
 
 	return s.ep.sendEmptyRaw(flags, seq, rcvNxt, rcvWnd)
+}
+
+// acceptableAck reports whether ack is an acceptable acknowledgment number
+// (RFC 5961 5.2): SND.UNA - MAX.SND.WND <= ack <= SND.NXT (tcp-upper patch).
+// +checklocks:s.ep.mu
+func (s *sender) acceptableAck(ack seqnum.Value) bool {
+	return ack.InRange(s.SndUna-seqnum.Value(s.maxSndWnd), s.SndNxt+1)
 }
 
 // maybeSendOutOfWindowAck sends an ACK if we are not being rate limited
