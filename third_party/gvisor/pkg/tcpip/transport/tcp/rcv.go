@@ -17,6 +17,7 @@ package tcp
 import (
 	"container/heap"
 	"math"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -64,6 +65,11 @@ func newReceiver(ep *Endpoint, irs seqnum.Value, rcvWnd seqnum.Size, rcvWndScale
 		lastRcvdAckTime: ep.stack.Clock().NowMonotonic(),
 	}
 }
+
+// pawsIdle is how long TS.Recent stays valid for PAWS (RFC 7323 5.5: 24
+// days, the shortest time in which a timestamp clock of 1 ms can wrap
+// halfway). tcp-upper patch.
+const pawsIdle = 24 * 24 * time.Hour
 
 // acceptable checks if the segment sequence number range is acceptable
 // according to the table on page 26 of RFC 793.
@@ -471,6 +477,19 @@ func (r *receiver) handleRcvdSegment(s *segment) (drop bool, err tcpip.Error) {
 
 	segLen := seqnum.Size(s.payloadSize())
 	segSeq := s.sequenceNumber
+
+	// tcp-upper patch: PAWS, RFC 7323 5.3 R1. With timestamps negotiated,
+	// a segment (without RST: those never get here) whose TSval is older
+	// than TS.Recent is an old duplicate, perhaps from an earlier wrap of
+	// the sequence space: answer it with an ACK and drop it, unless
+	// TS.Recent is itself older than 24 days (RFC 7323 5.5), when the
+	// peer's timestamp clock may have wrapped.
+	if r.ep.SendTSOk && s.parsedOptions.TS &&
+		seqnum.Value(s.parsedOptions.TSVal).LessThan(seqnum.Value(r.ep.recentTimestamp())) &&
+		s.rcvdTime.Sub(r.ep.recentTSTime) < pawsIdle {
+		r.ep.snd.maybeSendOutOfWindowAck(s)
+		return true, nil
+	}
 
 	// If the sequence number range is outside the acceptable range, just
 	// send an ACK and stop further processing of the segment.
