@@ -512,6 +512,17 @@ func (r *receiver) handleRcvdSegment(s *segment) (drop bool, err tcpip.Error) {
 		return true, nil
 	}
 
+	// tcp-upper patch: RFC 7323 5.3 R3 (and 4.3): record the TSval of an
+	// acceptable segment in TS.Recent before processing it (R4), so that
+	// the ACK the segment itself may elicit echoes it. Upstream did it
+	// after, in sender.handleRcvdSegment, once the receiver had consumed
+	// the segment: the immediate ACK of a FIN echoed the TSval of the
+	// peer's previous segment, seconds old after a pause, and the peer
+	// took an RTT sample that long from it.
+	if r.ep.SendTSOk && s.parsedOptions.TS {
+		r.ep.updateRecentTimestamp(s.parsedOptions.TSVal, r.ep.snd.MaxSentAck, segSeq)
+	}
+
 	if state != StateEstablished {
 		drop, err := r.handleRcvdSegmentClosing(s, state, closed)
 		if drop || err != nil {

@@ -1584,10 +1584,8 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		s.RTTMeasureSeqNum = s.SndNxt
 	}
 
-	// Update Timestamp if required. See RFC7323, section-4.3.
-	if s.ep.SendTSOk && rcvdSeg.parsedOptions.TS {
-		s.ep.updateRecentTimestamp(rcvdSeg.parsedOptions.TSVal, s.MaxSentAck, rcvdSeg.sequenceNumber)
-	}
+	// tcp-upper patch: TS.Recent is updated by receiver.handleRcvdSegment,
+	// before the segment is processed (RFC 7323 5.3 R3), no longer here.
 
 	// Insert SACKBlock information into our scoreboard.
 	hasDSACK := false
