@@ -639,8 +639,24 @@ func (r *receiver) handleTimeWaitSegment(s *segment) (resetTimeWait bool, newSyn
 
 	//    (2) returns to TIME-WAIT state if the SYN turns out
 	//      to be an old duplicate".
-	if s.flags.Contains(header.TCPFlagSyn) && r.RcvNxt.LessThan(segSeq) {
-		return false, true
+	//
+	// tcp-upper patch: RFC 6191. With timestamps on the old connection
+	// and in the SYN, the timestamp decides: newer than TS.Recent (or as
+	// new, with a higher sequence number) opens a new connection, older
+	// is an old duplicate and is dropped. Otherwise the sequence number
+	// decides, as before. Upstream looked at the sequence number only:
+	// it dropped a new SYN at or below RCV.NXT, whatever its timestamp,
+	// so the client waited for TIME-WAIT to end, and honoured an old
+	// duplicate SYN that happened to be above.
+	if s.flags.Contains(header.TCPFlagSyn) {
+		if r.ep.SendTSOk && s.parsedOptions.TS {
+			tsVal, recent := seqnum.Value(s.parsedOptions.TSVal), seqnum.Value(r.ep.recentTimestamp())
+			if recent.LessThan(tsVal) || (tsVal == recent && r.RcvNxt.LessThan(segSeq)) {
+				return false, true
+			}
+		} else if r.RcvNxt.LessThan(segSeq) {
+			return false, true
+		}
 	}
 
 	// Drop the segment if it does not contain an ACK.
