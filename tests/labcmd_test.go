@@ -44,7 +44,8 @@ func TestDemo(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "tcpdump")
 	requireTool(t, "ss")
-	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "demo", "--name", "tdemo", "--time-wait", "2s")
+	name := labName("demo")
+	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "demo", "--name", name, "--time-wait", "2s")
 	if code != 0 {
 		t.Fatalf("demo exit %d: %s\n%s", code, stderr, out)
 	}
@@ -61,7 +62,7 @@ func TestDemo(t *testing.T) {
 		"timer:(timewait,2sec)", "timer:(timewait,1sec)", "TIME-WAIT -> CLOSED (2MSL timer expired after 2.0s in TIME-WAIT)",
 		"packets: field for field the lines of our stack's trace above", // tcpdump on tun0 agrees with our trace
 		"10.0.2.2:9999", // the TIME-WAIT line in ant's ss
-		`lab "tdemo" torn down`,
+		"lab " + strconv.Quote(name) + " torn down",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q", want)
@@ -70,7 +71,7 @@ func TestDemo(t *testing.T) {
 	if t.Failed() {
 		t.Logf("demo printed:\n%s", out)
 	}
-	if l, _ := lab.New("tdemo", nil); l.Exists() {
+	if l, _ := lab.New(name, nil); l.Exists() {
 		l.Down()
 		t.Fatal("demo left its namespaces behind")
 	}
@@ -81,7 +82,8 @@ func TestDemo(t *testing.T) {
 // down, within a bound.
 func TestDemoReaderGone(t *testing.T) {
 	requireRoot(t)
-	cmd := exec.Command(bin("tcp-upper-lab"), "demo", "--name", "tdemopipe")
+	name := labName("pipe")
+	cmd := exec.Command(bin("tcp-upper-lab"), "demo", "--name", name)
 	r, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +105,7 @@ func TestDemoReaderGone(t *testing.T) {
 		<-done
 		t.Fatal("demo still running 30s after its reader went away")
 	}
-	if l, _ := lab.New("tdemopipe", nil); l.Exists() {
+	if l, _ := lab.New(name, nil); l.Exists() {
 		l.Down()
 		t.Fatal("demo left its namespaces behind when its reader went away")
 	}
@@ -136,7 +138,7 @@ func TestDemoUnprivileged(t *testing.T) {
 // labs at once.
 func TestLabUpExecDown(t *testing.T) {
 	requireRoot(t)
-	names := []string{"tlab1", "tlab2"}
+	names := []string{labName("lab1"), labName("lab2")}
 	for _, n := range names {
 		n := n
 		t.Cleanup(func() {
