@@ -105,6 +105,9 @@ func TestDemoReaderGone(t *testing.T) {
 		<-done
 		t.Fatal("demo still running 30s after its reader went away")
 	}
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("demo exit %d after its reader went away, want 0 (as head's writers do)", code)
+	}
 	if l, _ := lab.New(name, nil); l.Exists() {
 		l.Down()
 		t.Fatal("demo left its namespaces behind when its reader went away")

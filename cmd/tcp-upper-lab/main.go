@@ -41,7 +41,11 @@ func commands() map[string]command {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	// A write to a pipe whose reader went away fails with EPIPE instead of
+	// killing us (Go's default for stdout): run's Output then stops the
+	// command, which cleans up (the demo's lab) and exits 0.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -60,7 +64,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return cli.Exit(stderr, prog, cli.Usagef("unknown command %q: want one of %s", args[0], strings.Join(names(cmds), ", ")))
 	}
-	return cli.Exit(stderr, prog+" "+args[0], c.run(ctx, args[1:], stdout, stderr))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := cli.NewOutput(stdout, cancel)
+	err := c.run(ctx, args[1:], out, stderr)
+	if out.ReaderGone(err) {
+		// tcp-upper-lab stats | head -2: the reader has what it wanted.
+		return 0
+	}
+	return cli.Exit(stderr, prog+" "+args[0], err)
 }
 
 func names(cmds map[string]command) []string {
