@@ -50,6 +50,17 @@ type config struct {
 	linger   bool
 }
 
+// netstackOnly are the client's own flags that mean nothing to the
+// kernel's TCP (the observation flags are observe's).
+var netstackOnly = cli.NetstackOnly{
+	"tun":      "the kernel's TCP needs no TUN",
+	"tun-addr": "the kernel's TCP needs no TUN",
+	"mtu":      "the kernel's TCP needs no TUN",
+	"offload":  "the kernel's TCP needs no TUN",
+	"addr":     "the kernel's TCP uses its namespace's own address",
+	"linger":   "the kernel keeps its own TIME-WAIT after the client exits; watch it with ss",
+}
+
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.3.2/24")
@@ -70,7 +81,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
-	if err := c.obs.RequireNetstack(fs, c.stack, "linger"); err != nil {
+	switch c.stack {
+	case "kernel", "netstack":
+	default:
+		return nil, cli.Usagef("bad --stack %q: want kernel or netstack", c.stack)
+	}
+	if err := cli.CheckStack(fs, c.stack, cli.Merge(netstackOnly, c.obs.NetstackOnly())); err != nil {
 		return nil, err
 	}
 	if *ip == "" {
@@ -81,11 +97,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, cli.Usagef("bad -i %q: want the server's IPv4 address, such as 10.0.2.2", *ip)
 	}
 	c.server = a
-	switch c.stack {
-	case "kernel", "netstack":
-	default:
-		return nil, cli.Usagef("bad --stack %q: want kernel or netstack", c.stack)
-	}
 	if c.timeout <= 0 {
 		return nil, cli.Usagef("bad --timeout %v: want a positive duration", c.timeout)
 	}
