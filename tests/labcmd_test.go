@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/tcp-upper/tcp-upper/lab"
 )
 
@@ -210,5 +212,69 @@ func TestLabBadInput(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2 (%q)", tc.args, code, stderr)
 		}
 		oneLine(t, strings.Join(tc.args, " "), stderr, tc.prog, tc.want)
+	}
+}
+
+// TestSecondServerRefused: with the lab's server running in apple, a second
+// server whose TUN address or network is already taken there refuses in one
+// line (exit 1) instead of printing its listening line and never seeing a
+// packet; it leaves no device and no second route, and the first serves on.
+func TestSecondServerRefused(t *testing.T) {
+	requireRoot(t)
+	name := labName("shadow")
+	l, _ := lab.New(name, nil)
+	t.Cleanup(func() {
+		if l.Exists() {
+			l.Down()
+			t.Errorf("lab %s left behind", name)
+		}
+	})
+	if code, out, stderr := runCmd(t, 30*time.Second, nil, bin("tcp-upper-lab"), "up", "--name", name); code != 0 {
+		t.Fatalf("up: exit %d %q %q", code, out, stderr)
+	}
+	defer func() {
+		if code, _, stderr := runCmd(t, 30*time.Second, nil, bin("tcp-upper-lab"), "down", "--name", name); code != 0 {
+			t.Errorf("down: exit %d %q", code, stderr)
+		}
+	}()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tun", "tun9"}, `open tun "tun9": 10.0.2.0/24 is already routed through tun0`},
+		{[]string{"--tun", "tun9", "--addr", "10.0.1.9/24", "--tun-addr", "10.0.1.8/24"}, "10.0.1.0/24 is already routed through eth0"},
+		{[]string{"--tun", "tun9", "--addr", "10.0.200.2/16", "--tun-addr", "10.0.1.1/16"}, "10.0.1.0/24 is already routed through eth0"},
+		{[]string{"--tun", "tun9", "--addr", "127.0.0.2/8", "--tun-addr", "127.0.0.1/8"}, "address 127.0.0.1 is already on lo"},
+	} {
+		args := append([]string{"exec", "--name", name, "apple", "tcp-upper-server"}, tc.args...)
+		code, out, stderr := runCmd(t, 15*time.Second, nil, bin("tcp-upper-lab"), args...)
+		if code != 1 || out != "" {
+			t.Errorf("%v: exit %d stdout %q, want 1 and nothing", tc.args, code, out)
+		}
+		oneLine(t, strings.Join(tc.args, " "), stderr, "tcp-upper-server", tc.want)
+	}
+	inNS(t, l, lab.Apple, func(h *netlink.Handle) {
+		if _, err := h.LinkByName("tun9"); err == nil {
+			t.Error("tun9 left behind in apple")
+		}
+		routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.String() == "10.0.2.0/24" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("apple has %d routes to 10.0.2.0/24, want 1: %v", n, routes)
+		}
+	})
+	// The first server still answers.
+	cmd := exec.Command(bin("tcp-upper-lab"), "exec", "--name", name, "ant", "tcp-upper-client", "-i", "10.0.2.2")
+	cmd.Stdin = strings.NewReader("still here\n")
+	if out, err := cmd.CombinedOutput(); err != nil || string(out) != "STILL HERE\n" {
+		t.Fatalf("the first server after the refused ones: %q %v", out, err)
 	}
 }
