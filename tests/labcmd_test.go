@@ -159,6 +159,10 @@ func TestLabUpExecDown(t *testing.T) {
 		if !strings.Contains(out, "server running in apple") {
 			t.Fatalf("up printed %q", out)
 		}
+		// ss --name finds the server up started.
+		if code, out, stderr := runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), "ss", "-l", "--name", n); code != 0 || !strings.Contains(out, "LISTEN") {
+			t.Fatalf("ss --name %s: exit %d %q %q", n, code, out, stderr)
+		}
 	}
 	var pids []int
 	for _, n := range names {
@@ -277,4 +281,44 @@ func TestSecondServerRefused(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil || string(out) != "STILL HERE\n" {
 		t.Fatalf("the first server after the refused ones: %q %v", out, err)
 	}
+}
+
+// TestInspectByLabName: `ss --name LAB` finds the server in the lab's apple
+// however it was started: here by hand, as `tcp-upper-lab exec apple
+// tcp-upper-server` (and scripts/tmux-lab.sh) start it, with its socket at
+// the default path. Another user is told that it is a permission problem.
+func TestInspectByLabName(t *testing.T) {
+	l := newLab(t)
+	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--tun", "tun0")
+	if !srv.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %q", srv.stderr.String())
+	}
+	// SIGTERM, not the cleanup's SIGKILL: the default socket is under /run.
+	defer srv.stop(t, syscall.SIGTERM, 10*time.Second)
+
+	for _, cmd := range [][]string{{"ss", "-l"}, {"stats"}, {"fault", "list"}} {
+		args := append(cmd, "--name", l.Name)
+		code, out, stderr := runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d %q", args, code, stderr)
+		}
+		if cmd[0] == "ss" && !strings.Contains(out, "LISTEN") {
+			t.Errorf("%v printed %q", args, out)
+		}
+	}
+
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	for _, args := range [][]string{{"ss", "--name", l.Name}, {"ss"}} {
+		code, _, stderr := runCmd(t, 10*time.Second, nobody, bin("tcp-upper-lab"), args...)
+		if code != 1 {
+			t.Errorf("%v as nobody: exit %d, want 1", args, code)
+		}
+		oneLine(t, strings.Join(args, " ")+" as nobody", stderr, "tcp-upper-lab ss", "permission denied")
+	}
+
+	code, _, stderr := runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), "stats", "--name", labName("nolab"))
+	if code != 1 {
+		t.Errorf("a lab that is not up: exit %d, want 1", code)
+	}
+	oneLine(t, "lab not up", stderr, "tcp-upper-lab stats", "is not up")
 }
