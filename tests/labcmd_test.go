@@ -322,3 +322,30 @@ func TestInspectByLabName(t *testing.T) {
 	}
 	oneLine(t, "lab not up", stderr, "tcp-upper-lab stats", "is not up")
 }
+
+// TestLabCommandsNeedRoot: without root, each command that needs it says
+// which (not "building the lab" for exec) and how (sudo), in one line.
+func TestLabCommandsNeedRoot(t *testing.T) {
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		cred = &syscall.Credential{Uid: 65534, Gid: 65534}
+	}
+	for _, tc := range []struct {
+		args       []string
+		prog, want string
+	}{
+		{[]string{"up", "--name", labName("nr")}, "tcp-upper-lab up", "building the lab needs root"},
+		{[]string{"exec", "--name", labName("nr"), "ant", "true"}, "tcp-upper-lab exec", "exec (entering the lab's namespaces) needs root"},
+		{[]string{"down", "--name", labName("nr")}, "tcp-upper-lab down", "taking the lab down needs root"},
+		{[]string{"run", "handshake"}, "tcp-upper-lab run", "running an experiment (it builds a lab of its own) needs root"},
+	} {
+		code, _, stderr := runCmd(t, 10*time.Second, cred, bin("tcp-upper-lab"), tc.args...)
+		if code != 1 {
+			t.Errorf("%v: exit %d, want 1", tc.args, code)
+		}
+		oneLine(t, strings.Join(tc.args, " "), stderr, tc.prog, tc.want)
+		if !strings.Contains(stderr, "sudo") {
+			t.Errorf("%v: %q does not say how (sudo)", tc.args, stderr)
+		}
+	}
+}

@@ -145,7 +145,7 @@ func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return cli.Usagef("%v", err)
 	}
-	if err := lab.CheckPrivileges(); err != nil {
+	if err := lab.NeedPrivileges("taking the lab down"); err != nil {
 		return err
 	}
 	if !l.Exists() && l.ServerPID() == 0 {
@@ -185,7 +185,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := lab.CheckHost(args[0]); err != nil {
 		return cli.Usagef("%v", err)
 	}
-	if err := lab.CheckPrivileges(); err != nil {
+	if err := lab.NeedPrivileges("exec (entering the lab's namespaces)"); err != nil {
 		return err
 	}
 	return l.Exec(args[0], args[1:])
