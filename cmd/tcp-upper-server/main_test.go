@@ -72,6 +72,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--backlog", "0"}, "bad --backlog 0"},
 		{[]string{"--backlog", "70000"}, "bad --backlog 70000"},
 		{[]string{"--user-timeout", "-1s"}, "bad --user-timeout -1s"},
+		{[]string{"--time-wait", "5"}, `bad --time-wait "5": want a duration such as 10s, 500ms`},
+		{[]string{"--idle-close", "soon"}, `bad --idle-close "soon": want a duration such as 10s, 500ms`},
+		{[]string{"--max-conns", "many"}, `bad --max-conns "many": want a whole number`},
 		// One rule for every flag that means nothing to the kernel's TCP.
 		{[]string{"--stack", "kernel", "--backlog", "16"}, "--backlog: only with --stack netstack (the kernel's backlog is net.core.somaxconn)"},
 		{[]string{"--stack", "kernel", "--tun", "tun5"}, "--tun: only with --stack netstack (the kernel's TCP needs no TUN)"},
