@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -156,7 +157,7 @@ func TestLabUpExecDown(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("up %s: exit %d %s", n, code, stderr)
 		}
-		if !strings.Contains(out, "server running in apple") {
+		if !strings.Contains(out, "server running in apple") || !strings.Contains(out, "try:  tcp-upper-lab exec --name "+n+" ant tcp-upper-client -i 10.0.2.2\n") {
 			t.Fatalf("up printed %q", out)
 		}
 		// ss --name finds the server up started.
@@ -347,5 +348,38 @@ func TestLabCommandsNeedRoot(t *testing.T) {
 		if !strings.Contains(stderr, "sudo") {
 			t.Errorf("%v: %q does not say how (sudo)", tc.args, stderr)
 		}
+	}
+}
+
+// TestUpPrintsRunnableCommands: what up prints to type next runs as
+// printed, with the lab's --name where it belongs (after exec).
+func TestUpPrintsRunnableCommands(t *testing.T) {
+	requireRoot(t)
+	name := labName("next")
+	l, _ := lab.New(name, nil)
+	t.Cleanup(func() {
+		if l.Exists() {
+			l.Down()
+		}
+	})
+	code, out, stderr := runCmd(t, 30*time.Second, nil, bin("tcp-upper-lab"), "up", "--no-server", "--name", name)
+	if code != 0 {
+		t.Fatalf("up --no-server: exit %d %q", code, stderr)
+	}
+	want := "start the server:  tcp-upper-lab exec --name " + name + " apple tcp-upper-server\n"
+	if !strings.Contains(out, want) {
+		t.Fatalf("up --no-server printed %q, want a line %q", out, want)
+	}
+	// Run it as printed (the programs from this test's build).
+	fields := strings.Fields(strings.TrimPrefix(want, "start the server:  "))
+	srv := startIn(t, nil, "", bin(fields[0]), append(fields[1:len(fields)-1], bin(fields[len(fields)-1]), "--control", filepath.Join(t.TempDir(), "ctl.sock"))...)
+	if !srv.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("the printed command did not start a server: %q %q", srv.stdout.String(), srv.stderr.String())
+	}
+	if code := srv.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Errorf("server exit %d: %q", code, srv.stderr.String())
+	}
+	if code, _, stderr := runCmd(t, 30*time.Second, nil, bin("tcp-upper-lab"), "down", "--name", name); code != 0 {
+		t.Errorf("down: exit %d %q", code, stderr)
 	}
 }

@@ -121,8 +121,13 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "lab %q is up: ant %s (netns %s), apple %s (netns %s)\n", l.Name, lab.AntAddr, l.NetNS(lab.Ant), lab.AppleAddr, l.NetNS(lab.Apple))
+	// The commands to type next, runnable as printed.
+	ex := prog + " exec"
+	if l.Name != lab.DefaultName {
+		ex += " --name " + l.Name
+	}
 	if *noServer {
-		fmt.Fprintf(stdout, "start the server:  %s exec apple tcp-upper-server   (--name %s)\n", prog, l.Name)
+		fmt.Fprintf(stdout, "start the server:  %s apple tcp-upper-server\n", ex)
 		return nil
 	}
 	pid, err := l.StartServer(bin, extra...)
@@ -131,7 +136,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "server running in apple (pid %d) on tun0, listening at %s:%d; its output: %s\n", pid, lab.ServerAddr.Addr(), lab.Port, l.ServerLog())
-	fmt.Fprintf(stdout, "try:  %s exec ant tcp-upper-client -i %s\n", prog, lab.ServerAddr.Addr())
+	fmt.Fprintf(stdout, "try:  %s ant tcp-upper-client -i %s\n", ex, lab.ServerAddr.Addr())
 	return nil
 }
 
