@@ -158,9 +158,13 @@ func scan() (live, denied []string) {
 	return live, denied
 }
 
-// deniedError says that servers run but we may not talk to them.
+// deniedError says that we may not look for servers, or talk to those we
+// found: a permission problem, not a missing server.
 func deniedError(denied []string) error {
-	return fmt.Errorf("no server you may talk to: permission denied on %s (owner-only: the server runs as another user, root?): run this as that user, e.g. with sudo", strings.Join(denied, ", "))
+	if len(denied) == 1 && denied[0] == Dir {
+		return fmt.Errorf("permission denied looking for servers in %s (owner-only: servers there run as another user, root?): run this as that user, e.g. with sudo", Dir)
+	}
+	return fmt.Errorf("permission denied on %s (owner-only: the server runs as another user, root?): run this as that user, e.g. with sudo", strings.Join(denied, ", "))
 }
 
 // Resolve picks the control socket to talk to: path if given, else the
