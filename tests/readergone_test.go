@@ -78,7 +78,14 @@ func TestReaderGoneIsQuiet(t *testing.T) {
 		{"trace", "--format", "json", "--control", ctl},
 		{"run", "--list"},
 	} {
-		t.Run(strings.Join(args[:1], "-"), func(t *testing.T) {
+		var name []string
+		for _, a := range args {
+			if a == "--control" {
+				break
+			}
+			name = append(name, strings.TrimLeft(a, "-"))
+		}
+		t.Run(strings.Join(name, "-"), func(t *testing.T) {
 			r, w, err := os.Pipe()
 			if err != nil {
 				t.Fatal(err)
