@@ -120,7 +120,11 @@ func (l *Lab) Exists() bool {
 
 // CheckPrivileges returns an error naming the fix when we cannot build
 // namespaces.
-func CheckPrivileges() error {
+func CheckPrivileges() error { return NeedPrivileges("building the lab") }
+
+// NeedPrivileges is CheckPrivileges for what (exec, down...), which the
+// error names.
+func NeedPrivileges(what string) error {
 	if os.Geteuid() == 0 {
 		return nil
 	}
@@ -133,7 +137,7 @@ func CheckPrivileges() error {
 			return nil
 		}
 	}
-	return errors.New("building the lab needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN for network namespaces): run it with sudo")
+	return fmt.Errorf("%s needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN for network namespaces): run it with sudo", what)
 }
 
 // Up creates the namespaces, the veth between them, addresses, routes and

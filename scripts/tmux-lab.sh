@@ -33,7 +33,7 @@ fi
 ex="$lab exec --name $name"
 session="tcp-upper-$name"
 server=$(tmux new-session -d -P -F '#{pane_id}' -s "$session" -n lab "$ex apple tcp-upper-server --events; read -p 'server exited; press enter'")
-ss=$(tmux split-window -h -P -F '#{pane_id}' -t "$server" "watch -n 0.5 $lab ss -tan --control /run/tcp-upper/$name-apple-tun0.sock")
+ss=$(tmux split-window -h -P -F '#{pane_id}' -t "$server" "watch -n 0.5 $lab ss -tan --name $name")
 client=$(tmux split-window -v -P -F '#{pane_id}' -t "$server" "sleep 1; $ex ant tcp-upper-client -i 10.0.2.2; read -p 'client exited; press enter'")
 tmux split-window -v -t "$ss" "$ex apple tcpdump -ni tun0 tcp port 9999"
 tmux select-pane -t "$client"

@@ -12,25 +12,13 @@ import (
 	"github.com/tcp-upper/tcp-upper/lab"
 )
 
-// benchLabs lists the namespaces of bench labs (tcpub...).
-func benchLabs() map[string]bool {
-	m := map[string]bool{}
-	entries, _ := os.ReadDir(lab.NetNSDir)
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "tcpub") {
-			m[e.Name()] = true
-		}
-	}
-	return m
-}
-
 // TestBench runs tcp-upper-lab bench briefly (rr and connrate, one round)
 // and checks its JSON: positive figures on both stacks, ratios and the
 // issue's targets, and no lab left behind.
 func TestBench(t *testing.T) {
 	requireRoot(t)
-	before := benchLabs()
-	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "bench",
+	name := labName("bench")
+	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "bench", "--name", name,
 		"--only", "rr,connrate", "--rounds", "1", "--json", "--duration", "500ms", "--rr-count", "2000", "--conns", "300")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -65,10 +53,9 @@ func TestBench(t *testing.T) {
 	if !strings.Contains(stderr, "bench: round 1/1 connrate netstack:") {
 		t.Errorf("no progress line on stderr: %q", stderr)
 	}
-	for ns := range benchLabs() {
-		if !before[ns] {
-			t.Errorf("bench left namespace %s", ns)
-		}
+	if l, _ := lab.New(name, nil); l.Exists() {
+		l.Down()
+		t.Errorf("bench left its lab %s behind", name)
 	}
 }
 
@@ -79,6 +66,11 @@ func TestBenchErrors(t *testing.T) {
 		t.Errorf("--only nope: exit %d, want 2", code)
 	}
 	oneLine(t, "--only nope", stderr, "tcp-upper-lab bench", "connrate")
+	code, _, stderr = runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), "bench", "--name", "Bad_Name")
+	if code != 2 {
+		t.Errorf("--name Bad_Name: exit %d, want 2", code)
+	}
+	oneLine(t, "--name Bad_Name", stderr, "tcp-upper-lab bench", "bad lab name")
 	if os.Geteuid() != 0 {
 		return
 	}

@@ -87,15 +87,22 @@ func TestClientCannotConnect(t *testing.T) {
 	startServer(t, l)
 	for _, tc := range []struct {
 		name string
+		host string
 		args []string
 		want string
 	}{
-		{"refused", []string{"-i", "10.0.2.2", "-p", "9998"}, "connection refused"},
-		{"no route", []string{"-i", "10.0.9.9"}, "no route to host"},
-		{"timeout", []string{"-i", "10.0.2.9", "--timeout", "1s"}, "no answer within 1s"},
+		{"refused", lab.Ant, []string{"-i", "10.0.2.2", "-p", "9998"}, "connection refused"},
+		// In ant the way ends at apple, the router: running the client
+		// somewhere else would not help.
+		{"no route beyond the router", lab.Ant, []string{"-i", "10.0.9.9"}, "no route to host: the router 10.0.1.1 on the way has no route to 10.0.9.9: check the address"},
+		// apple has no route to 10.0.9.0/24 at all: wrong place, or wrong address.
+		{"no route here", lab.Apple, []string{"-i", "10.0.9.9"}, "no route to host: this host has no route to 10.0.9.9: check the address, or run the client where the server is reachable (in the lab: tcp-upper-lab exec ant"},
+		{"timeout", lab.Ant, []string{"-i", "10.0.2.9", "--timeout", "1s"}, "no answer within 1s"},
 	} {
 		start := time.Now()
-		code, stdout, stderr := clientIn(t, l, "abc\n", tc.args...)
+		p := startIn(t, l, tc.host, bin("tcp-upper-client"), tc.args...)
+		code := p.wait(t, 30*time.Second)
+		stdout, stderr := p.stdout.String(), p.stderr.String()
 		if code != 1 || stdout != "" {
 			t.Errorf("%s: exit %d stdout %q", tc.name, code, stdout)
 		}

@@ -26,7 +26,7 @@ func testExperiments(t *testing.T, mode []string) {
 		t.Run(x.Name, func(t *testing.T) {
 			var out bytes.Buffer
 			dir := t.TempDir()
-			opts := experiment.Options{Dir: dir, Seed: 1, PlainTUN: slices.Contains(mode, "--offload=false")}
+			opts := experiment.Options{Dir: dir, Seed: 1, Name: randomLabName(), PlainTUN: slices.Contains(mode, "--offload=false")}
 			res, err := experiment.Run(context.Background(), x, opts, &out)
 			if err != nil {
 				t.Fatalf("%v\n%s", err, out.String())

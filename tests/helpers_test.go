@@ -47,6 +47,9 @@ func TestMain(m *testing.M) {
 	// Readable by the unprivileged user some tests run programs as.
 	os.Chmod(dir, 0o755)
 	binDir = dir
+	b := make([]byte, 2)
+	rand.Read(b)
+	runTag = hex.EncodeToString(b)
 	before := leftovers()
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -61,28 +64,82 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// leftovers lists the named network namespaces and the TUN/veth devices of
-// the root namespace.
+// runTag is drawn once per run of the tests; every lab the tests make (or
+// have a program make) is named labName(...), so begins with "tu"+runTag.
+// Other runs of these tests, and other programs, on the same host then never
+// share a name with ours, and the leak check counts only what this run could
+// have made.
+var runTag string
+
+// labName is the name of a lab this run makes: "tu", the run's tag, then
+// what (lowercase letters and digits; at most 14 of them).
+func labName(what string) string { return "tu" + runTag + what }
+
+// randomLabName is labName with 4 random hex digits.
+func randomLabName() string {
+	b := make([]byte, 2)
+	rand.Read(b)
+	return labName(hex.EncodeToString(b))
+}
+
+// testDevices are the names the tests give devices; they make them only
+// inside their labs' namespaces, so one in the root namespace is a leak.
+var testDevices = []string{"tun0", "tun1", "up0", "utun0"}
+
+// leftovers lists what this run's tests could have left behind: namespaces
+// and /run/tcp-upper state of this run's labs, and TUN/veth devices with
+// the tests' names in the root namespace. Other namespaces and devices on
+// the host are not ours to count.
 func leftovers() map[string]bool {
 	m := map[string]bool{}
+	prefix := labName("")
 	entries, _ := os.ReadDir(lab.NetNSDir)
 	for _, e := range entries {
-		m["netns "+e.Name()] = true
+		if strings.HasPrefix(e.Name(), prefix) {
+			m["netns "+e.Name()] = true
+		}
 	}
 	links, _ := netlink.LinkList()
 	for _, l := range links {
-		if t := l.Type(); t == "tuntap" || t == "veth" {
+		if t := l.Type(); (t == "tuntap" || t == "veth") && slices.Contains(testDevices, l.Attrs().Name) {
 			m[t+" "+l.Attrs().Name] = true
 		}
 	}
-	// Control sockets and lab state left under /run/tcp-upper.
-	for _, pat := range []string{"/run/tcp-upper/*.sock", "/run/tcp-upper/lab-*"} {
+	// Control sockets (NETNS-TUN.sock, NETNS named after the lab) and lab
+	// state (lab-NAME) left under /run/tcp-upper.
+	for _, pat := range []string{"/run/tcp-upper/" + prefix + "*.sock", "/run/tcp-upper/lab-" + prefix + "*"} {
 		found, _ := filepath.Glob(pat)
 		for _, f := range found {
 			m["file "+f] = true
 		}
 	}
 	return m
+}
+
+// TestLeftoversCountOnlyOurs: the leak check sees this run's labs and not
+// a lab another program (or another run of the tests) made meanwhile.
+func TestLeftoversCountOnlyOurs(t *testing.T) {
+	requireRoot(t)
+	b := make([]byte, 3)
+	rand.Read(b)
+	other, err := lab.New("other"+hex.EncodeToString(b), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Down() })
+	if err := other.Up(); err != nil {
+		t.Fatal(err)
+	}
+	ours := newLab(t)
+	m := leftovers()
+	if !m["netns "+ours.NetNS(lab.Ant)] || !m["netns "+ours.NetNS(lab.Apple)] {
+		t.Errorf("leftovers misses this run's lab %s: %v", ours.Name, m)
+	}
+	for k := range m {
+		if strings.Contains(k, other.Name) {
+			t.Errorf("leftovers counts %q, which another program made", k)
+		}
+	}
 }
 
 func bin(name string) string { return filepath.Join(binDir, name) }
@@ -95,9 +152,7 @@ func requireTool(t testing.TB, name string) { t.Helper(); testenv.RequireTool(t,
 func newLab(t testing.TB) *lab.Lab {
 	t.Helper()
 	requireRoot(t)
-	b := make([]byte, 3)
-	rand.Read(b)
-	l, err := lab.New("t"+hex.EncodeToString(b), nil)
+	l, err := lab.New(randomLabName(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,11 +5,14 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/tcp-upper/tcp-upper/lab"
 )
@@ -44,7 +47,8 @@ func TestDemo(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "tcpdump")
 	requireTool(t, "ss")
-	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "demo", "--name", "tdemo", "--time-wait", "2s")
+	name := labName("demo")
+	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "demo", "--name", name, "--time-wait", "2s")
 	if code != 0 {
 		t.Fatalf("demo exit %d: %s\n%s", code, stderr, out)
 	}
@@ -61,7 +65,7 @@ func TestDemo(t *testing.T) {
 		"timer:(timewait,2sec)", "timer:(timewait,1sec)", "TIME-WAIT -> CLOSED (2MSL timer expired after 2.0s in TIME-WAIT)",
 		"packets: field for field the lines of our stack's trace above", // tcpdump on tun0 agrees with our trace
 		"10.0.2.2:9999", // the TIME-WAIT line in ant's ss
-		`lab "tdemo" torn down`,
+		"lab " + strconv.Quote(name) + " torn down",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q", want)
@@ -70,7 +74,7 @@ func TestDemo(t *testing.T) {
 	if t.Failed() {
 		t.Logf("demo printed:\n%s", out)
 	}
-	if l, _ := lab.New("tdemo", nil); l.Exists() {
+	if l, _ := lab.New(name, nil); l.Exists() {
 		l.Down()
 		t.Fatal("demo left its namespaces behind")
 	}
@@ -81,7 +85,8 @@ func TestDemo(t *testing.T) {
 // down, within a bound.
 func TestDemoReaderGone(t *testing.T) {
 	requireRoot(t)
-	cmd := exec.Command(bin("tcp-upper-lab"), "demo", "--name", "tdemopipe")
+	name := labName("pipe")
+	cmd := exec.Command(bin("tcp-upper-lab"), "demo", "--name", name)
 	r, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +108,10 @@ func TestDemoReaderGone(t *testing.T) {
 		<-done
 		t.Fatal("demo still running 30s after its reader went away")
 	}
-	if l, _ := lab.New("tdemopipe", nil); l.Exists() {
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("demo exit %d after its reader went away, want 0 (as head's writers do)", code)
+	}
+	if l, _ := lab.New(name, nil); l.Exists() {
 		l.Down()
 		t.Fatal("demo left its namespaces behind when its reader went away")
 	}
@@ -136,7 +144,7 @@ func TestDemoUnprivileged(t *testing.T) {
 // labs at once.
 func TestLabUpExecDown(t *testing.T) {
 	requireRoot(t)
-	names := []string{"tlab1", "tlab2"}
+	names := []string{labName("lab1"), labName("lab2")}
 	for _, n := range names {
 		n := n
 		t.Cleanup(func() {
@@ -149,8 +157,12 @@ func TestLabUpExecDown(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("up %s: exit %d %s", n, code, stderr)
 		}
-		if !strings.Contains(out, "server running in apple") {
+		if !strings.Contains(out, "server running in apple") || !strings.Contains(out, "try:  tcp-upper-lab exec --name "+n+" ant tcp-upper-client -i 10.0.2.2\n") {
 			t.Fatalf("up printed %q", out)
+		}
+		// ss --name finds the server up started.
+		if code, out, stderr := runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), "ss", "-l", "--name", n); code != 0 || !strings.Contains(out, "LISTEN") {
+			t.Fatalf("ss --name %s: exit %d %q %q", n, code, out, stderr)
 		}
 	}
 	var pids []int
@@ -205,5 +217,169 @@ func TestLabBadInput(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2 (%q)", tc.args, code, stderr)
 		}
 		oneLine(t, strings.Join(tc.args, " "), stderr, tc.prog, tc.want)
+	}
+}
+
+// TestSecondServerRefused: with the lab's server running in apple, a second
+// server whose TUN address or network is already taken there refuses in one
+// line (exit 1) instead of printing its listening line and never seeing a
+// packet; it leaves no device and no second route, and the first serves on.
+func TestSecondServerRefused(t *testing.T) {
+	requireRoot(t)
+	name := labName("shadow")
+	l, _ := lab.New(name, nil)
+	t.Cleanup(func() {
+		if l.Exists() {
+			l.Down()
+			t.Errorf("lab %s left behind", name)
+		}
+	})
+	if code, out, stderr := runCmd(t, 30*time.Second, nil, bin("tcp-upper-lab"), "up", "--name", name); code != 0 {
+		t.Fatalf("up: exit %d %q %q", code, out, stderr)
+	}
+	defer func() {
+		if code, _, stderr := runCmd(t, 30*time.Second, nil, bin("tcp-upper-lab"), "down", "--name", name); code != 0 {
+			t.Errorf("down: exit %d %q", code, stderr)
+		}
+	}()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tun", "tun9"}, `open tun "tun9": 10.0.2.0/24 is already routed through tun0`},
+		{[]string{"--tun", "tun9", "--addr", "10.0.1.9/24", "--tun-addr", "10.0.1.8/24"}, "10.0.1.0/24 is already routed through eth0"},
+		{[]string{"--tun", "tun9", "--addr", "10.0.200.2/16", "--tun-addr", "10.0.1.1/16"}, "10.0.1.0/24 is already routed through eth0"},
+		{[]string{"--tun", "tun9", "--addr", "127.0.0.2/8", "--tun-addr", "127.0.0.1/8"}, "address 127.0.0.1 is already on lo"},
+	} {
+		args := append([]string{"exec", "--name", name, "apple", "tcp-upper-server"}, tc.args...)
+		code, out, stderr := runCmd(t, 15*time.Second, nil, bin("tcp-upper-lab"), args...)
+		if code != 1 || out != "" {
+			t.Errorf("%v: exit %d stdout %q, want 1 and nothing", tc.args, code, out)
+		}
+		oneLine(t, strings.Join(tc.args, " "), stderr, "tcp-upper-server", tc.want)
+	}
+	inNS(t, l, lab.Apple, func(h *netlink.Handle) {
+		if _, err := h.LinkByName("tun9"); err == nil {
+			t.Error("tun9 left behind in apple")
+		}
+		routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.String() == "10.0.2.0/24" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("apple has %d routes to 10.0.2.0/24, want 1: %v", n, routes)
+		}
+	})
+	// The first server still answers.
+	cmd := exec.Command(bin("tcp-upper-lab"), "exec", "--name", name, "ant", "tcp-upper-client", "-i", "10.0.2.2")
+	cmd.Stdin = strings.NewReader("still here\n")
+	if out, err := cmd.CombinedOutput(); err != nil || string(out) != "STILL HERE\n" {
+		t.Fatalf("the first server after the refused ones: %q %v", out, err)
+	}
+}
+
+// TestInspectByLabName: `ss --name LAB` finds the server in the lab's apple
+// however it was started: here by hand, as `tcp-upper-lab exec apple
+// tcp-upper-server` (and scripts/tmux-lab.sh) start it, with its socket at
+// the default path. Another user is told that it is a permission problem.
+func TestInspectByLabName(t *testing.T) {
+	l := newLab(t)
+	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--tun", "tun0")
+	if !srv.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %q", srv.stderr.String())
+	}
+	// SIGTERM, not the cleanup's SIGKILL: the default socket is under /run.
+	defer srv.stop(t, syscall.SIGTERM, 10*time.Second)
+
+	for _, cmd := range [][]string{{"ss", "-l"}, {"stats"}, {"fault", "list"}} {
+		args := append(cmd, "--name", l.Name)
+		code, out, stderr := runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d %q", args, code, stderr)
+		}
+		if cmd[0] == "ss" && !strings.Contains(out, "LISTEN") {
+			t.Errorf("%v printed %q", args, out)
+		}
+	}
+
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	for _, args := range [][]string{{"ss", "--name", l.Name}, {"ss"}} {
+		code, _, stderr := runCmd(t, 10*time.Second, nobody, bin("tcp-upper-lab"), args...)
+		if code != 1 {
+			t.Errorf("%v as nobody: exit %d, want 1", args, code)
+		}
+		oneLine(t, strings.Join(args, " ")+" as nobody", stderr, "tcp-upper-lab ss", "permission denied")
+	}
+
+	code, _, stderr := runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), "stats", "--name", labName("nolab"))
+	if code != 1 {
+		t.Errorf("a lab that is not up: exit %d, want 1", code)
+	}
+	oneLine(t, "lab not up", stderr, "tcp-upper-lab stats", "is not up")
+}
+
+// TestLabCommandsNeedRoot: without root, each command that needs it says
+// which (not "building the lab" for exec) and how (sudo), in one line.
+func TestLabCommandsNeedRoot(t *testing.T) {
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		cred = &syscall.Credential{Uid: 65534, Gid: 65534}
+	}
+	for _, tc := range []struct {
+		args       []string
+		prog, want string
+	}{
+		{[]string{"up", "--name", labName("nr")}, "tcp-upper-lab up", "building the lab needs root"},
+		{[]string{"exec", "--name", labName("nr"), "ant", "true"}, "tcp-upper-lab exec", "exec (entering the lab's namespaces) needs root"},
+		{[]string{"down", "--name", labName("nr")}, "tcp-upper-lab down", "taking the lab down needs root"},
+		{[]string{"run", "handshake"}, "tcp-upper-lab run", "running an experiment (it builds a lab of its own) needs root"},
+	} {
+		code, _, stderr := runCmd(t, 10*time.Second, cred, bin("tcp-upper-lab"), tc.args...)
+		if code != 1 {
+			t.Errorf("%v: exit %d, want 1", tc.args, code)
+		}
+		oneLine(t, strings.Join(tc.args, " "), stderr, tc.prog, tc.want)
+		if !strings.Contains(stderr, "sudo") {
+			t.Errorf("%v: %q does not say how (sudo)", tc.args, stderr)
+		}
+	}
+}
+
+// TestUpPrintsRunnableCommands: what up prints to type next runs as
+// printed, with the lab's --name where it belongs (after exec).
+func TestUpPrintsRunnableCommands(t *testing.T) {
+	requireRoot(t)
+	name := labName("next")
+	l, _ := lab.New(name, nil)
+	t.Cleanup(func() {
+		if l.Exists() {
+			l.Down()
+		}
+	})
+	code, out, stderr := runCmd(t, 30*time.Second, nil, bin("tcp-upper-lab"), "up", "--no-server", "--name", name)
+	if code != 0 {
+		t.Fatalf("up --no-server: exit %d %q", code, stderr)
+	}
+	want := "start the server:  tcp-upper-lab exec --name " + name + " apple tcp-upper-server\n"
+	if !strings.Contains(out, want) {
+		t.Fatalf("up --no-server printed %q, want a line %q", out, want)
+	}
+	// Run it as printed (the programs from this test's build).
+	fields := strings.Fields(strings.TrimPrefix(want, "start the server:  "))
+	srv := startIn(t, nil, "", bin(fields[0]), append(fields[1:len(fields)-1], bin(fields[len(fields)-1]), "--control", filepath.Join(t.TempDir(), "ctl.sock"))...)
+	if !srv.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("the printed command did not start a server: %q %q", srv.stdout.String(), srv.stderr.String())
+	}
+	if code := srv.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Errorf("server exit %d: %q", code, srv.stderr.String())
+	}
+	if code, _, stderr := runCmd(t, 30*time.Second, nil, bin("tcp-upper-lab"), "down", "--name", name); code != 0 {
+		t.Errorf("down: exit %d %q", code, stderr)
 	}
 }

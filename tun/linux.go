@@ -111,6 +111,15 @@ func Open(cfg Config, log *slog.Logger) (*Linux, error) {
 		default:
 			return fmt.Errorf("open tun %q: look up link: %w", cfg.Name, err)
 		}
+		if cfg.Addr.IsValid() {
+			ours := -1
+			if existing != nil {
+				ours = existing.Attrs().Index
+			}
+			if err := checkConflicts(h, cfg.Name, ours, cfg.Addr); err != nil {
+				return err
+			}
+		}
 		d.created = existing == nil
 
 		var f *os.File
@@ -173,6 +182,55 @@ func Open(cfg Config, log *slog.Logger) (*Linux, error) {
 	}
 	log.Debug("tun open", "name", d.name, "mtu", d.mtu, "created", d.created)
 	return d, nil
+}
+
+// checkConflicts refuses a device whose kernel side would get addr when
+// that address, or a route into addr's network, already belongs to another
+// interface of the namespace (ours is the device's own index, -1 if it is
+// still to be made). The kernel would accept both and keep routing the
+// network through the older one: a second server in the lab's apple would
+// print its listening line and never see a packet. Default routes do not
+// count.
+func checkConflicts(h *netlink.Handle, name string, ours int, addr netip.Prefix) error {
+	linkName := func(index int) string {
+		if l, err := h.LinkByIndex(index); err == nil {
+			return l.Attrs().Name
+		}
+		return fmt.Sprintf("interface %d", index)
+	}
+	network := addr.Masked()
+	fix := "stop the program that uses it, or give this one another network (--addr and --tun-addr)"
+	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("open tun %q: list routes: %w", name, err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.LinkIndex == ours {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		ip, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok || ones == 0 {
+			continue
+		}
+		dst := netip.PrefixFrom(ip.Unmap(), ones).Masked()
+		if dst.Overlaps(network) {
+			return fmt.Errorf("open tun %q: %s is already routed through %s (another server's TUN?), so this server would never see a packet: %s", name, dst, linkName(r.LinkIndex), fix)
+		}
+	}
+	addrs, err := h.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("open tun %q: list addresses: %w", name, err)
+	}
+	for _, a := range addrs {
+		if a.LinkIndex == ours || a.IPNet == nil {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr.Addr() {
+			return fmt.Errorf("open tun %q: address %s is already on %s: %s", name, addr.Addr(), linkName(a.LinkIndex), fix)
+		}
+	}
+	return nil
 }
 
 // openWater opens the device the plain way, through water. persist=true

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
@@ -50,6 +52,17 @@ type config struct {
 	linger   bool
 }
 
+// netstackOnly are the client's own flags that mean nothing to the
+// kernel's TCP (the observation flags are observe's).
+var netstackOnly = cli.NetstackOnly{
+	"tun":      "the kernel's TCP needs no TUN",
+	"tun-addr": "the kernel's TCP needs no TUN",
+	"mtu":      "the kernel's TCP needs no TUN",
+	"offload":  "the kernel's TCP needs no TUN",
+	"addr":     "the kernel's TCP uses its namespace's own address",
+	"linger":   "the kernel keeps its own TIME-WAIT after the client exits; watch it with ss",
+}
+
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.3.2/24")
@@ -70,7 +83,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
-	if err := c.obs.RequireNetstack(fs, c.stack, "linger"); err != nil {
+	switch c.stack {
+	case "kernel", "netstack":
+	default:
+		return nil, cli.Usagef("bad --stack %q: want kernel or netstack", c.stack)
+	}
+	if err := cli.CheckStack(fs, c.stack, cli.Merge(netstackOnly, c.obs.NetstackOnly())); err != nil {
 		return nil, err
 	}
 	if *ip == "" {
@@ -81,11 +99,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, cli.Usagef("bad -i %q: want the server's IPv4 address, such as 10.0.2.2", *ip)
 	}
 	c.server = a
-	switch c.stack {
-	case "kernel", "netstack":
-	default:
-		return nil, cli.Usagef("bad --stack %q: want kernel or netstack", c.stack)
-	}
 	if c.timeout <= 0 {
 		return nil, cli.Usagef("bad --timeout %v: want a positive duration", c.timeout)
 	}
@@ -158,13 +171,13 @@ func session(ctx context.Context, c *config, stdin *os.File, stdout, stderr io.W
 		}
 		conn, err = st.Dial(dctx, target)
 		if err != nil {
-			return dialError(target, c.timeout, ctx, err)
+			return dialError(target, c.timeout, ctx, err, false)
 		}
 	} else {
 		var err error
 		conn, err = (&net.Dialer{}).DialContext(dctx, "tcp4", target.String())
 		if err != nil {
-			return dialError(target, c.timeout, ctx, err)
+			return dialError(target, c.timeout, ctx, err, true)
 		}
 	}
 
@@ -211,8 +224,9 @@ func session(ctx context.Context, c *config, stdin *os.File, stdout, stderr io.W
 	return nil
 }
 
-// dialError turns a failed connect into one line that says what to check.
-func dialError(target netip.AddrPort, timeout time.Duration, parent context.Context, err error) error {
+// dialError turns a failed connect into one line that says what to check;
+// kernel says whether the kernel's TCP (in this namespace) made it.
+func dialError(target netip.AddrPort, timeout time.Duration, parent context.Context, err error, kernel bool) error {
 	msg := err.Error()
 	switch {
 	case parent.Err() != nil:
@@ -220,9 +234,27 @@ func dialError(target netip.AddrPort, timeout time.Duration, parent context.Cont
 	case errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(msg, "connection refused"):
 		return fmt.Errorf("connect to %s: connection refused: nothing listens on port %d there (is tcp-upper-server running?)", target, target.Port())
 	case errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) || strings.Contains(msg, "no route to host") || strings.Contains(msg, "network is unreachable"):
-		return fmt.Errorf("connect to %s: no route to host: check the address, and run the client where the server is reachable (in the lab: tcp-upper-lab exec ant %s -i %s)", target, prog, target.Addr())
+		return fmt.Errorf("connect to %s: no route to host: %s", target, unreachableHint(target.Addr(), kernel))
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || strings.Contains(msg, "timed out") || strings.Contains(msg, "timeout"):
 		return fmt.Errorf("connect to %s: no answer within %v (SYNs unanswered): is the server up and reachable? (--timeout to wait longer)", target, timeout)
 	}
 	return fmt.Errorf("connect to %s: %w", target, err)
+}
+
+// unreachableHint says where the way to addr ends, from this namespace's
+// routes: with none, the client runs in the wrong place; through a router,
+// that router knows no way on; on a directly attached network, no host
+// answers for addr there. Either way the address may be wrong.
+func unreachableHint(addr netip.Addr, kernel bool) string {
+	if !kernel {
+		return "check the address; the stack sends everything through its TUN to this host's kernel, which has no way to it"
+	}
+	routes, err := netlink.RouteGet(net.IP(addr.AsSlice()))
+	switch {
+	case err != nil || len(routes) == 0:
+		return fmt.Sprintf("this host has no route to %s: check the address, or run the client where the server is reachable (in the lab: tcp-upper-lab exec ant %s -i 10.0.2.2)", addr, prog)
+	case routes[0].Gw != nil:
+		return fmt.Sprintf("the router %s on the way has no route to %s: check the address (the lab's server is 10.0.2.2)", routes[0].Gw, addr)
+	}
+	return fmt.Sprintf("no host answers for %s on the directly attached network: check the address (the lab's server is 10.0.2.2)", addr)
 }

@@ -37,8 +37,16 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-i", "10.0.2.2", "-p", "0"}, "bad port"},
 		{[]string{"-i", "10.0.2.2", "--stack", "x"}, "bad --stack"},
 		{[]string{"-i", "10.0.2.2", "--timeout", "-1s"}, "bad --timeout"},
+		{[]string{"-i", "10.0.2.2", "--timeout", "10"}, `bad --timeout "10": want a duration such as 10s, 500ms`},
 		{[]string{"-i", "10.0.2.2", "--stack", "netstack", "--addr", "10.0.3.0/24"}, "network address"},
 		{[]string{"-i", "10.0.2.2", "--stack", "netstack", "--tun-addr", "10.0.3.2/24"}, "equals --addr"},
+		// One rule for every flag that means nothing to the kernel's TCP.
+		{[]string{"-i", "10.0.2.2", "--tun", "tun5"}, "--tun: only with --stack netstack (the kernel's TCP needs no TUN)"},
+		{[]string{"-i", "10.0.2.2", "--stack", "kernel", "--mtu", "9000"}, "--mtu: only with --stack netstack"},
+		{[]string{"-i", "10.0.2.2", "--addr", "10.0.3.2/24"}, "--addr: only with --stack netstack"},
+		{[]string{"-i", "10.0.2.2", "--offload=false"}, "--offload: only with --stack netstack"},
+		{[]string{"-i", "10.0.2.2", "--linger"}, "--linger: only with --stack netstack"},
+		{[]string{"-i", "10.0.2.2", "--trace", "--control", "none"}, "--control, --trace: only with --stack netstack (the kernel's TCP cannot be traced"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), tc.args, os.Stdin, &stdout, &stderr)

@@ -42,7 +42,7 @@ alternating order. Figures (MB/s are 10^6 bytes/s of payload):
 // which it always removes.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := bench.DefaultConfig()
-	fs := cli.NewFlagSet(prog+" bench", stderr, prog+" bench [--json] [--only NAME[,NAME]] [--duration D] [--rounds N] [--netstack-flags \"...\"]\n\n"+benchHelp)
+	fs := cli.NewFlagSet(prog+" bench", stderr, prog+" bench [--json] [--only NAME[,NAME]] [--name LAB] [--duration D] [--rounds N] [--netstack-flags \"...\"]\n\n"+benchHelp)
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
 	only := fs.String("only", "", "run only these figures, comma-separated")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "cap of each timed measurement (bulk, rr, connrate)")
@@ -54,10 +54,20 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.IdleConns, "idle-conns", cfg.IdleConns, "idle-memory's connection count")
 	server := fs.String("server", "", "server program (default: tcp-upper-server next to this program, or on PATH)")
 	logLevel := fs.String("log-level", "warn", "log level on stderr: debug, info, warn or error")
+	name := fs.String("name", "", "name of the bench's lab (default: tcpub and 6 random hex digits)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	var err error
+	if *name == "" {
+		b := make([]byte, 3)
+		rand.Read(b)
+		*name = "tcpub" + hex.EncodeToString(b)
+	}
+	l, err := lab.New(*name, nil)
+	if err != nil {
+		return cli.Usagef("bad --name: %v", err)
+	}
 	if cfg.Only, err = bench.ParseOnly(*only); err != nil {
 		return cli.Usagef("bad --only: %v", err)
 	}
@@ -90,7 +100,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
-	rep, err := benchInLab(ctx, cfg)
+	rep, err := benchInLab(ctx, l.Name, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
 			return errors.New("interrupted; the bench's lab is removed")
@@ -103,12 +113,10 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return rep.WriteTable(stdout)
 }
 
-// benchInLab runs the bench in a lab with a name of its own and removes
+// benchInLab runs the bench in a lab called name and removes
 // the lab (and the servers' state) whatever happens.
-func benchInLab(ctx context.Context, cfg bench.Config) (rep *bench.Report, err error) {
-	b := make([]byte, 3)
-	rand.Read(b)
-	l, err := lab.New("tcpub"+hex.EncodeToString(b), cfg.Log)
+func benchInLab(ctx context.Context, name string, cfg bench.Config) (rep *bench.Report, err error) {
+	l, err := lab.New(name, cfg.Log)
 	if err != nil {
 		return nil, err
 	}

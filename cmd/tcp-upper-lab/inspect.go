@@ -18,7 +18,8 @@ import (
 )
 
 // target is where the inspection commands find the server: --control PATH,
-// --name LAB (the lab's server), or the only running server.
+// --name LAB (the server in the lab's apple, whether up or exec started
+// it), or the only running server.
 type target struct {
 	path string
 	name string
@@ -33,7 +34,11 @@ func (t *target) resolve() (string, error) {
 		if err != nil {
 			return "", cli.Usagef("bad --name: %v", err)
 		}
-		return l.ControlPath(), nil
+		if !l.Exists() {
+			return "", fmt.Errorf("lab %q is not up: tcp-upper-lab up --name %s", l.Name, l.Name)
+		}
+		return control.ResolveIn(l.NetNSPath(lab.Apple), fmt.Sprintf("lab %q's apple", l.Name),
+			fmt.Sprintf("tcp-upper-lab exec --name %s apple tcp-upper-server", l.Name))
 	}
 	return control.Resolve(t.path)
 }

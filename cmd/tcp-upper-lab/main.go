@@ -41,7 +41,11 @@ func commands() map[string]command {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	// A write to a pipe whose reader went away fails with EPIPE instead of
+	// killing us (Go's default for stdout): run's Output then stops the
+	// command, which cleans up (the demo's lab) and exits 0.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -60,7 +64,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return cli.Exit(stderr, prog, cli.Usagef("unknown command %q: want one of %s", args[0], strings.Join(names(cmds), ", ")))
 	}
-	return cli.Exit(stderr, prog+" "+args[0], c.run(ctx, args[1:], stdout, stderr))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := cli.NewOutput(stdout, cancel)
+	err := c.run(ctx, args[1:], out, stderr)
+	if out.ReaderGone(err) {
+		// tcp-upper-lab stats | head -2: the reader has what it wanted.
+		return 0
+	}
+	return cli.Exit(stderr, prog+" "+args[0], err)
 }
 
 func names(cmds map[string]command) []string {
@@ -109,8 +121,13 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "lab %q is up: ant %s (netns %s), apple %s (netns %s)\n", l.Name, lab.AntAddr, l.NetNS(lab.Ant), lab.AppleAddr, l.NetNS(lab.Apple))
+	// The commands to type next, runnable as printed.
+	ex := prog + " exec"
+	if l.Name != lab.DefaultName {
+		ex += " --name " + l.Name
+	}
 	if *noServer {
-		fmt.Fprintf(stdout, "start the server:  %s exec apple tcp-upper-server   (--name %s)\n", prog, l.Name)
+		fmt.Fprintf(stdout, "start the server:  %s apple tcp-upper-server\n", ex)
 		return nil
 	}
 	pid, err := l.StartServer(bin, extra...)
@@ -119,7 +136,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "server running in apple (pid %d) on tun0, listening at %s:%d; its output: %s\n", pid, lab.ServerAddr.Addr(), lab.Port, l.ServerLog())
-	fmt.Fprintf(stdout, "try:  %s exec ant tcp-upper-client -i %s\n", prog, lab.ServerAddr.Addr())
+	fmt.Fprintf(stdout, "try:  %s ant tcp-upper-client -i %s\n", ex, lab.ServerAddr.Addr())
 	return nil
 }
 
@@ -133,7 +150,7 @@ func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return cli.Usagef("%v", err)
 	}
-	if err := lab.CheckPrivileges(); err != nil {
+	if err := lab.NeedPrivileges("taking the lab down"); err != nil {
 		return err
 	}
 	if !l.Exists() && l.ServerPID() == 0 {
@@ -173,7 +190,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := lab.CheckHost(args[0]); err != nil {
 		return cli.Usagef("%v", err)
 	}
-	if err := lab.CheckPrivileges(); err != nil {
+	if err := lab.NeedPrivileges("exec (entering the lab's namespaces)"); err != nil {
 		return err
 	}
 	return l.Exec(args[0], args[1:])

@@ -73,7 +73,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(xs) == 0 {
 		return cli.Usagef("name an experiment (run --list shows them): usage: %s", usage)
 	}
-	if err := lab.CheckPrivileges(); err != nil {
+	if err := lab.NeedPrivileges("running an experiment (it builds a lab of its own)"); err != nil {
 		return err
 	}
 	failed := 0

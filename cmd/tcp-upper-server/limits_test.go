@@ -20,3 +20,15 @@ func TestLimitFlags(t *testing.T) {
 		t.Fatalf("defaults: %+v %v", c, err)
 	}
 }
+
+// TestKernelStackFlags: the flags that serve both stacks are accepted with
+// --stack kernel (the others are refused, see TestBadFlags).
+func TestKernelStackFlags(t *testing.T) {
+	c, err := parseFlags([]string{"--stack", "kernel", "-p", "8000", "--idle-close", "1s", "--max-conns", "5", "--user-timeout", "2s", "--log-level", "info"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.stack != "kernel" || c.port != 8000 || c.idle != time.Second || c.maxConns != 5 || c.userTO != 2*time.Second {
+		t.Fatalf("got %+v", c)
+	}
+}

@@ -57,6 +57,19 @@ type config struct {
 	user     *account // --user: whom to become once the device and files are open
 }
 
+// netstackOnly are the server's own flags that mean nothing to the
+// kernel's TCP (the observation flags are observe's); the rest (port,
+// --idle-close, --max-conns, --user-timeout, --user, --log-level,
+// --cpuprofile) serve both stacks.
+var netstackOnly = cli.NetstackOnly{
+	"tun":      "the kernel's TCP needs no TUN",
+	"tun-addr": "the kernel's TCP needs no TUN",
+	"mtu":      "the kernel's TCP needs no TUN",
+	"offload":  "the kernel's TCP needs no TUN",
+	"addr":     "the kernel's TCP listens on 0.0.0.0 of its namespace",
+	"backlog":  "the kernel's backlog is net.core.somaxconn",
+}
+
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.2.2/24")
@@ -100,12 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	switch c.stack {
 	case "netstack":
 	case "kernel":
-		backlogSet := false
-		fs.Visit(func(f *flag.Flag) { backlogSet = backlogSet || f.Name == "backlog" })
-		if backlogSet {
-			return nil, cli.Usagef("--backlog is for --stack netstack: the kernel's backlog is net.core.somaxconn")
-		}
-		if err := c.obs.RequireNetstack(fs, c.stack); err != nil {
+		if err := cli.CheckStack(fs, c.stack, cli.Merge(netstackOnly, c.obs.NetstackOnly())); err != nil {
 			return nil, err
 		}
 	default:

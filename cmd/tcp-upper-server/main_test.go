@@ -72,7 +72,20 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--backlog", "0"}, "bad --backlog 0"},
 		{[]string{"--backlog", "70000"}, "bad --backlog 70000"},
 		{[]string{"--user-timeout", "-1s"}, "bad --user-timeout -1s"},
-		{[]string{"--stack", "kernel", "--backlog", "16"}, "--backlog is for --stack netstack"},
+		{[]string{"--time-wait", "5"}, `bad --time-wait "5": want a duration such as 10s, 500ms`},
+		{[]string{"--idle-close", "soon"}, `bad --idle-close "soon": want a duration such as 10s, 500ms`},
+		{[]string{"--max-conns", "many"}, `bad --max-conns "many": want a whole number`},
+		// One rule for every flag that means nothing to the kernel's TCP.
+		{[]string{"--stack", "kernel", "--backlog", "16"}, "--backlog: only with --stack netstack (the kernel's backlog is net.core.somaxconn)"},
+		{[]string{"--stack", "kernel", "--tun", "tun5"}, "--tun: only with --stack netstack (the kernel's TCP needs no TUN)"},
+		{[]string{"--stack", "kernel", "--tun-addr", "none"}, "--tun-addr: only with --stack netstack"},
+		{[]string{"--stack", "kernel", "--addr", "10.0.2.2/24"}, "--addr: only with --stack netstack"},
+		{[]string{"--stack", "kernel", "--mtu", "9000"}, "--mtu: only with --stack netstack"},
+		{[]string{"--stack", "kernel", "--offload=false"}, "--offload: only with --stack netstack"},
+		{[]string{"--stack", "kernel", "--control", "none"}, "--control: only with --stack netstack (the kernel's TCP cannot be traced"},
+		{[]string{"--stack", "kernel", "--trace", "--pcap", "x.pcap"}, "--pcap, --trace: only with --stack netstack"},
+		{[]string{"--stack", "kernel", "--fault", "in syn drop", "--seed", "1"}, "--fault, --seed: only with --stack netstack"},
+		{[]string{"--stack", "kernel", "--time-wait", "1s", "--tun", "t1"}, "--time-wait, --tun: only with --stack netstack (the kernel's TCP cannot be traced, faulted or inspected from here; use tcpdump and ss; the kernel's TCP needs no TUN)"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), tc.args, &stdout, &stderr)

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -126,20 +127,44 @@ func netnsName() string {
 // and lab-NAME/server.sock for servers the lab started) and returns the
 // live ones, sorted.
 func Find() []string {
+	live, _ := scan()
+	return live
+}
+
+// scan returns the live control sockets under Dir and those that refused
+// us for permission (the server runs as another user: its socket, or Dir
+// itself, is owner-only).
+func scan() (live, denied []string) {
+	if _, err := os.ReadDir(Dir); errors.Is(err, os.ErrPermission) {
+		return nil, []string{Dir}
+	}
 	var paths []string
 	for _, pat := range []string{filepath.Join(Dir, "*.sock"), filepath.Join(Dir, "lab-*", "*.sock")} {
 		m, _ := filepath.Glob(pat)
 		paths = append(paths, m...)
 	}
-	var live []string
 	for _, p := range paths {
-		if c, err := Dial(p); err == nil {
+		c, err := net.DialTimeout("unix", p, 2*time.Second)
+		switch {
+		case err == nil:
 			c.Close()
 			live = append(live, p)
+		case errors.Is(err, os.ErrPermission):
+			denied = append(denied, p)
 		}
 	}
 	sort.Strings(live)
-	return live
+	sort.Strings(denied)
+	return live, denied
+}
+
+// deniedError says that we may not look for servers, or talk to those we
+// found: a permission problem, not a missing server.
+func deniedError(denied []string) error {
+	if len(denied) == 1 && denied[0] == Dir {
+		return fmt.Errorf("permission denied looking for servers in %s (owner-only: servers there run as another user, root?): run this as that user, e.g. with sudo", Dir)
+	}
+	return fmt.Errorf("permission denied on %s (owner-only: the server runs as another user, root?): run this as that user, e.g. with sudo", strings.Join(denied, ", "))
 }
 
 // Resolve picks the control socket to talk to: path if given, else the
@@ -148,14 +173,76 @@ func Resolve(path string) (string, error) {
 	if path != "" {
 		return path, nil
 	}
-	live := Find()
+	live, denied := scan()
 	switch len(live) {
 	case 0:
+		if len(denied) > 0 {
+			return "", deniedError(denied)
+		}
 		return "", fmt.Errorf("no running server found under %s: start one (tcp-upper-lab up, or tcp-upper-server) or pass --control PATH", Dir)
 	case 1:
 		return live[0], nil
 	}
 	return "", fmt.Errorf("%d servers are running: pass --control with one of %s", len(live), strings.Join(live, ", "))
+}
+
+// ResolveIn picks the control socket of the one server running in the
+// network namespace bound at nsPath, however it was started and wherever
+// under Dir its socket is: the socket's peer credentials give the server's
+// pid, whose namespace is compared with nsPath. where names the namespace
+// in errors, and start says how to start a server there.
+func ResolveIn(nsPath, where, start string) (string, error) {
+	var want unix.Stat_t
+	if err := unix.Stat(nsPath, &want); err != nil {
+		return "", fmt.Errorf("%s: %w", where, err)
+	}
+	live, denied := scan()
+	var in []string
+	for _, p := range live {
+		pid, err := peerPID(p)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			in = append(in, p)
+		}
+	}
+	switch len(in) {
+	case 0:
+		if len(denied) > 0 {
+			return "", deniedError(denied)
+		}
+		return "", fmt.Errorf("no running server found in %s: start one (%s) or pass --control PATH", where, start)
+	case 1:
+		return in[0], nil
+	}
+	return "", fmt.Errorf("%d servers are running in %s: pass --control with one of %s", len(in), where, strings.Join(in, ", "))
+}
+
+// peerPID connects to the socket at path and returns the pid of the
+// process that listens on it (SO_PEERCRED).
+func peerPID(path string) (int, error) {
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	rc, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if cerr != nil {
+		return 0, cerr
+	}
+	return int(cred.Pid), nil
 }
 
 // dialError explains a failed connect to a control socket in one line.

@@ -9,8 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ErrUsage marks an error in the command line; programs exit 2 on it.
@@ -63,12 +65,49 @@ func Parse(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	if err != nil {
+		if msg := parseError(fs, err); msg != "" {
+			return Usagef("%s", msg)
+		}
 		return Usagef("%v (see %s -h)", err, fs.Name())
 	}
 	if fs.NArg() > 0 {
 		return Usagef("unexpected argument %q (see %s -h)", fs.Arg(0), fs.Name())
 	}
 	return nil
+}
+
+var parseErrorRE = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-([^:]+): parse error$`)
+
+// parseError rewrites the flag package's bare "parse error" for a value of
+// the wrong form into what the form is: "bad --time-wait "5": want a
+// duration such as 10s, 500ms or 1m30s". "" when err is not such an error.
+func parseError(fs *flag.FlagSet, err error) string {
+	m := parseErrorRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return ""
+	}
+	f := fs.Lookup(m[2])
+	if f == nil {
+		return ""
+	}
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return ""
+	}
+	var want string
+	switch g.Get().(type) {
+	case time.Duration:
+		want = "a duration such as 10s, 500ms or 1m30s (a number needs its unit)"
+	case int, int64, uint, uint64:
+		want = "a whole number"
+	case float64:
+		want = "a number"
+	case bool:
+		want = "true or false (--" + f.Name + "=false)"
+	default:
+		return ""
+	}
+	return fmt.Sprintf("bad --%s %s: want %s", f.Name, m[1], want)
 }
 
 // Port is a TCP port flag value (1-65535).

@@ -3,7 +3,9 @@ package cli
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestHostPrefix(t *testing.T) {
@@ -31,5 +33,32 @@ func TestExit(t *testing.T) {
 	b.Reset()
 	if Exit(&b, "p", errors.New("boom")) != 1 || b.String() != "p: boom\n" {
 		t.Fatalf("error: %q", b.String())
+	}
+}
+
+// TestParseSaysTheForm: a value of the wrong form gets what the form is,
+// not the flag package's bare "parse error".
+func TestParseSaysTheForm(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--time-wait", "5"}, `bad --time-wait "5": want a duration such as 10s, 500ms or 1m30s (a number needs its unit)`},
+		{[]string{"--time-wait=abc"}, `bad --time-wait "abc": want a duration such as 10s, 500ms`},
+		{[]string{"--max-conns", "ten"}, `bad --max-conns "ten": want a whole number`},
+		{[]string{"--offload=maybe"}, `bad --offload "maybe": want true or false (--offload=false)`},
+	} {
+		fs := NewFlagSet("p", &bytes.Buffer{}, "p")
+		fs.Duration("time-wait", time.Second, "")
+		fs.Int("max-conns", 0, "")
+		fs.Bool("offload", true, "")
+		err := Parse(fs, tc.args)
+		var b bytes.Buffer
+		if Exit(&b, "p", err) != 2 || b.String() != "p: "+tc.want+"\n" && !strings.HasPrefix(b.String(), "p: "+tc.want) {
+			t.Errorf("%v: %q, want %q", tc.args, b.String(), tc.want)
+		}
+		if strings.Contains(b.String(), "parse error") {
+			t.Errorf("%v: still says parse error: %q", tc.args, b.String())
+		}
 	}
 }

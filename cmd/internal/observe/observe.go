@@ -12,9 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -88,23 +86,14 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	})
 }
 
-// RequireNetstack fails, naming them, if any of these flags (or of the
-// program's own extra ones) was given while stack is not netstack: they
+// NetstackOnly lists the flags Register added, for cli.CheckStack: they
 // watch or change our stack, which the kernel's TCP is not.
-func (f *Flags) RequireNetstack(fs *flag.FlagSet, stack string, extra ...string) error {
-	if stack == "netstack" {
-		return nil
+func (f *Flags) NetstackOnly() cli.NetstackOnly {
+	m := cli.NetstackOnly{}
+	for n := range f.names {
+		m[n] = "the kernel's TCP cannot be traced, faulted or inspected from here; use tcpdump and ss"
 	}
-	var given []string
-	fs.Visit(func(fl *flag.Flag) {
-		if f.names[fl.Name] || slices.Contains(extra, fl.Name) {
-			given = append(given, "--"+fl.Name)
-		}
-	})
-	if len(given) == 0 {
-		return nil
-	}
-	return cli.Usagef("%s: only with --stack netstack (the kernel's TCP cannot be traced or faulted from here; use tcpdump and ss)", strings.Join(given, ", "))
+	return m
 }
 
 // Validate checks the flags after parsing; tun is the TUN device's name

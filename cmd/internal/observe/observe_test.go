@@ -5,9 +5,11 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 )
 
-func TestRequireNetstackNamesTheFlags(t *testing.T) {
+func TestNetstackOnlyNamesTheFlags(t *testing.T) {
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	stack := fs.String("stack", "kernel", "")
@@ -17,14 +19,18 @@ func TestRequireNetstackNamesTheFlags(t *testing.T) {
 	if err := fs.Parse([]string{"--stack", "kernel", "--trace", "--fault", "in syn drop", "--linger", "--stack", "kernel"}); err != nil {
 		t.Fatal(err)
 	}
-	err := f.RequireNetstack(fs, *stack, "linger")
-	if err == nil || !strings.Contains(err.Error(), "--fault, --linger, --trace: only with --stack netstack") {
+	only := cli.Merge(f.NetstackOnly(), cli.NetstackOnly{"linger": "the kernel keeps its own TIME-WAIT"})
+	err := cli.CheckStack(fs, *stack, only)
+	if err == nil || !strings.Contains(err.Error(), "--fault, --linger, --trace: only with --stack netstack (") {
 		t.Fatalf("error %v", err)
 	}
-	if f.names["stack"] || !f.names["pcap"] {
-		t.Fatalf("Register's flags: %v", f.names)
+	if _, ok := only["stack"]; ok {
+		t.Fatalf("--stack is not netstack-only: %v", only)
 	}
-	if err := f.RequireNetstack(fs, "netstack", "linger"); err != nil {
+	if _, ok := only["pcap"]; !ok {
+		t.Fatalf("--pcap is netstack-only: %v", only)
+	}
+	if err := cli.CheckStack(fs, "netstack", only); err != nil {
 		t.Fatal(err)
 	}
 }
