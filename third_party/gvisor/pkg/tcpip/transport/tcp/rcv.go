@@ -17,6 +17,7 @@ package tcp
 import (
 	"container/heap"
 	"math"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -64,6 +65,11 @@ func newReceiver(ep *Endpoint, irs seqnum.Value, rcvWnd seqnum.Size, rcvWndScale
 		lastRcvdAckTime: ep.stack.Clock().NowMonotonic(),
 	}
 }
+
+// pawsIdle is how long TS.Recent stays valid for PAWS (RFC 7323 5.5: 24
+// days, the shortest time in which a timestamp clock of 1 ms can wrap
+// halfway). tcp-upper patch.
+const pawsIdle = 24 * 24 * time.Hour
 
 // acceptable checks if the segment sequence number range is acceptable
 // according to the table on page 26 of RFC 793.
@@ -472,12 +478,49 @@ func (r *receiver) handleRcvdSegment(s *segment) (drop bool, err tcpip.Error) {
 	segLen := seqnum.Size(s.payloadSize())
 	segSeq := s.sequenceNumber
 
+	// tcp-upper patch: PAWS, RFC 7323 5.3 R1. With timestamps negotiated,
+	// a segment (without RST: those never get here) whose TSval is older
+	// than TS.Recent is an old duplicate, perhaps from an earlier wrap of
+	// the sequence space: answer it with an ACK and drop it, unless
+	// TS.Recent is itself older than 24 days (RFC 7323 5.5), when the
+	// peer's timestamp clock may have wrapped.
+	if r.ep.SendTSOk && s.parsedOptions.TS &&
+		seqnum.Value(s.parsedOptions.TSVal).LessThan(seqnum.Value(r.ep.recentTimestamp())) &&
+		s.rcvdTime.Sub(r.ep.recentTSTime) < pawsIdle {
+		r.ep.snd.maybeSendOutOfWindowAck(s)
+		return true, nil
+	}
+
 	// If the sequence number range is outside the acceptable range, just
 	// send an ACK and stop further processing of the segment.
 	// This is according to RFC 793, page 68.
 	if !r.acceptable(segSeq, segLen) {
 		r.ep.snd.maybeSendOutOfWindowAck(s)
 		return true, nil
+	}
+
+	// tcp-upper patch: RFC 9293 3.10.7.4 ("fifth, check the ACK field")
+	// and RFC 5961 5.2 in every synchronized state: the ACK is acceptable
+	// only if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT, and a segment
+	// whose ACK is not MUST be answered with an ACK and discarded, data
+	// included. Upstream checked SEG.ACK <= SND.NXT only in the closing
+	// states, saying Linux skips it in ESTABLISHED; Linux drops such a
+	// segment in every state (tcp_ack: SKB_DROP_REASON_TCP_ACK_UNSENT_DATA,
+	// and TCP_TOO_OLD_ACK after a challenge ACK).
+	if !r.ep.snd.acceptableAck(s.ackNumber) {
+		r.ep.snd.maybeSendOutOfWindowAck(s)
+		return true, nil
+	}
+
+	// tcp-upper patch: RFC 7323 5.3 R3 (and 4.3): record the TSval of an
+	// acceptable segment in TS.Recent before processing it (R4), so that
+	// the ACK the segment itself may elicit echoes it. Upstream did it
+	// after, in sender.handleRcvdSegment, once the receiver had consumed
+	// the segment: the immediate ACK of a FIN echoed the TSval of the
+	// peer's previous segment, seconds old after a pause, and the peer
+	// took an RTT sample that long from it.
+	if r.ep.SendTSOk && s.parsedOptions.TS {
+		r.ep.updateRecentTimestamp(s.parsedOptions.TSVal, r.ep.snd.MaxSentAck, segSeq)
 	}
 
 	if state != StateEstablished {
@@ -596,8 +639,24 @@ func (r *receiver) handleTimeWaitSegment(s *segment) (resetTimeWait bool, newSyn
 
 	//    (2) returns to TIME-WAIT state if the SYN turns out
 	//      to be an old duplicate".
-	if s.flags.Contains(header.TCPFlagSyn) && r.RcvNxt.LessThan(segSeq) {
-		return false, true
+	//
+	// tcp-upper patch: RFC 6191. With timestamps on the old connection
+	// and in the SYN, the timestamp decides: newer than TS.Recent (or as
+	// new, with a higher sequence number) opens a new connection, older
+	// is an old duplicate and is dropped. Otherwise the sequence number
+	// decides, as before. Upstream looked at the sequence number only:
+	// it dropped a new SYN at or below RCV.NXT, whatever its timestamp,
+	// so the client waited for TIME-WAIT to end, and honoured an old
+	// duplicate SYN that happened to be above.
+	if s.flags.Contains(header.TCPFlagSyn) {
+		if r.ep.SendTSOk && s.parsedOptions.TS {
+			tsVal, recent := seqnum.Value(s.parsedOptions.TSVal), seqnum.Value(r.ep.recentTimestamp())
+			if recent.LessThan(tsVal) || (tsVal == recent && r.RcvNxt.LessThan(segSeq)) {
+				return false, true
+			}
+		} else if r.RcvNxt.LessThan(segSeq) {
+			return false, true
+		}
 	}
 
 	// Drop the segment if it does not contain an ACK.

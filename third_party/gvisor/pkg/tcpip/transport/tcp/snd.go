@@ -190,6 +190,11 @@ type sender struct {
 	// corkTimer is used to drain the segments which are held when TCP_CORK
 	// option is enabled.
 	corkTimer timer `state:"nosave"`
+
+	// maxSndWnd is MAX.SND.WND (RFC 5961 5.2): the largest window the
+	// peer has ever advertised (tcp-upper patch; save/restore, generated
+	// in tcp_state_autogen.go, does not keep it: we do not use it).
+	maxSndWnd seqnum.Size
 }
 
 // protectedWriteList wraps the write list, checking for invalid state when
@@ -280,7 +285,8 @@ func initSender(ep *Endpoint, iss, irs seqnum.Value, sndWnd seqnum.Size, mss uin
 			},
 			RTO: 1 * time.Second,
 		},
-		gso: ep.gso.Type != stack.GSONone,
+		gso:       ep.gso.Type != stack.GSONone,
+		maxSndWnd: sndWnd,
 		writeList: protectedWriteList{
 			set: make(map[*segment]struct{}),
 		},
@@ -1578,10 +1584,8 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		s.RTTMeasureSeqNum = s.SndNxt
 	}
 
-	// Update Timestamp if required. See RFC7323, section-4.3.
-	if s.ep.SendTSOk && rcvdSeg.parsedOptions.TS {
-		s.ep.updateRecentTimestamp(rcvdSeg.parsedOptions.TSVal, s.MaxSentAck, rcvdSeg.sequenceNumber)
-	}
+	// tcp-upper patch: TS.Recent is updated by receiver.handleRcvdSegment,
+	// before the segment is processed (RFC 7323 5.3 R3), no longer here.
 
 	// Insert SACKBlock information into our scoreboard.
 	hasDSACK := false
@@ -1645,6 +1649,9 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 
 	// Stash away the current window size.
 	s.SndWnd = rcvdSeg.window
+	if s.maxSndWnd < s.SndWnd {
+		s.maxSndWnd = s.SndWnd
+	}
 
 	// Disable zero window probing if remote advertises a non-zero receive
 	// window. This can be with an ACK to the zero window probe (where the
@@ -1675,11 +1682,22 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		//    averaged RTT measurement only if the segment acknowledges
 		//    some new data, i.e., only if it advances the left edge of
 		//    the send window.
+		//
+		// tcp-upper patch: as Linux does (tcp_clean_rtx_queue), take the
+		// sample from the transmit time of the oldest segment the ACK
+		// covers, in nanoseconds, and fall back on TSecr, in whole
+		// milliseconds, only when the ACK covers a retransmission (Karn).
+		// Upstream took every sample from TSecr: 0 or 1 ms on a path
+		// faster than that, and as old as the echo of a peer that holds
+		// TS.Recent too long.
 		if s.ep.SendTSOk && rcvdSeg.parsedOptions.TSEcr != 0 {
 			// Compute elapsed time from the ACK's ingress time, not the current
 			// clock, so an ACK delayed inside the stack before processing does
 			// not inflate the timestamp-based RTT sample (and thus SRTT/RTO).
-			tsRTT := s.ep.elapsed(rcvdSeg.rcvdTime, rcvdSeg.parsedOptions.TSEcr)
+			tsRTT, ok := s.ackedSegmentRTT(ack, rcvdSeg.rcvdTime)
+			if !ok {
+				tsRTT = s.ep.elapsed(rcvdSeg.rcvdTime, rcvdSeg.parsedOptions.TSEcr)
+			}
 			s.updateRTO(tsRTT)
 			// Following Linux, prefer RTT computed from ACKs to TSEcr because,
 			// "broken middle-boxes or peers may corrupt TS-ECR fields"
@@ -1907,6 +1925,35 @@ func (s *sender) sendEmptySegment(flags header.TCPFlags, seq seqnum.Value) tcpip
 	s.MaxSentAck = rcvNxt
 
 	return s.ep.sendEmptyRaw(flags, seq, rcvNxt, rcvWnd)
+}
+
+// ackedSegmentRTT returns the time from the transmission of the oldest
+// segment an ACK up to ack newly acknowledges (and the peer has not SACKed)
+// to now, or false if there is none or the ACK covers a retransmitted
+// segment (Karn's algorithm): Linux's seq_rtt_us (tcp-upper patch).
+// +checklocks:s.ep.mu
+func (s *sender) ackedSegmentRTT(ack seqnum.Value, now tcpip.MonotonicTime) (time.Duration, bool) {
+	var first tcpip.MonotonicTime
+	found := false
+	for seg := s.writeList.Front(); seg != nil && seg.sequenceNumber.LessThan(ack); seg = seg.Next() {
+		if seg.xmitCount != 1 {
+			return 0, false
+		}
+		if !found && !seg.acked {
+			first, found = seg.xmitTime, true
+		}
+	}
+	if !found {
+		return 0, false
+	}
+	return now.Sub(first), true
+}
+
+// acceptableAck reports whether ack is an acceptable acknowledgment number
+// (RFC 5961 5.2): SND.UNA - MAX.SND.WND <= ack <= SND.NXT (tcp-upper patch).
+// +checklocks:s.ep.mu
+func (s *sender) acceptableAck(ack seqnum.Value) bool {
+	return ack.InRange(s.SndUna-seqnum.Value(s.maxSndWnd), s.SndNxt+1)
 }
 
 // maybeSendOutOfWindowAck sends an ACK if we are not being rate limited

@@ -1,0 +1,75 @@
+package netstack_test
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
+	"github.com/tcp-upper/tcp-upper/netstack"
+)
+
+// TestRTTFromTransmitTime guards our patch
+// third_party/patches/gvisor/0007-*.patch: with timestamps, the RTT sample
+// of an ACK is the time since the oldest segment it acknowledges was sent,
+// on the monotonic clock (nanoseconds), as Linux takes it; the echoed
+// timestamp (milliseconds) only when the ACK covers a retransmission
+// (Karn). A hand-driven client with timestamps acknowledges each segment
+// of the server at once, but echoes a TSval a second old, as a peer that
+// holds TS.Recent too long does (upstream gVisor's own ACK of a FIN did,
+// patch 0005). The server's srtt must stay near what the in-memory path
+// takes (tens of microseconds; gVisor floors srtt at 1 ms), not a second.
+//
+// Upstream gVisor takes every RTT sample of a connection with timestamps
+// from TSecr, in whole milliseconds (each sample on a sub-millisecond
+// path reads 0 or 1 ms), and a stale echo inflates srtt and RTO.
+// scripts/unpatched.sh go test ./netstack -run TestRTTFromTransmitTime
+// shows it failing without the patch.
+func TestRTTFromTransmitTime(t *testing.T) {
+	const port = 45000
+	var srtt atomic.Int64
+	var sndUna atomic.Uint32
+	probed := make(chan struct{}, 1)
+	srv := newRawServer(t, netstack.Options{TCPProbe: func(s *tcp.TCPEndpointState) {
+		if s.ID.RemotePort != port {
+			return
+		}
+		srtt.Store(int64(s.Sender.RTTState.SRTT))
+		sndUna.Store(uint32(s.Sender.SndUna))
+		select {
+		case probed <- struct{}{}:
+		default:
+		}
+	}})
+	c := srv.dial(t, port, 1000, 1000)
+	conn := srv.accept(t)
+	for i := 0; i < 8; i++ {
+		if _, err := conn.Write([]byte("data from the server")); err != nil {
+			t.Fatal(err)
+		}
+		d, ok := c.await(2*time.Second, func(s rawtcp.Segment) bool { return len(s.Payload) > 0 })
+		if !ok {
+			t.Fatal("no data from the server within 2s")
+		}
+		c.rcvNxt = seqnum.Value(d.Seq).Add(seqnum.Size(len(d.Payload)))
+		ack := c.segment(header.TCPFlagAck, nil)
+		ack.Options = tsOption(c.tsVal, c.tsRecent-1000) // a TSval of the server's from a second ago
+		c.send(ack)
+		for deadline := time.After(2 * time.Second); seqnum.Value(sndUna.Load()) != c.rcvNxt; {
+			select {
+			case <-probed:
+			case <-deadline:
+				t.Fatalf("the server did not process the ACK of its segment %d within 2s", i)
+			}
+		}
+	}
+	got := time.Duration(srtt.Load())
+	t.Logf("srtt %v", got)
+	if got <= 0 || got > 100*time.Millisecond {
+		t.Errorf("srtt %v after 8 ACKs that came at once but echoed a TSval a second old: want the path's RTT, well under 100ms", got)
+	}
+}
