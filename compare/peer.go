@@ -233,12 +233,17 @@ func (c *conn) ack() error { return c.write(c.seg(header.TCPFlagAck, nil)) }
 func (c *conn) recv(d time.Duration) (timed, bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case s := <-c.in:
-		c.logf("< %s", c.rel(s.Segment, false))
-		if s.Src != c.remote {
-			return c.recv(d)
+	for {
+		var s timed
+		select {
+		case s = <-c.in:
+		case <-t.C:
+			return timed{}, false
 		}
+		if s.Src != c.remote {
+			continue // an earlier peer of this port (closed-port changes it)
+		}
+		c.logf("< %s", c.rel(s.Segment, false))
 		if s.Flags&header.TCPFlagRst != 0 {
 			c.reset = true
 		}
@@ -254,8 +259,6 @@ func (c *conn) recv(d time.Duration) (timed, bool) {
 			}
 		}
 		return s, true
-	case <-t.C:
-		return timed{}, false
 	}
 }
 
@@ -370,10 +373,8 @@ func (c *conn) readEcho(n int, wantFin bool, d time.Duration) (data []byte, larg
 // server still has the connection: true if it echoes, false on a RST or
 // silence.
 func (c *conn) alive() bool {
-	if c.reset {
-		// We sent a RST ourselves (a probe); the server's answer decides.
-		c.reset = false
-	}
+	// A RST the probe sent does not settle it: the server's answer does.
+	c.reset = false
 	if err := c.send(header.TCPFlagAck|header.TCPFlagPsh, []byte("q")); err != nil {
 		return false
 	}
