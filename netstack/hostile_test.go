@@ -19,11 +19,11 @@ import (
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
-// rawServer is our stack listening on 10.0.2.2:9999 over an in-memory
+// hostileServer is our stack listening on 10.0.2.2:9999 over an in-memory
 // device whose far end the test drives by hand, with the uppercase service
 // started only when the test says so (so connections can be made, and
 // broken, while none has been accepted yet).
-type rawServer struct {
+type hostileServer struct {
 	st   *netstack.Stack
 	far  *tun.PipeDevice
 	segs chan rawtcp.Segment
@@ -34,7 +34,7 @@ type rawServer struct {
 	marker uint32
 }
 
-func newRawServer(t *testing.T, l link) *rawServer {
+func newHostileServer(t *testing.T, l link) *hostileServer {
 	t.Helper()
 	near, far := l.pipe("srv0", "far0", 1500)
 	st, err := netstack.New(near, netstack.Options{Addr: netip.PrefixFrom(serverIP, 24), TimeWait: time.Second}, nil)
@@ -46,7 +46,7 @@ func newRawServer(t *testing.T, l link) *rawServer {
 		st.Close()
 		t.Fatal(err)
 	}
-	rs := &rawServer{st: st, ln: ln, far: far, segs: make(chan rawtcp.Segment, 1024), out: &syncBuffer{}}
+	rs := &hostileServer{st: st, ln: ln, far: far, segs: make(chan rawtcp.Segment, 1024), out: &syncBuffer{}}
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
@@ -79,13 +79,13 @@ func newRawServer(t *testing.T, l link) *rawServer {
 }
 
 // serve starts the uppercase service on the listener.
-func (rs *rawServer) serve(opts app.ServerOptions) {
+func (rs *hostileServer) serve(opts app.ServerOptions) {
 	opts.Out = rs.out
 	rs.srv = app.NewServer(rs.ln, opts, nil)
 	go rs.srv.Serve()
 }
 
-func (rs *rawServer) send(t *testing.T, s rawtcp.Segment) {
+func (rs *hostileServer) send(t *testing.T, s rawtcp.Segment) {
 	t.Helper()
 	if _, err := rs.far.Write(s.Marshal()); err != nil {
 		t.Fatalf("send: %v", err)
@@ -93,7 +93,7 @@ func (rs *rawServer) send(t *testing.T, s rawtcp.Segment) {
 }
 
 // recv waits up to 5 s for a segment to dst that satisfies ok.
-func (rs *rawServer) recv(t *testing.T, dst netip.AddrPort, what string, ok func(rawtcp.Segment) bool) rawtcp.Segment {
+func (rs *hostileServer) recv(t *testing.T, dst netip.AddrPort, what string, ok func(rawtcp.Segment) bool) rawtcp.Segment {
 	t.Helper()
 	timeout := time.After(5 * time.Second)
 	for {
@@ -115,7 +115,7 @@ type rawConn struct {
 }
 
 // handshake opens a connection from port: SYN, the server's SYN-ACK, ACK.
-func (rs *rawServer) handshake(t *testing.T, port uint16) *rawConn {
+func (rs *hostileServer) handshake(t *testing.T, port uint16) *rawConn {
 	t.Helper()
 	c := &rawConn{me: netip.AddrPortFrom(peerIP, port), srv: netip.AddrPortFrom(serverIP, 9999), sndNxt: uint32(port) * 1000}
 	rs.send(t, rawtcp.Segment{Src: c.me, Dst: c.srv, Seq: c.sndNxt, Flags: header.TCPFlagSyn, Window: 65535,
@@ -130,7 +130,7 @@ func (rs *rawServer) handshake(t *testing.T, port uint16) *rawConn {
 }
 
 // echoes sends line on c and waits for the server's uppercase echo.
-func (rs *rawServer) echoes(t *testing.T, c *rawConn, line string) {
+func (rs *hostileServer) echoes(t *testing.T, c *rawConn, line string) {
 	t.Helper()
 	rs.send(t, rawtcp.Segment{Src: c.me, Dst: c.srv, Seq: c.sndNxt, Ack: c.rcvNxt, Flags: header.TCPFlagAck | header.TCPFlagPsh,
 		Window: 65535, Payload: []byte(line)})
@@ -144,20 +144,20 @@ func (rs *rawServer) echoes(t *testing.T, c *rawConn, line string) {
 }
 
 // reset sends an exact RST on c.
-func (rs *rawServer) reset(t *testing.T, c *rawConn) {
+func (rs *hostileServer) reset(t *testing.T, c *rawConn) {
 	t.Helper()
 	rs.send(t, rawtcp.Segment{Src: c.me, Dst: c.srv, Seq: c.sndNxt, Flags: header.TCPFlagRst})
 }
 
 // waitResets waits until the stack has taken n RSTs.
-func (rs *rawServer) waitResets(t *testing.T, n uint64) {
+func (rs *hostileServer) waitResets(t *testing.T, n uint64) {
 	t.Helper()
 	waitFor(t, func() bool { return rs.st.Gvisor().Stats().TCP.ResetsReceived.Value() >= n })
 }
 
 // established reports whether the stack holds an ESTABLISHED connection
 // from the peer's port.
-func (rs *rawServer) established(port uint16) bool {
+func (rs *hostileServer) established(port uint16) bool {
 	for _, ep := range rs.st.Gvisor().RegisteredEndpoints() {
 		if e, ok := ep.(*tcp.Endpoint); ok && e.TransportEndpointInfo.ID.RemotePort == port && e.EndpointState() == tcp.StateEstablished {
 			return true
@@ -176,7 +176,7 @@ func TestResetBeforeAccept(t *testing.T) { forLinks(t, testResetBeforeAccept) }
 
 func testResetBeforeAccept(t *testing.T, l link) {
 	leakcheck.Check(t)
-	rs := newRawServer(t, l)
+	rs := newHostileServer(t, l)
 	c := rs.handshake(t, 40001)
 	rs.reset(t, c)
 	rs.waitResets(t, 1)
@@ -215,7 +215,7 @@ func TestResetBeforeAcceptRefused(t *testing.T) { forLinks(t, testResetBeforeAcc
 
 func testResetBeforeAcceptRefused(t *testing.T, l link) {
 	leakcheck.Check(t)
-	rs := newRawServer(t, l)
+	rs := newHostileServer(t, l)
 	held := rs.handshake(t, 40001) // accepted first: the one place is taken
 	// Accept takes connections in the order their handshakes completed.
 	waitFor(t, func() bool { return rs.established(40001) })

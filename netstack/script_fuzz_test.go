@@ -85,7 +85,7 @@ func runScript(t *testing.T, in []byte) {
 		l = offloadLink
 	}
 	serveAfter := int(in[0] >> 1)
-	rs := newRawServer(t, l)
+	rs := newHostileServer(t, l)
 	peers := make([]*scriptPeer, scriptPeers)
 	for i := range peers {
 		peers[i] = &scriptPeer{port: uint16(scriptPort + i), iss: uint32(i+1) * 100000, tsVal: 1000}
@@ -183,7 +183,7 @@ func runScript(t *testing.T, in []byte) {
 
 // segment builds the peer's next segment from a script step and updates
 // its view.
-func (p *scriptPeer) segment(rs *rawServer, step []byte) rawtcp.Segment {
+func (p *scriptPeer) segment(rs *hostileServer, step []byte) rawtcp.Segment {
 	if step[0]>>6 == 3 && p.last != nil {
 		return *p.last
 	}
@@ -276,7 +276,7 @@ func (p *scriptPeer) segment(rs *rawServer, step []byte) rawtcp.Segment {
 // (a SYN to a closed port from another address follows it through the
 // same read goroutine, and its RST comes back only after), and returns
 // what the stack sent meanwhile.
-func (rs *rawServer) barrier(t *testing.T) []rawtcp.Segment {
+func (rs *hostileServer) barrier(t *testing.T) []rawtcp.Segment {
 	t.Helper()
 	rs.marker++
 	seq := rs.marker * 7919
@@ -299,7 +299,7 @@ func (rs *rawServer) barrier(t *testing.T) []rawtcp.Segment {
 
 // next waits up to timeout for a segment to dst, and returns it; what the
 // stack sends others meanwhile is lost.
-func (rs *rawServer) next(dst netip.AddrPort, timeout time.Duration) (rawtcp.Segment, bool) {
+func (rs *hostileServer) next(dst netip.AddrPort, timeout time.Duration) (rawtcp.Segment, bool) {
 	expire := time.After(timeout)
 	for {
 		select {
@@ -315,7 +315,7 @@ func (rs *rawServer) next(dst netip.AddrPort, timeout time.Duration) (rawtcp.Seg
 
 // busyEndpoints lists the stack's TCP endpoints in a state other than
 // LISTEN, TIME-WAIT and CLOSED.
-func (rs *rawServer) busyEndpoints() []string {
+func (rs *hostileServer) busyEndpoints() []string {
 	var busy []string
 	for _, ep := range rs.st.Gvisor().RegisteredEndpoints() {
 		e, ok := ep.(*tcp.Endpoint)
