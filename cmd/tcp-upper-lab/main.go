@@ -76,7 +76,7 @@ func names(cmds map[string]command) []string {
 func usage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintf(w, "usage: %s COMMAND [flags]\n\ncommands:\n", prog)
 	for _, n := range names(cmds) {
-		fmt.Fprintf(w, "  %-6s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintf(w, "\nRun %s COMMAND -h for a command's flags.\n", prog)
 }
