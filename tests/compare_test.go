@@ -25,18 +25,22 @@ func compareLabs() map[string]bool {
 }
 
 // TestCompare runs tcp-upper-lab compare as root on the probes our gVisor
-// patches fix (an ACK above SND.NXT, PAWS: 0003, 0004) and on a few basic
-// ones, and asserts that our stack does what the kernel does in each, as
+// patches fix (an ACK above SND.NXT or too old, PAWS, a SYN in TIME-WAIT:
+// 0003, 0004, 0006) and on a few basic ones, and asserts that our stack does what the kernel does in each, as
 // the RFC requires; then that the compare lab is gone.
 func TestCompare(t *testing.T) {
 	requireRoot(t)
 	before := compareLabs()
 	want := map[string]string{
 		"ack-above-snd-nxt": "ACK, data dropped", // RFC 5961 5.2, patch 0003
+		"old-ack":           "ACK, data dropped", // RFC 5961 5.2, patch 0003
 		"paws":              "ACK, data dropped", // RFC 7323 5.3, patch 0004
-		"closed-port":       "RST",
-		"rst-exact":         "reset",
-		"syn-options":       "MSS 1460",
+		// RFC 6191, patch 0006: the newer timestamp, not the lower
+		// sequence number, decides.
+		"time-wait-reconnect": "SYN-ACK: new connection",
+		"closed-port":         "RST",
+		"rst-exact":           "reset",
+		"syn-options":         "MSS 1460",
 	}
 	var names []string
 	for n := range want {
