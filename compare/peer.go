@@ -152,6 +152,9 @@ func (c *conn) rel(s rawtcp.Segment, out bool) string {
 	if out {
 		seq, ack = s.Seq-c.iss, s.Ack-c.irs
 	}
+	if s.Flags&header.TCPFlagAck == 0 {
+		ack = 0 // a SYN or RST without ACK: the field means nothing
+	}
 	str := fmt.Sprintf("[%s] seq %d ack %d win %d len %d", flagString(s.Flags), seq, ack, s.Window, len(s.Payload))
 	if o := header.ParseTCPOptions(s.Options); o.TS {
 		str += fmt.Sprintf(" TS val %d ecr %d", o.TSVal, o.TSEcr)

@@ -26,8 +26,9 @@ func compareLabs() map[string]bool {
 
 // TestCompare runs tcp-upper-lab compare as root on the probes our gVisor
 // patches fix (an ACK above SND.NXT or too old, PAWS, a SYN in TIME-WAIT:
-// 0003, 0004, 0006) and on a few basic ones, and asserts that our stack does what the kernel does in each, as
-// the RFC requires; then that the compare lab is gone.
+// 0003, 0004, 0006) and on a few basic ones, and asserts that our stack
+// does what the kernel does in each, as the RFC requires; then that the
+// compare lab is gone.
 func TestCompare(t *testing.T) {
 	requireRoot(t)
 	before := compareLabs()
