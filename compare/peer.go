@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
@@ -176,7 +177,7 @@ func flagString(f header.TCPFlags) string {
 	for _, x := range []struct {
 		f header.TCPFlags
 		c string
-	}{{header.TCPFlagSyn, "S"}, {header.TCPFlagFin, "F"}, {header.TCPFlagRst, "R"}, {header.TCPFlagPsh, "P"}, {header.TCPFlagAck, "."}} {
+	}{{header.TCPFlagSyn, "S"}, {header.TCPFlagFin, "F"}, {header.TCPFlagRst, "R"}, {header.TCPFlagPsh, "P"}, {header.TCPFlagUrg, "U"}, {header.TCPFlagAck, "."}} {
 		if f&x.f != 0 {
 			s += x.c
 		}
@@ -398,4 +399,16 @@ func (c *conn) alive() bool {
 			}
 		}
 	}
+}
+
+// setUrgent puts an urgent pointer into a marshalled IPv4/TCP packet and
+// recomputes its TCP checksum (rawtcp.Segment has no urgent pointer).
+func setUrgent(pkt []byte, ptr uint16) {
+	ip := header.IPv4(pkt)
+	t := header.TCP(pkt[header.IPv4MinimumSize:])
+	t.SetUrgentPointer(ptr)
+	t.SetChecksum(0)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(t)))
+	xsum = checksum.Checksum(t.Payload(), xsum)
+	t.SetChecksum(^t.CalculateChecksum(xsum))
 }

@@ -44,6 +44,10 @@ func Probes() []Probe {
 			RFC: "RFC 7323 5.3 R1 (ACK, drop)", Expect: "ACK, data dropped", run: probePAWS},
 		{Name: "sack-out-of-order", Doc: "bytes 100-200 before bytes 0-100: the duplicate ACK's SACK block, then the echo",
 			RFC: "RFC 2018 4, RFC 9293 3.10.7.4", Expect: "dup ACK, SACK 100-200; hole filled: echoed 200", run: probeSACK},
+		{Name: "duplicate-data", Doc: "the first 10 bytes again after they were ACKed and echoed: the ACK's SACK blocks",
+			RFC: "RFC 2883 4 (D-SACK: MAY)", Allowed: 1, run: probeDuplicate},
+		{Name: "urgent-data", Doc: "6 bytes with URG and the urgent pointer at their end: what is echoed",
+			RFC: "RFC 6093 5, RFC 9293 3.8.5", Allowed: 3, run: probeUrgent},
 		{Name: "zero-window-probe", Doc: "data sent with window 0: what the server's probes look like, then the window opens",
 			RFC: "RFC 9293 3.8.6.1, RFC 1122 4.2.2.17", Allowed: 2, run: probeZeroWindowForm},
 		{Name: "zero-window-backoff", Doc: "the same conversation: how the intervals between probes grow",
@@ -633,5 +637,68 @@ func bucket(d time.Duration) string {
 		return "~1s"
 	default:
 		return ">1.5s"
+	}
+}
+
+func probeDuplicate(e *env, c *conn) (string, error) {
+	if err := c.dial(fullOpts); err != nil {
+		return "", err
+	}
+	base := c.sndNxt
+	if err := c.send(header.TCPFlagAck|header.TCPFlagPsh, []byte("duplicated")); err != nil {
+		return "", err
+	}
+	if data, _, _ := c.readEcho(10, false, time.Second); string(data) != "DUPLICATED" {
+		return fmt.Sprintf("first copy not echoed (%q)", data), nil
+	}
+	dup := c.seg(header.TCPFlagAck|header.TCPFlagPsh, []byte("duplicated"))
+	dup.Seq = base
+	if err := c.write(dup); err != nil {
+		return "", err
+	}
+	for _, s := range c.collect(quiet) {
+		switch {
+		case s.Flags&header.TCPFlagRst != 0:
+			return "RST", nil
+		case len(s.Payload) > 0:
+			return "echoed again", nil
+		case s.Flags&header.TCPFlagAck == 0:
+			continue
+		}
+		o := header.ParseTCPOptions(s.Options)
+		if len(o.SACKBlocks) == 0 {
+			return "ACK, no SACK block", nil
+		}
+		b := o.SACKBlocks[0]
+		w := fmt.Sprintf("ACK, SACK %d-%d", int32(uint32(b.Start)-base), int32(uint32(b.End)-base))
+		if int32(uint32(b.End)-s.Ack) <= 0 {
+			w = fmt.Sprintf("ACK, D-SACK %d-%d", int32(uint32(b.Start)-base), int32(uint32(b.End)-base))
+		}
+		return w, nil
+	}
+	return "no answer", nil
+}
+
+func probeUrgent(e *env, c *conn) (string, error) {
+	if err := c.dial(fullOpts); err != nil {
+		return "", err
+	}
+	s := c.seg(header.TCPFlagAck|header.TCPFlagPsh|header.TCPFlagUrg, []byte("urgent"))
+	pkt := s.Marshal()
+	// The urgent pointer at the end of the data: its last byte is urgent
+	// (RFC 6093 2, as Linux and BSD read it).
+	setUrgent(pkt, uint16(len(s.Payload)))
+	if err := c.writeRaw(s, pkt); err != nil {
+		return "", err
+	}
+	c.sndNxt += uint32(len(s.Payload))
+	data, _, _ := c.readEcho(6, false, time.Second)
+	switch string(data) {
+	case "URGENT":
+		return "all 6 bytes echoed (urgent byte inline)", nil
+	case "URGEN":
+		return "5 bytes echoed (urgent byte taken out of the stream)", nil
+	default:
+		return fmt.Sprintf("echoed %q", data), nil
 	}
 }
