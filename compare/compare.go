@@ -66,7 +66,8 @@ type Result struct {
 	RFC      string `json:"rfc"`
 	Expect   string `json:"expect,omitempty"`
 	// Verdict, for a difference: "bug", "allowed (docs/DIFFERENCES.md #N)"
-	// or "kernel differs from the RFC".
+	// or "kernel differs from the RFC"; "probe failed" when a script could
+	// not run (its outcome starts with "error: ").
 	Verdict string `json:"verdict,omitempty"`
 }
 
@@ -231,7 +232,7 @@ func runGroup(ctx context.Context, l *lab.Lab, e *env, cfg Config, flags []strin
 			got, err := p.run(e, c)
 			c.close()
 			if err != nil {
-				got = "error: " + err.Error()
+				got = errPrefix + err.Error()
 			}
 			if stack == Kernel {
 				r.Kernel = got
@@ -251,10 +252,15 @@ func runGroup(ctx context.Context, l *lab.Lab, e *env, cfg Config, flags []strin
 	return out, nil
 }
 
+// errPrefix starts the outcome of a probe that could not run its script.
+const errPrefix = "error: "
+
 // verdict judges a difference: allowed if DIFFERENCES.md lists it; ours
 // right if ours is what the RFC requires; a bug otherwise.
 func verdict(p Probe, r Result) string {
 	switch {
+	case strings.HasPrefix(r.Kernel, errPrefix) || strings.HasPrefix(r.Netstack, errPrefix):
+		return "probe failed"
 	case r.Same:
 		return ""
 	case p.Allowed != 0:

@@ -51,6 +51,8 @@ func TestVerdict(t *testing.T) {
 		{Probe{Expect: "b"}, Result{Kernel: "a", Netstack: "b"}, "kernel differs from the RFC"},
 		{Probe{Expect: "a"}, Result{Kernel: "a", Netstack: "b"}, "bug"},
 		{Probe{}, Result{Kernel: "a", Netstack: "b"}, "bug"},
+		{Probe{Allowed: 2}, Result{Kernel: "a", Netstack: "error: no SYN-ACK within 2s"}, "probe failed"},
+		{Probe{}, Result{Kernel: "error: x", Netstack: "error: x", Same: true}, "probe failed"},
 	} {
 		if got := verdict(c.p, c.r); got != c.want {
 			t.Errorf("verdict(%+v, %+v) = %q, want %q", c.p, c.r, got, c.want)
