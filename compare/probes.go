@@ -60,6 +60,10 @@ func Probes() []Probe {
 			RFC: "RFC 9293 3.10.7.1", Expect: "RST", run: probeClosedPort},
 		{Name: "time-wait-reconnect", Doc: "the server closes first (--idle-close 300ms); in its TIME-WAIT, a new SYN on the same ports with a newer timestamp and a lower sequence number",
 			RFC: "RFC 6191, RFC 1122 4.2.2.13", ServerFlags: []string{"--idle-close", "300ms"}, run: probeTimeWait},
+		{Name: "rst-in-time-wait", Doc: "the server in TIME-WAIT (as above) gets a RST at RCV.NXT, then a SYN with an older timestamp: is the TIME-WAIT still there?",
+			RFC: "RFC 1337 3, RFC 9293 3.10.7.4", Allowed: 4, ServerFlags: []string{"--idle-close", "300ms"}, run: probeRSTInTimeWait},
+		{Name: "syn-ack-retransmit", Doc: "a SYN whose SYN-ACK the peer never ACKs: when the SYN-ACK comes again",
+			RFC: "RFC 6298 2.1 (initial RTO 1 s), 5.5", run: probeSynAckRetransmit},
 		{Name: "rto-backoff", Doc: "data whose echo the peer never ACKs: how the intervals between retransmissions grow",
 			RFC: "RFC 6298 5.5 (double the RTO), RFC 8985 (TLP)", run: probeRTOBackoff},
 	}
@@ -546,7 +550,10 @@ func probeClosedPort(e *env, c *conn) (string, error) {
 	}
 }
 
-func probeTimeWait(e *env, c *conn) (string, error) {
+// intoTimeWait brings the server into TIME-WAIT: data, its echo, the
+// server's FIN after --idle-close, our FIN and its ACK. It returns what
+// went otherwise, or "".
+func intoTimeWait(c *conn) (string, error) {
 	if err := c.dial(fullOpts); err != nil {
 		return "", err
 	}
@@ -564,16 +571,22 @@ func probeTimeWait(e *env, c *conn) (string, error) {
 	if s, ok := c.recv(time.Second); !ok || s.Ack != c.sndNxt {
 		return "our FIN not ACKed within 1s", nil
 	}
-	// The server is in TIME-WAIT. A new SYN on the same ports with a
-	// newer timestamp but a sequence number below the old connection's:
-	// only the timestamp can tell it is new (RFC 6191).
+	return "", nil
+}
+
+// synAgain sends a new SYN on the same ports with a sequence number below
+// the old connection's and a timestamp tsDelta from the last one we sent,
+// and words the answer.
+func synAgain(c *conn, tsDelta int32) (string, error) {
+	old := c.tsVal
 	c.iss = c.sndNxt - 100_000
-	c.tsVal += 1000
-	syn := c.seg(header.TCPFlagSyn, nil)
-	syn.Seq, syn.Ack, syn.Options = c.iss, 0, fullOpts.encode(c.tsVal)
+	c.tsVal = uint32(int32(old) + tsDelta)
+	syn := rawtcp.Segment{Src: c.local, Dst: c.remote, Seq: c.iss, Flags: header.TCPFlagSyn, Window: c.win, Options: fullOpts.encode(c.tsVal)}
+	c.tsVal = max(c.tsVal, old)
 	if err := c.write(syn); err != nil {
 		return "", err
 	}
+	c.reset = false
 	s, ok := c.recv(time.Second)
 	switch {
 	case !ok:
@@ -591,6 +604,76 @@ func probeTimeWait(e *env, c *conn) (string, error) {
 		c.reset = true
 		return fmt.Sprintf("[%s]", flagString(s.Flags)), nil
 	}
+}
+
+func probeTimeWait(e *env, c *conn) (string, error) {
+	if got, err := intoTimeWait(c); got != "" || err != nil {
+		return got, err
+	}
+	// A newer timestamp but a lower sequence number: only the timestamp
+	// can tell the SYN is new (RFC 6191).
+	return synAgain(c, 1000)
+}
+
+func probeRSTInTimeWait(e *env, c *conn) (string, error) {
+	if got, err := intoTimeWait(c); got != "" || err != nil {
+		return got, err
+	}
+	rst := c.seg(header.TCPFlagRst|header.TCPFlagAck, nil)
+	if err := c.write(rst); err != nil {
+		return "", err
+	}
+	if a := c.answer(quiet); a.rst || a.ack || a.data {
+		return "the RST was answered", nil
+	}
+	// Is the TIME-WAIT still there? A SYN with an older timestamp and a
+	// lower sequence number is accepted only if it is gone.
+	got, err := synAgain(c, -500)
+	switch {
+	case err != nil:
+		return "", err
+	case got == "SYN-ACK: new connection":
+		return "TIME-WAIT closed (a SYN with an older timestamp is accepted)", nil
+	case got == "no answer within 1s" || got == "ACK: TIME-WAIT kept":
+		return "TIME-WAIT kept (a SYN with an older timestamp is not accepted)", nil
+	default:
+		return "then the SYN: " + got, nil
+	}
+}
+
+func probeSynAckRetransmit(e *env, c *conn) (string, error) {
+	syn := rawtcp.Segment{Src: c.local, Dst: c.remote, Seq: c.iss, Flags: header.TCPFlagSyn, Window: 65535, Options: fullOpts.encode(c.tsVal)}
+	if err := c.write(syn); err != nil {
+		return "", err
+	}
+	// Never complete the handshake: the SYN-ACK comes again after the
+	// initial RTO (1 s) and again after twice that.
+	var synAcks []timed
+	deadline := time.Now().Add(3400 * time.Millisecond)
+	for len(synAcks) < 3 {
+		s, ok := c.recv(time.Until(deadline))
+		if !ok {
+			break
+		}
+		if s.Flags&header.TCPFlagRst != 0 {
+			return "RST", nil
+		}
+		if s.Flags == header.TCPFlagSyn|header.TCPFlagAck && s.Ack == c.iss+1 {
+			synAcks = append(synAcks, s)
+		}
+	}
+	if len(synAcks) == 0 {
+		return "no SYN-ACK", nil
+	}
+	c.irs, c.rcvNxt, c.sndNxt, c.lastAck = synAcks[0].Seq, synAcks[0].Seq+1, c.iss+1, c.iss+1
+	if len(synAcks) == 1 {
+		return "SYN-ACK not sent again within 3.4s", nil
+	}
+	got := "SYN-ACK again after " + bucket(synAcks[1].at.Sub(synAcks[0].at))
+	if len(synAcks) == 3 {
+		got += ", then after " + bucket(synAcks[2].at.Sub(synAcks[1].at))
+	}
+	return got, nil
 }
 
 func probeRTOBackoff(e *env, c *conn) (string, error) {
@@ -635,8 +718,10 @@ func bucket(d time.Duration) string {
 		return "~400ms"
 	case d < 1500*time.Millisecond:
 		return "~1s"
+	case d < 3*time.Second:
+		return "~2s"
 	default:
-		return ">1.5s"
+		return ">3s"
 	}
 }
 
