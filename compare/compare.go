@@ -112,7 +112,6 @@ func ParseOnly(s string) ([]string, error) {
 
 // env is what probes share: the peer and the servers' addresses.
 type env struct {
-	ctx    context.Context
 	peer   *peer
 	target map[string]netip.AddrPort
 	mu     sync.Mutex
@@ -173,7 +172,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		return nil, fmt.Errorf("the raw peer's TUN in ant: %w", err)
 	}
 	defer dev.Close()
-	e := &env{ctx: ctx, peer: newPeer(dev, peerAddr, 20000, cfg.Verbose), memo: map[string]any{},
+	e := &env{peer: newPeer(dev, peerAddr, 20000, cfg.Verbose), memo: map[string]any{},
 		target: map[string]netip.AddrPort{
 			Kernel:   netip.AddrPortFrom(lab.AppleAddr.Addr(), lab.Port),
 			Netstack: netip.AddrPortFrom(lab.ServerAddr.Addr(), lab.Port),

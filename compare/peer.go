@@ -107,6 +107,7 @@ type conn struct {
 	ts, sack       bool
 	tsVal, tsEcr   uint32
 	synAck         rawtcp.Segment
+	synced         bool // the server has sent its SYN-ACK: there is something to reset
 	reset          bool // a RST went either way: nothing to clean up
 }
 
@@ -307,7 +308,7 @@ func (c *conn) dial(o synOpts) error {
 			continue
 		}
 		c.synAck = s.Segment
-		c.irs = s.Seq
+		c.irs, c.synced = s.Seq, true
 		c.rcvNxt = s.Seq + 1
 		c.lastAck = s.Ack
 		so := header.ParseSynOptions(s.Options, true)
@@ -329,7 +330,7 @@ func (c *conn) dial(o synOpts) error {
 // close resets the connection (at the server's RCV.NXT, so it is
 // accepted) unless a RST already went, and stops its flow.
 func (c *conn) close() {
-	if !c.reset && c.irs != 0 {
+	if !c.reset && c.synced {
 		s := c.seg(header.TCPFlagRst|header.TCPFlagAck, nil)
 		s.Seq = c.lastAck
 		c.write(s)

@@ -593,7 +593,7 @@ func synAgain(c *conn, tsDelta int32) (string, error) {
 		c.reset = true
 		return "no answer within 1s", nil
 	case s.Flags == header.TCPFlagSyn|header.TCPFlagAck && s.Ack == c.iss+1:
-		c.irs, c.rcvNxt, c.sndNxt, c.lastAck = s.Seq, s.Seq+1, c.iss+1, s.Ack
+		c.irs, c.rcvNxt, c.sndNxt, c.lastAck, c.synced = s.Seq, s.Seq+1, c.iss+1, s.Ack, true
 		return "SYN-ACK: new connection", nil
 	case s.Flags&header.TCPFlagRst != 0:
 		return "RST", nil
@@ -665,7 +665,7 @@ func probeSynAckRetransmit(e *env, c *conn) (string, error) {
 	if len(synAcks) == 0 {
 		return "no SYN-ACK", nil
 	}
-	c.irs, c.rcvNxt, c.sndNxt, c.lastAck = synAcks[0].Seq, synAcks[0].Seq+1, c.iss+1, c.iss+1
+	c.irs, c.rcvNxt, c.sndNxt, c.lastAck, c.synced = synAcks[0].Seq, synAcks[0].Seq+1, c.iss+1, c.iss+1, true
 	if len(synAcks) == 1 {
 		return "SYN-ACK not sent again within 3.4s", nil
 	}
