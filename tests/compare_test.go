@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/json"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,7 +29,7 @@ func compareLabs() map[string]bool {
 // patches fix (an ACK above SND.NXT or too old, PAWS, a SYN in TIME-WAIT:
 // 0003, 0004, 0006) and on a few basic ones, and asserts that our stack
 // does what the kernel does in each, as the RFC requires; then that the
-// compare lab is gone.
+// compare lab and its servers are gone.
 func TestCompare(t *testing.T) {
 	requireRoot(t)
 	before := compareLabs()
@@ -79,6 +80,26 @@ func TestCompare(t *testing.T) {
 			t.Errorf("compare left namespace %s", ns)
 		}
 	}
+	if pids := running(bin("tcp-upper-server")); len(pids) > 0 {
+		t.Errorf("compare left servers running: pids %v", pids)
+	}
+}
+
+// running lists the processes running the program at path (the tests'
+// own build, so no one else's).
+func running(path string) []int {
+	var pids []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink("/proc/" + d.Name() + "/exe"); err == nil && strings.TrimSuffix(exe, " (deleted)") == path {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // TestCompareErrors: an unknown probe, and a missing root, each give one
