@@ -83,6 +83,16 @@ type Options struct {
 	// endpoint receives, under that endpoint's lock: it must only copy
 	// what it needs and return.
 	TCPProbe tcp.TCPProbeFunc
+	// TCPObserve, if set, is gVisor's observe hook (our patch 0009): it is
+	// called at each state change of a TCP endpoint, retransmission
+	// timeout, entry to and exit from fast recovery, tail loss probe,
+	// zero-window probe, and closing or reopening of the advertised
+	// receive window, with a copy of the endpoint's numbers at that
+	// instant (tcp.TCPObservation). Like the probe it runs under the
+	// endpoint's lock: it must only copy what it needs and return.
+	// Built against pristine gVisor (the gvisor_unpatched tag) it can
+	// only be nil.
+	TCPObserve TCPObserveFunc
 }
 
 // Stack is a gVisor network stack with one NIC on a link pipeline.
@@ -147,18 +157,19 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 	}
 	st.top = link
 
-	tcpFactory := tcp.NewProtocol
+	var probe tcp.TCPProbeFunc
 	switch len(probes) {
 	case 0:
 	case 1:
-		tcpFactory = tcp.NewProtocolProbe(probes[0])
+		probe = probes[0]
 	default:
-		tcpFactory = tcp.NewProtocolProbe(func(s *tcp.TCPEndpointState) {
+		probe = func(s *tcp.TCPEndpointState) {
 			for _, p := range probes {
 				p(s)
 			}
-		})
+		}
 	}
+	tcpFactory := tcpProtocol(probe, opts.TCPObserve)
 	st.s = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcpFactory, icmp.NewProtocol4},
