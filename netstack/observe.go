@@ -5,6 +5,8 @@ package netstack
 import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
 
 // TCPObserveFunc is gVisor's observe hook, which our patch 0009 adds
@@ -22,4 +24,19 @@ func tcpProtocol(probe tcp.TCPProbeFunc, observe TCPObserveFunc) stack.Transport
 		return tcp.NewProtocolProbe(probe)
 	}
 	return tcp.NewProtocol
+}
+
+// withTracker adds the connection tracker's hook to the user's (either
+// may be nil).
+func withTracker(user TCPObserveFunc, tr *inspect.Tracker) TCPObserveFunc {
+	switch {
+	case tr == nil:
+		return user
+	case user == nil:
+		return tr.Observe
+	}
+	return func(o *tcp.TCPObservation) {
+		user(o)
+		tr.Observe(o)
+	}
 }

@@ -5,6 +5,8 @@ package netstack
 import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
 
 // This file builds the package against pristine upstream gVisor
@@ -27,3 +29,7 @@ func tcpProtocol(probe tcp.TCPProbeFunc, _ TCPObserveFunc) stack.TransportProtoc
 	}
 	return tcp.NewProtocol
 }
+
+// withTracker returns user (nil): pristine gVisor cannot tell the tracker
+// its events, so the tracker reports only what the wire shows.
+func withTracker(user TCPObserveFunc, _ *inspect.Tracker) TCPObserveFunc { return user }

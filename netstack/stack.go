@@ -63,8 +63,9 @@ type Options struct {
 	// Trace configures the tcpdump-style trace and the pcap file.
 	Trace trace.Options
 	// Inspect turns on the connection tracker (state events, ss -i,
-	// TIME-WAIT timers): the trace layer feeds it packet summaries and
-	// gVisor's TCP probe feeds it the stack's numbers.
+	// TIME-WAIT timers): gVisor's observe hook (our patch 0009) feeds it
+	// the stack's events with their numbers, its TCP probe the numbers
+	// after each segment, and the trace layer packet summaries.
 	Inspect bool
 	// ClassicRecovery turns off gVisor's RACK loss detection and its tail
 	// loss probes, leaving the textbook mechanisms: duplicate-ACK fast
@@ -169,7 +170,7 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 			}
 		}
 	}
-	tcpFactory := tcpProtocol(probe, opts.TCPObserve)
+	tcpFactory := tcpProtocol(probe, withTracker(opts.TCPObserve, st.tracker))
 	st.s = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcpFactory, icmp.NewProtocol4},
