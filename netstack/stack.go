@@ -64,8 +64,9 @@ type Options struct {
 	// Trace configures the tcpdump-style trace and the pcap file.
 	Trace trace.Options
 	// Inspect turns on the connection tracker (state events, ss -i,
-	// TIME-WAIT timers): the trace layer feeds it packet summaries and
-	// gVisor's TCP probe feeds it the stack's numbers.
+	// TIME-WAIT timers): gVisor's observe hook (our patch 0009) feeds it
+	// the stack's events with their numbers, its TCP probe the numbers
+	// after each segment, and the trace layer packet summaries.
 	Inspect bool
 	// ClassicRecovery turns off gVisor's RACK loss detection and its tail
 	// loss probes, leaving the textbook mechanisms: duplicate-ACK fast
@@ -84,6 +85,16 @@ type Options struct {
 	// endpoint receives, under that endpoint's lock: it must only copy
 	// what it needs and return.
 	TCPProbe tcp.TCPProbeFunc
+	// TCPObserve, if set, is gVisor's observe hook (our patch 0009): it is
+	// called at each state change of a TCP endpoint, retransmission
+	// timeout, entry to and exit from fast recovery, tail loss probe,
+	// zero-window probe, and closing or reopening of the advertised
+	// receive window, with a copy of the endpoint's numbers at that
+	// instant (tcp.TCPObservation). Like the probe it runs under the
+	// endpoint's lock: it must only copy what it needs and return.
+	// Built against pristine gVisor (the gvisor_unpatched tag) it can
+	// only be nil.
+	TCPObserve TCPObserveFunc
 }
 
 // Stack is a gVisor network stack with one NIC on a link pipeline.
@@ -148,18 +159,19 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 	}
 	st.top = link
 
-	tcpFactory := tcp.NewProtocol
+	var probe tcp.TCPProbeFunc
 	switch len(probes) {
 	case 0:
 	case 1:
-		tcpFactory = tcp.NewProtocolProbe(probes[0])
+		probe = probes[0]
 	default:
-		tcpFactory = tcp.NewProtocolProbe(func(s *tcp.TCPEndpointState) {
+		probe = func(s *tcp.TCPEndpointState) {
 			for _, p := range probes {
 				p(s)
 			}
-		})
+		}
 	}
+	tcpFactory := tcpProtocol(probe, withTracker(opts.TCPObserve, st.tracker))
 	st.s = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcpFactory, icmp.NewProtocol4},

@@ -61,7 +61,7 @@ func TestDemo(t *testing.T) {
 		"Flags [S]", "Flags [S.]", "Flags [P.]", "Flags [F.]",
 		"# handshake 1/3: the client's SYN. Its initial sequence number (ISN) is ",
 		"# close 1/4: the client's FIN", "# close 1/4: our FIN, seq 8: the server closes first",
-		"LISTEN -> SYN-RCVD (received SYN, peer ISN ", "LAST-ACK -> CLOSED", "FIN-WAIT-2 -> TIME-WAIT",
+		"LISTEN -> SYN-RCVD (received SYN, peer ISN ", "LAST-ACK -> CLOSED", "ESTABLISHED -> FIN-WAIT-1 (we closed",
 		"timer:(timewait,2sec)", "timer:(timewait,1sec)", "TIME-WAIT -> CLOSED (2MSL timer expired after 2.0s in TIME-WAIT)",
 		"packets: field for field the lines of our stack's trace above", // tcpdump on tun0 agrees with our trace
 		"10.0.2.2:9999", // the TIME-WAIT line in ant's ss
@@ -70,6 +70,15 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q", want)
 		}
+	}
+	// The stack goes to TIME-WAIT through FIN-WAIT-2 when the client's
+	// ACK of our FIN comes alone, straight from FIN-WAIT-1 when it rides
+	// on the client's FIN (which of the two depends on the client's
+	// delayed ACK). The events are the stack's: exactly one of them.
+	viaFW2 := strings.Contains(out, "FIN-WAIT-1 -> FIN-WAIT-2 (our FIN was acknowledged)") && strings.Contains(out, "FIN-WAIT-2 -> TIME-WAIT (received FIN; ACK sent;")
+	direct := strings.Contains(out, "FIN-WAIT-1 -> TIME-WAIT (received FIN and the ACK of ours;")
+	if viaFW2 == direct {
+		t.Errorf("demo output: our stack's way into TIME-WAIT: through FIN-WAIT-2 %v, straight from FIN-WAIT-1 %v; want exactly one", viaFW2, direct)
 	}
 	if t.Failed() {
 		t.Logf("demo printed:\n%s", out)

@@ -4,50 +4,57 @@ import (
 	"fmt"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // conn is the tracker's view of one connection. Only the tracker goroutine
-// touches it.
+// touches it. Its state and the numbers of its events are the stack's (the
+// observe hook's); what it learns from the wire only annotates them and
+// counts for ss -i.
 type conn struct {
-	id    ConnID
-	state State
-	ep    *tcp.Endpoint
+	id        ConnID
+	state     State // as the stack last reported it
+	stackSeen bool  // the stack reported a state change
+	ep        *tcp.Endpoint
 
 	iss, irs           uint32
 	issKnown, irsKnown bool
 	ourWS, peerWS      int8 // -1: option absent
 	wsOn               bool // both sides sent the option
 	peerMSS            uint16
+	peerSyn            bool // the peer's SYN (or SYN-ACK) was seen on the wire
+	ourSyn             bool // our SYN (or SYN-ACK) was seen on the wire
 
-	sndUna, sndNxt, sndMax, rcvNxt uint32
-	sndWnd, rcvWnd                 uint32
+	// From the wire: the peer's latest ACK and window, the highest
+	// sequence we sent, the ACK field of our latest segment.
+	sndUna, sndMax, rcvNxt uint32
+	sndWnd, rcvWnd         uint32
 
-	ourFinSent, peerFin   bool
-	ourFinSeq, peerFinSeq uint32
-	peerFinDone           bool
+	peerFinSeq  uint32
+	peerFinDone bool
 
 	twStart  time.Time
 	lastSeen time.Time
 
-	// Retransmission classification.
-	lastDataTx, lastAdvance time.Time
-	dupAcks                 int
-	lastRTOSeq              uint32
-	rtoCount                int
+	dupAcks  int
+	zeroPeer bool // the peer advertises a zero window (wire)
+	zeroOurs bool // we advertise a zero window (the stack's)
+	rstIn    bool // the peer sent a RST (wire)
+	rstOut   bool // we sent a RST (wire)
+	newSyn   bool // a new SYN for this port pair arrived in TIME-WAIT (wire)
 
-	zeroOurs, zeroPeer bool
+	// Consecutive retransmission timeouts: of the handshake, or at the
+	// same snd.una.
+	rtoCount int
+	rtoUna   uint32
+	rtoConn  bool // rtoCount counts the connection's timer, not the handshake's
 
-	probe     probeSnap
-	haveProbe bool
+	// The stack's latest numbers (observe hook or TCP probe).
+	snap     snap
+	haveSnap bool
 
-	pending      []Event
-	pendingSince time.Time
-	mismatch     int
-
-	// Counters for ss -i.
+	// Counters for ss -i (wire).
 	bytesSent, bytesAcked, bytesRcvd uint64
 	segsOut, segsIn, retrans         uint64
 }
@@ -66,126 +73,222 @@ func (c *conn) scalePeer() uint { // applied to windows the peer advertises
 	return 0
 }
 
-// numbers are the connection's numbers now: sequence variables from the
-// wire (or from the probe, if fromProbe), congestion state from the latest
-// probe.
-func (c *conn) numbers(fromProbe bool) Numbers {
-	n := Numbers{
-		SndUna: c.sndUna - c.iss, SndNxt: c.sndNxt - c.iss, RcvNxt: c.rcvNxt - c.irs,
-		SndWnd: c.sndWnd, RcvWnd: c.rcvWnd,
+// numbers are p's numbers relative to the ISNs; unknown if the stack had
+// no sender and receiver.
+func (c *conn) numbers(p *snap) Numbers {
+	if !p.connected {
+		return Numbers{}
 	}
-	if c.haveProbe {
-		p := &c.probe
-		if fromProbe {
-			n.SndUna, n.SndNxt, n.RcvNxt = p.sndUna-c.iss, p.sndNxt-c.iss, p.rcvNxt-c.irs
-			n.SndWnd = p.sndWnd
-			if seqLess(p.rcvNxt, p.rcvAcc) {
-				n.RcvWnd = p.rcvAcc - p.rcvNxt
-			} else {
-				n.RcvWnd = 0
-			}
-		}
-		n.Cwnd, n.Ssthresh, n.SRTT, n.RTO = p.cwnd, p.ssthresh, p.srtt, p.rto
+	return Numbers{
+		Known:  true,
+		SndUna: p.sndUna - c.iss, SndNxt: p.sndNxt - c.iss, RcvNxt: p.rcvNxt - c.irs,
+		SndWnd: p.sndWnd, RcvWnd: p.rcvWnd,
+		Cwnd: p.cwnd, Ssthresh: p.ssthresh, RTO: p.rto,
+		SRTTKnown: p.srttKnown, SRTT: p.srtt,
 	}
-	return n
 }
 
-// add queues ev behind the connection's pending events, or emits it. An
-// event caused by a received segment waits (up to 10ms) for the probe
-// snapshot gVisor takes after processing that segment, so that it carries
-// the stack's numbers after the segment.
-func (c *conn) add(t *Tracker, ev Event, waitProbe bool) {
-	ev.Conn, ev.ISS, ev.IRS = c.id, c.iss, c.irs
-	if waitProbe || len(c.pending) > 0 {
-		if len(c.pending) == 0 {
-			c.pendingSince = time.Now()
-		}
-		if !waitProbe && ev.Kind != KindFault {
-			ev.N = c.numbers(false)
-		}
-		c.pending = append(c.pending, ev)
-		return
+// latest are the stack's latest numbers known to the tracker, for an
+// annotation from the wire.
+func (c *conn) latest() Numbers {
+	if !c.haveSnap {
+		return Numbers{}
 	}
-	c.emit(t, ev)
+	return c.numbers(&c.snap)
 }
 
-// flush emits pending events with the numbers known now.
-func (c *conn) flush(t *Tracker) {
-	for _, ev := range c.pending {
-		c.emit(t, ev)
-	}
-	c.pending = c.pending[:0]
-}
-
-// emit completes ev's numbers and sends it: the wire's sequence numbers if
-// it has none yet, and the endpoint's own congestion numbers when no probe
-// snapshot gave them or when our timer caused the event (nothing arrived,
-// so the last snapshot is stale and the RTO has since backed off).
-func (c *conn) emit(t *Tracker, ev Event) {
-	if ev.Kind != KindFault {
-		if ev.N == (Numbers{}) {
-			ev.N = c.numbers(false)
-		}
-		if ev.N.Cwnd == 0 || ev.Kind == KindRTO {
-			c.fillFromTCPInfo(t, &ev.N)
-		}
-	}
+// add completes ev with the connection's identity and ISNs and emits it.
+func (c *conn) add(t *Tracker, ev Event) {
+	ev.Conn = c.id
+	ev.ISS, ev.ISSKnown = c.iss, c.issKnown
+	ev.IRS, ev.IRSKnown = c.irs, c.irsKnown
 	t.emit(ev)
 }
 
-// fillFromTCPInfo takes the congestion numbers from the endpoint itself
-// when no probe snapshot has them yet (the listener handled the handshake,
-// so the new endpoint has not received a segment of its own). It runs on
-// the tracker goroutine, never on the packet path.
-func (c *conn) fillFromTCPInfo(t *Tracker, n *Numbers) {
-	ep := t.endpoint(c)
-	if ep == nil {
-		return
-	}
-	var ti tcpip.TCPInfoOption
-	if err := ep.GetSockOpt(&ti); err != nil {
-		return
-	}
-	n.Cwnd, n.Ssthresh, n.SRTT, n.RTO = int(ti.SndCwnd), int(ti.SndSsthresh), ti.RTT, ti.RTO
+// annotate emits what the wire shows, with the stack's latest numbers.
+func (c *conn) annotate(t *Tracker, at time.Time, kind Kind, cause string) {
+	c.add(t, Event{Time: at, Kind: kind, Cause: cause, N: c.latest()})
 }
 
-func (c *conn) onProbe(t *Tracker, p *probeSnap) {
-	c.probe, c.haveProbe = *p, true
-	if len(c.pending) == 0 {
+// onObserve takes an event the stack reported.
+func (c *conn) onObserve(t *Tracker, at time.Time, o *snap) {
+	if o.ep != nil {
+		c.ep = o.ep
+	}
+	if o.haveISS {
+		c.iss, c.issKnown = o.iss, true
+	}
+	if o.haveIRS {
+		c.irs, c.irsKnown = o.irs, true
+	}
+	if o.connected {
+		if o.kind == obsState && o.to == tcp.StateEstablished {
+			// A SYN cookie's connection had no handshake object to
+			// report the ISNs: the sender and receiver start from them.
+			if !c.issKnown {
+				c.iss, c.issKnown = o.sndUna-1, true
+			}
+			if !c.irsKnown {
+				c.irs, c.irsKnown = o.rcvNxt-1, true
+			}
+		}
+		c.snap, c.haveSnap = *o, true
+	}
+	ev := Event{Time: at, N: c.numbers(o)}
+	switch o.kind {
+	case obsState:
+		c.onState(t, ev, o)
+		return
+	case obsRTO:
+		ev.Kind, ev.Cause = KindRTO, c.rtoCause(o)
+	case obsRecoveryEnter:
+		what := "fast recovery"
+		if o.sackOK {
+			what = "SACK recovery"
+		}
+		ev.Kind = KindFastRetransmit
+		ev.Cause = fmt.Sprintf("loss detected: %s from seq %d, to be sent again (cwnd %d, ssthresh %d)", what, o.recoveryFirst-c.iss, o.cwnd, o.ssthresh)
+	case obsRecoveryLeave:
+		ev.Kind, ev.Cause = KindRecovery, fmt.Sprintf("recovery over: cwnd back to ssthresh (%d)", o.ssthresh)
+	case obsTailLossProbe:
+		ev.Kind, ev.Cause = KindTailLossProbe, "tail loss probe sent: the probe timer fired with data unacknowledged"
+	case obsZeroWindowProbe:
+		ev.Kind, ev.Cause = KindWindow, "zero-window probe sent: the peer's window is zero and data waits"
+	case obsRcvWindowClosed:
+		c.zeroOurs = true
+		ev.Kind, ev.Cause = KindWindow, "we advertise a zero window: our receive buffer is full (the application is not reading)"
+	case obsRcvWindowOpened:
+		c.zeroOurs = false
+		ev.Kind, ev.Cause = KindWindow, fmt.Sprintf("our window reopened to %d bytes", o.rcvWnd)
+	default:
 		return
 	}
-	for i := range c.pending {
-		ev := &c.pending[i]
-		if ev.N == (Numbers{}) && ev.Kind != KindFault {
-			// A segment that ends the connection (the ACK of our FIN in
-			// LAST-ACK) stops gVisor before its sender sees the ACK, so
-			// the probe's sequence numbers are stale: take the wire's.
-			final := ev.Kind == KindState && (ev.To == Closed || ev.To == TimeWait)
-			ev.N = c.numbers(!final)
+	c.add(t, ev)
+}
+
+// rtoCause says which timer fired and how many times in a row.
+func (c *conn) rtoCause(o *snap) string {
+	if !o.connected {
+		what := "SYN"
+		if c.state == SynRcvd {
+			what = "SYN-ACK"
+		}
+		if c.rtoConn {
+			c.rtoCount, c.rtoConn = 0, false
+		}
+		c.rtoCount++
+		return fmt.Sprintf("no answer: the handshake's retransmission timer fired, %s to be sent again (retransmission %d)", what, c.rtoCount)
+	}
+	if !c.rtoConn || o.sndUna != c.rtoUna {
+		c.rtoCount, c.rtoUna, c.rtoConn = 0, o.sndUna, true
+	}
+	c.rtoCount++
+	if o.sndWnd == 0 {
+		return fmt.Sprintf("retransmission timer expired after %s with the peer's window zero: probing it (timeout %d in a row)", ms(o.rto, 0), c.rtoCount)
+	}
+	return fmt.Sprintf("retransmission timer expired after %s: seq %d to be sent again (timeout %d in a row)", ms(o.rto, 0), o.sndUna-c.iss, c.rtoCount)
+}
+
+// rfcState is gVisor's state as RFC 9293 names it; false for gVisor's own
+// states before a connection starts (initial, bound, connecting).
+func rfcState(s tcp.EndpointState) (State, bool) {
+	switch s {
+	case tcp.StateInitial, tcp.StateBound, tcp.StateConnecting:
+		return Closed, false
+	case tcp.StateError:
+		return Closed, true
+	}
+	return FromGvisor(s), true
+}
+
+// onState reports a state change of the stack's.
+func (c *conn) onState(t *Tracker, ev Event, o *snap) {
+	c.stackSeen = true
+	to, ok := rfcState(o.to)
+	if !ok {
+		return
+	}
+	from, ok := rfcState(o.from)
+	if !ok {
+		// The connection's first RFC state: a passive open comes from
+		// the listener (SYN-RCVD, or ESTABLISHED for a SYN cookie), an
+		// active one from CLOSED.
+		from = Closed
+		if to == SynRcvd || to == Established {
+			from = Listen
 		}
 	}
-	c.flush(t)
-}
-
-func (c *conn) transition(t *Tracker, at time.Time, to State, cause string, waitProbe bool) {
-	if to == c.state {
-		return
+	if from == to {
+		return // ERROR -> CLOSED: the connection ended already
 	}
-	ev := Event{Time: at, Kind: KindState, From: c.state, To: to, Cause: cause}
-	if c.state == TimeWait && !c.twStart.IsZero() {
-		ev.Held = at.Sub(c.twStart)
-		ev.Cause = fmt.Sprintf("%s after %.1fs in TIME-WAIT", cause, ev.Held.Seconds())
+	ev.Kind, ev.From, ev.To = KindState, from, to
+	ev.Cause = c.stateCause(t, ev.Time, from, to, o)
+	if from == TimeWait && !c.twStart.IsZero() {
+		ev.Held = ev.Time.Sub(c.twStart)
+		ev.Cause = fmt.Sprintf("%s after %.1fs in TIME-WAIT", ev.Cause, ev.Held.Seconds())
 	}
 	c.state = to
 	if to == TimeWait {
-		c.twStart = at
+		c.twStart = ev.Time
 	}
-	c.mismatch = 0
-	c.add(t, ev, waitProbe)
+	c.add(t, ev)
 }
 
-func (c *conn) event(t *Tracker, at time.Time, kind Kind, cause string, waitProbe bool) {
-	c.add(t, Event{Time: at, Kind: kind, Cause: cause}, waitProbe)
+// stateCause says in words what a state change means; for an abort, the
+// wire says whether a RST was received or sent.
+func (c *conn) stateCause(t *Tracker, at time.Time, from, to State, o *snap) string {
+	tw := fmt.Sprintf("TIME-WAIT holds for 2MSL (%v)", t.opts.TimeWait)
+	switch {
+	case from == Closed && to == SynSent:
+		return fmt.Sprintf("connect: SYN to be sent, our ISN %d", c.iss)
+	case from == Listen && to == SynRcvd:
+		return fmt.Sprintf("received SYN, peer ISN %d; SYN-ACK to be sent, our ISN %d", c.irs, c.iss)
+	case from == Listen && to == Established:
+		return "received the ACK of our SYN-ACK (a SYN cookie's)"
+	case from == SynSent && to == SynRcvd:
+		return fmt.Sprintf("simultaneous open: received SYN, peer ISN %d", c.irs)
+	case from == SynSent && to == Established:
+		return fmt.Sprintf("received SYN-ACK, peer ISN %d; ACK to be sent", c.irs)
+	case from == SynRcvd && to == Established:
+		return "received the ACK of our SYN-ACK"
+	case from == Established && to == FinWait1, from == SynRcvd && to == FinWait1:
+		return "we closed: FIN to be sent"
+	case from == CloseWait && to == LastAck:
+		return "we closed too: FIN to be sent"
+	case from == Established && to == CloseWait:
+		return "received FIN: the peer closed its side; ACK sent"
+	case from == FinWait1 && to == FinWait2:
+		return "our FIN was acknowledged"
+	case from == FinWait1 && to == Closing:
+		return "received FIN before the ACK of ours (simultaneous close)"
+	case from == FinWait1 && to == TimeWait:
+		return "received FIN and the ACK of ours; " + tw
+	case from == FinWait2 && to == TimeWait:
+		return "received FIN; ACK sent; " + tw
+	case from == Closing && to == TimeWait:
+		return "our FIN was acknowledged; " + tw
+	case from == LastAck && to == Closed:
+		return "our FIN was acknowledged"
+	case from == TimeWait && to == Closed && c.rstIn:
+		return "RST received in TIME-WAIT"
+	case from == TimeWait && to == Closed && c.newSyn:
+		return "a new SYN reuses the port pair"
+	case from == TimeWait && to == Closed && !c.twStart.IsZero() && at.Sub(c.twStart) >= t.opts.TimeWait:
+		// The 2MSL timer is armed after the state change: it cannot
+		// end TIME-WAIT sooner.
+		return "2MSL timer expired"
+	case from == TimeWait && to == Closed:
+		return "TIME-WAIT cut short (the stack is closing)"
+	case to == Closed && o.to == tcp.StateError && c.rstIn:
+		return "connection reset by peer: RST received"
+	case to == Closed && o.to == tcp.StateError && c.rstOut:
+		return "we reset the connection: RST sent"
+	case to == Closed && o.to == tcp.StateError:
+		return "connection aborted (timeout or error)"
+	case to == Closed:
+		return "closed"
+	}
+	return "state changed"
 }
 
 // rx follows a segment the stack received.
@@ -193,48 +296,28 @@ func (c *conn) rx(t *Tracker, it *item) {
 	s := &it.seg
 	at := it.t
 	c.segsIn++
-	if len(c.pending) > 0 {
-		// Another segment arrived before the probe of the last one (the
-		// listener handled it, or the stack batched them): report what
-		// is known now rather than numbers from after this one.
-		c.flush(t)
-	}
 	f := s.flags
 	if f&header.TCPFlagRst != 0 {
-		switch c.state {
-		case Closed, Listen:
-			c.state = Closed
-		case SynSent:
-			c.transition(t, at, Closed, "connection refused: RST received", true)
-		default:
-			c.transition(t, at, Closed, "connection reset by peer: RST received", true)
-		}
+		c.rstIn = true
 		return
 	}
 	if f&header.TCPFlagSyn != 0 {
-		if f&header.TCPFlagAck == 0 {
-			if c.irsKnown && s.seq == c.irs {
-				c.event(t, at, KindRetransmit, "the peer sent its SYN again (our SYN-ACK was lost?)", false)
-				return
-			}
-			c.irs, c.irsKnown, c.rcvNxt = s.seq, true, s.seq+1
-			c.peerWS, c.peerMSS = s.wscale, s.mss
-			c.sndWnd = uint32(s.win)
-			return
-		}
-		// SYN-ACK.
-		if c.state != SynSent {
-			if c.irsKnown && s.seq == c.irs {
-				c.event(t, at, KindRetransmit, "the peer sent its SYN-ACK again (our ACK was lost?)", false)
+		if c.peerSyn && c.irsKnown && s.seq == c.irs {
+			if f&header.TCPFlagAck == 0 {
+				c.annotate(t, at, KindRetransmit, "the peer sent its SYN again (our SYN-ACK was lost?)")
+			} else {
+				c.annotate(t, at, KindRetransmit, "the peer sent its SYN-ACK again (our ACK was lost?)")
 			}
 			return
 		}
+		c.peerSyn = true
 		c.irs, c.irsKnown, c.rcvNxt = s.seq, true, s.seq+1
 		c.peerWS, c.peerMSS = s.wscale, s.mss
-		c.wsOn = c.ourWS >= 0 && c.peerWS >= 0
-		c.sndUna, c.sndWnd = s.ack, uint32(s.win)
-		c.lastAdvance = at
-		c.transition(t, at, Established, fmt.Sprintf("received SYN-ACK, peer ISN %d; ACK sent", c.irs), true)
+		c.sndWnd = uint32(s.win)
+		if f&header.TCPFlagAck != 0 {
+			c.wsOn = c.ourWS >= 0 && c.peerWS >= 0
+			c.sndUna = s.ack
+		}
 		return
 	}
 
@@ -244,21 +327,21 @@ func (c *conn) rx(t *Tracker, it *item) {
 			if from := max32seq(c.sndUna, c.iss+1); seqLess(from, s.ack) {
 				c.bytesAcked += uint64(s.ack - from) // the SYN is not a byte
 			}
-			c.sndUna, c.dupAcks, c.lastAdvance = s.ack, 0, at
+			c.sndUna, c.dupAcks = s.ack, 0
 		case s.ack == c.sndUna && s.payload == 0 && f&header.TCPFlagFin == 0 && seqLess(c.sndUna, c.sndMax) && uint32(s.win)<<c.scalePeer() == c.sndWnd:
 			c.dupAcks++
 			if c.dupAcks == 3 {
-				c.event(t, at, KindDupAck, fmt.Sprintf("third duplicate ACK for %d", s.ack-c.iss), true)
+				c.annotate(t, at, KindDupAck, fmt.Sprintf("third duplicate ACK for %d", s.ack-c.iss))
 			}
 		}
 		c.sndWnd = uint32(s.win) << c.scalePeer()
 		switch {
 		case c.sndWnd == 0 && !c.zeroPeer && c.state >= Established:
 			c.zeroPeer = true
-			c.event(t, at, KindWindow, "the peer advertises a zero window: we must stop sending (and probe)", true)
+			c.annotate(t, at, KindWindow, "the peer advertises a zero window: we must stop sending (and probe)")
 		case c.sndWnd > 0 && c.zeroPeer:
 			c.zeroPeer = false
-			c.event(t, at, KindWindow, fmt.Sprintf("the peer's window reopened to %d bytes", c.sndWnd), true)
+			c.annotate(t, at, KindWindow, fmt.Sprintf("the peer's window reopened to %d bytes", c.sndWnd))
 		}
 	}
 	inOrder := s.seq == c.rcvNxt
@@ -267,52 +350,19 @@ func (c *conn) rx(t *Tracker, it *item) {
 			c.bytesRcvd += uint64(s.payload)
 			c.rcvNxt += s.payload
 		} else if seqLess(c.rcvNxt, s.seq+s.payload) && c.zeroOurs {
-			c.event(t, at, KindWindow, "the peer probes our zero window", false)
+			c.annotate(t, at, KindWindow, "the peer probes our zero window")
 		}
 	}
-
-	if f&header.TCPFlagAck != 0 && c.ourFinSent && !seqLess(s.ack, c.ourFinSeq+1) {
-		switch c.state {
-		case FinWait1:
-			c.transition(t, at, FinWait2, "our FIN was acknowledged", true)
-		case Closing:
-			c.transition(t, at, TimeWait, fmt.Sprintf("our FIN was acknowledged; TIME-WAIT holds for 2MSL (%v)", t.opts.TimeWait), true)
-		case LastAck:
-			c.transition(t, at, Closed, "our FIN was acknowledged", true)
-			return
-		}
-	}
-	if f&header.TCPFlagAck != 0 && c.state == SynRcvd && s.ack == c.iss+1 {
-		c.transition(t, at, Established, "received the ACK of our SYN-ACK", true)
-	}
-
 	if f&header.TCPFlagFin != 0 {
 		finSeq := s.seq + s.payload
 		if c.state == TimeWait && c.peerFinDone && finSeq == c.peerFinSeq {
-			c.event(t, at, KindRetransmit, "the peer sent its FIN again (our last ACK was lost?): we ACK it again from TIME-WAIT", false)
+			c.annotate(t, at, KindRetransmit, "the peer sent its FIN again (our last ACK was lost?): we ACK it again from TIME-WAIT")
 			return
 		}
-		c.peerFin, c.peerFinSeq = true, finSeq
 		if inOrder {
+			c.peerFinSeq, c.peerFinDone = finSeq, true
 			c.rcvNxt++
-			c.finReceived(t, at, true)
 		}
-	}
-}
-
-// finReceived moves the state on once the stack has taken the peer's FIN.
-func (c *conn) finReceived(t *Tracker, at time.Time, waitProbe bool) {
-	if c.peerFinDone {
-		return
-	}
-	c.peerFinDone = true
-	switch c.state {
-	case Established, SynRcvd:
-		c.transition(t, at, CloseWait, "received FIN: the peer closed its side; ACK sent", waitProbe)
-	case FinWait1:
-		c.transition(t, at, Closing, "received FIN before the ACK of ours (simultaneous close)", waitProbe)
-	case FinWait2:
-		c.transition(t, at, TimeWait, fmt.Sprintf("received FIN; ACK sent; TIME-WAIT holds for 2MSL (%v)", t.opts.TimeWait), waitProbe)
 	}
 }
 
@@ -323,37 +373,22 @@ func (c *conn) tx(t *Tracker, it *item) {
 	c.segsOut++
 	f := s.flags
 	if f&header.TCPFlagRst != 0 {
-		switch c.state {
-		case Closed, Listen:
-			c.state = Closed // a SYN refused: nothing to report per connection
-		default:
-			c.transition(t, at, Closed, "we reset the connection: RST sent", false)
-		}
+		c.rstOut = true
 		return
 	}
 	if f&header.TCPFlagSyn != 0 {
-		first := !c.issKnown
-		if !first && s.seq == c.iss {
-			what := "SYN"
-			if f&header.TCPFlagAck != 0 {
-				what = "SYN-ACK"
-			}
-			c.rtoCount++
-			c.event(t, at, KindRTO, fmt.Sprintf("no answer: %s sent again (retransmission %d)", what, c.rtoCount), false)
-			c.retrans++
+		if c.ourSyn && s.seq == c.iss {
+			c.retrans++ // the stack reports its timer (rto)
 			return
 		}
+		c.ourSyn = true
 		c.iss, c.issKnown = s.seq, true
-		c.sndUna, c.sndNxt, c.sndMax = s.seq, s.seq+1, s.seq+1
+		c.sndUna, c.sndMax = s.seq, s.seq+1
 		c.ourWS = s.wscale
 		c.rcvWnd = uint32(s.win)
-		c.lastDataTx = at
-		if f&header.TCPFlagAck == 0 {
-			c.transition(t, at, SynSent, fmt.Sprintf("connect: SYN sent, our ISN %d", c.iss), false)
-			return
+		if f&header.TCPFlagAck != 0 {
+			c.wsOn = c.ourWS >= 0 && c.peerWS >= 0
 		}
-		c.wsOn = c.ourWS >= 0 && c.peerWS >= 0
-		c.transition(t, at, SynRcvd, fmt.Sprintf("received SYN, peer ISN %d; SYN-ACK sent, our ISN %d", c.irs, c.iss), false)
 		return
 	}
 
@@ -365,7 +400,11 @@ func (c *conn) tx(t *Tracker, it *item) {
 		}
 		if !seqLess(c.sndMax, end) && c.issKnown {
 			c.retrans++
-			c.retransmitted(t, it, end)
+			rng := fmt.Sprintf("seq %d:%d", s.seq-c.iss, end-c.iss)
+			if fin && s.payload == 0 {
+				rng = fmt.Sprintf("FIN seq %d", s.seq-c.iss)
+			}
+			c.annotate(t, at, KindRetransmit, rng+" sent again")
 		} else {
 			if s.payload > 0 && !seqLess(s.seq, c.sndMax) {
 				c.bytesSent += uint64(s.payload)
@@ -374,66 +413,10 @@ func (c *conn) tx(t *Tracker, it *item) {
 			}
 			c.sndMax = end
 		}
-		if seqLess(c.sndNxt, end) {
-			c.sndNxt = end
-		}
-		c.lastDataTx = at
-		if c.zeroPeer && s.payload <= 1 && !fin {
-			c.event(t, at, KindWindow, "zero-window probe sent", false)
-		}
 	}
 	if f&header.TCPFlagAck != 0 {
 		c.rcvNxt = s.ack // our ACK field is the stack's RCV.NXT
 		c.rcvWnd = uint32(s.win) << c.scaleOurs()
-		switch {
-		case c.rcvWnd == 0 && !c.zeroOurs && c.state >= Established:
-			c.zeroOurs = true
-			c.event(t, at, KindWindow, "we advertise a zero window: our receive buffer is full (the application is not reading)", false)
-		case c.rcvWnd > 0 && c.zeroOurs:
-			c.zeroOurs = false
-			c.event(t, at, KindWindow, fmt.Sprintf("our window reopened to %d bytes", c.rcvWnd), false)
-		}
-		if c.peerFin && !c.peerFinDone && !seqLess(s.ack, c.peerFinSeq+1) {
-			c.finReceived(t, at, false)
-		}
-	}
-	if fin && !c.ourFinSent {
-		c.ourFinSent, c.ourFinSeq = true, s.seq+s.payload
-		switch c.state {
-		case Established, SynRcvd:
-			c.transition(t, at, FinWait1, "we closed: FIN sent", false)
-		case CloseWait:
-			c.transition(t, at, LastAck, "we closed too: FIN sent", false)
-		}
-	}
-}
-
-// retransmitted classifies a segment sent again.
-func (c *conn) retransmitted(t *Tracker, it *item, end uint32) {
-	s := &it.seg
-	at := it.t
-	rng := fmt.Sprintf("seq %d:%d", s.seq-c.iss, end-c.iss)
-	if s.flags&header.TCPFlagFin != 0 && s.payload == 0 {
-		rng = fmt.Sprintf("FIN seq %d", s.seq-c.iss)
-	}
-	since := c.lastDataTx
-	if c.lastAdvance.After(since) {
-		since = c.lastAdvance
-	}
-	gap := at.Sub(since)
-	rto := c.probe.rto
-	switch {
-	case c.dupAcks >= 3 && s.seq == c.sndUna:
-		c.event(t, at, KindFastRetransmit, fmt.Sprintf("%s resent after %d duplicate ACKs", rng, c.dupAcks), false)
-	case rto > 0 && gap >= rto*3/4:
-		if s.seq == c.lastRTOSeq {
-			c.rtoCount++
-		} else {
-			c.lastRTOSeq, c.rtoCount = s.seq, 1
-		}
-		c.event(t, at, KindRTO, fmt.Sprintf("retransmission timer fired after %s: %s resent (timeout %d for this segment)", ms(gap, 0), rng, c.rtoCount), false)
-	default:
-		c.event(t, at, KindRetransmit, fmt.Sprintf("%s resent (loss recovery: SACK/RACK or tail loss probe)", rng), false)
 	}
 }
 

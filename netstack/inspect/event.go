@@ -1,9 +1,11 @@
-// Package inspect watches our stack's TCP connections: it follows every
-// connection through its states (from the segments it sends and receives,
-// checked against gVisor's own Endpoint.State()), records the stack's
-// numbers at each step (from gVisor's TCP probe), and answers the questions
-// ss answers about a kernel: which sockets, in which state, with what
-// queues, windows, RTT and timers.
+// Package inspect watches our stack's TCP connections: it reports every
+// state change, retransmission timeout, fast recovery, loss probe and
+// window event of every connection as the stack makes it, with the stack's
+// numbers at that instant (from gVisor's observe hook, our patch 0009),
+// annotates them with what the wire shows (duplicate ACKs, retransmitted
+// segments, the peer's windows), and answers the questions ss answers
+// about a kernel: which sockets, in which state, with what queues,
+// windows, RTT and timers.
 package inspect
 
 import (
@@ -101,12 +103,14 @@ type Kind string
 
 // Event kinds.
 const (
-	KindState          Kind = "state"           // a state transition
-	KindRetransmit     Kind = "retransmit"      // a segment sent again (not RTO or fast retransmit)
-	KindRTO            Kind = "rto"             // the retransmission timer fired
-	KindFastRetransmit Kind = "fast-retransmit" // retransmission after duplicate ACKs
-	KindDupAck         Kind = "dup-ack"         // the third duplicate ACK arrived
-	KindWindow         Kind = "window"          // a window closed to zero or opened again
+	KindState          Kind = "state"           // a state transition (the stack's)
+	KindRetransmit     Kind = "retransmit"      // a segment seen on the wire a second time, or the peer's SYN or FIN again
+	KindRTO            Kind = "rto"             // the retransmission timer expired (the stack's)
+	KindFastRetransmit Kind = "fast-retransmit" // the sender entered fast (SACK) recovery (the stack's)
+	KindRecovery       Kind = "recovery"        // the sender left fast (SACK) recovery (the stack's)
+	KindTailLossProbe  Kind = "tail-loss-probe" // the probe timer sent a tail loss probe (the stack's)
+	KindDupAck         Kind = "dup-ack"         // the third duplicate ACK arrived (seen on the wire)
+	KindWindow         Kind = "window"          // a window closed to zero or opened again, or a zero-window probe
 	KindFault          Kind = "fault"           // a fault injected on the wire
 )
 
@@ -116,14 +120,24 @@ type ConnID struct {
 }
 
 // Numbers are a connection's sequence variables and the stack's congestion
-// state at one moment. Sequence numbers are relative to the initial
-// sequence numbers (as tcpdump prints them); windows in bytes.
+// state at one moment, as the stack had them. Sequence numbers are
+// relative to the initial sequence numbers (as tcpdump prints them);
+// windows in bytes.
 type Numbers struct {
+	// Known is false when the stack had none of these yet (before its
+	// handshake completes an endpoint has no sender or receiver: no cwnd,
+	// no snd.una) and for fault events: then every number is unknown
+	// (null in JSON, - in text), not zero.
+	Known                  bool
 	SndUna, SndNxt, RcvNxt uint32
-	SndWnd, RcvWnd         uint32
-	Cwnd                   int // segments
-	Ssthresh               int // segments; math.MaxInt32 or more means not yet set
-	SRTT, RTO              time.Duration
+	SndWnd                 uint32 // the peer's window, as the stack last took it
+	RcvWnd                 uint32 // the window the stack last advertised
+	Cwnd                   int    // segments
+	Ssthresh               int    // segments; math.MaxInt32 or more means not yet set
+	RTO                    time.Duration
+	// SRTTKnown is false until the stack has measured a round trip.
+	SRTTKnown bool
+	SRTT      time.Duration
 }
 
 // Event is something that happened to a connection.
@@ -135,10 +149,18 @@ type Event struct {
 	From, To State
 	// Cause says why, in words.
 	Cause string
-	// Numbers are the stack's, at that moment.
+	// N are the stack's numbers: for the stack's own events (state, rto,
+	// fast-retransmit, recovery, tail-loss-probe, and the window events it
+	// reports) at the instant of the event; for what the wire shows
+	// (retransmit, dup-ack, the peer's window) as of the stack's latest
+	// event or processed segment before the tracker saw that packet
+	// (rcv.wnd then is the window on our latest segment).
 	N Numbers
-	// ISS and IRS are the initial sequence numbers (ours, the peer's).
-	ISS, IRS uint32
+	// ISS and IRS are the initial sequence numbers (ours, the peer's),
+	// when known (ISSKnown, IRSKnown): a connection in SYN-SENT does not
+	// know the peer's yet.
+	ISS, IRS           uint32
+	ISSKnown, IRSKnown bool
 	// Held is how long the connection stayed in From (set on leaving
 	// TIME-WAIT).
 	Held time.Duration
@@ -190,13 +212,18 @@ func (e *Event) Text() string {
 		return b.String()
 	}
 	n := &e.N
-	fmt.Fprintf(&b, " snd.una=%d snd.nxt=%d rcv.nxt=%d snd.wnd=%d rcv.wnd=%d", n.SndUna, n.SndNxt, n.RcvNxt, n.SndWnd, n.RcvWnd)
-	if n.Cwnd == 0 {
-		// No probe snapshot yet (the listener handled the handshake).
-		b.WriteString(" cwnd=- ssthresh=- srtt=- rto=-")
-	} else {
-		fmt.Fprintf(&b, " cwnd=%d ssthresh=%s srtt=%s rto=%s", n.Cwnd, ssthreshString(n.Ssthresh), ms(n.SRTT, 3), ms(n.RTO, 0))
+	if !n.Known {
+		// The stack has no sender or receiver yet.
+		b.WriteString(" snd.una=- snd.nxt=- rcv.nxt=- snd.wnd=- rcv.wnd=- cwnd=- ssthresh=- srtt=- rto=-")
+		return b.String()
 	}
+	fmt.Fprintf(&b, " snd.una=%d snd.nxt=%d rcv.nxt=%d snd.wnd=%d rcv.wnd=%d cwnd=%d ssthresh=%s", n.SndUna, n.SndNxt, n.RcvNxt, n.SndWnd, n.RcvWnd, n.Cwnd, ssthreshString(n.Ssthresh))
+	if n.SRTTKnown {
+		b.WriteString(" srtt=" + ms(n.SRTT, 3))
+	} else {
+		b.WriteString(" srtt=-")
+	}
+	b.WriteString(" rto=" + ms(n.RTO, 0))
 	return b.String()
 }
 
@@ -212,42 +239,57 @@ func ms(d time.Duration, prec int) string {
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', prec, 64) + "ms"
 }
 
-// jsonEvent is the JSON shape of an Event.
+// jsonEvent is the JSON shape of an Event. A number the stack did not
+// have is null.
 type jsonEvent struct {
-	Time     string  `json:"time"`
-	Kind     Kind    `json:"kind"`
-	Local    string  `json:"local"`
-	Remote   string  `json:"remote"`
-	From     string  `json:"from,omitempty"`
-	To       string  `json:"to,omitempty"`
-	Cause    string  `json:"cause,omitempty"`
-	SndUna   uint32  `json:"snd_una"`
-	SndNxt   uint32  `json:"snd_nxt"`
-	RcvNxt   uint32  `json:"rcv_nxt"`
-	SndWnd   uint32  `json:"snd_wnd"`
-	RcvWnd   uint32  `json:"rcv_wnd"`
-	Cwnd     int     `json:"cwnd"`
-	Ssthresh int     `json:"ssthresh"`
-	SRTTms   float64 `json:"srtt_ms"`
-	RTOms    float64 `json:"rto_ms"`
-	ISS      uint32  `json:"iss"`
-	IRS      uint32  `json:"irs"`
-	HeldS    float64 `json:"held_s,omitempty"`
-	Rule     int     `json:"rule,omitempty"`
+	Time     string   `json:"time"`
+	Kind     Kind     `json:"kind"`
+	Local    string   `json:"local"`
+	Remote   string   `json:"remote"`
+	From     string   `json:"from,omitempty"`
+	To       string   `json:"to,omitempty"`
+	Cause    string   `json:"cause,omitempty"`
+	SndUna   *uint32  `json:"snd_una"`
+	SndNxt   *uint32  `json:"snd_nxt"`
+	RcvNxt   *uint32  `json:"rcv_nxt"`
+	SndWnd   *uint32  `json:"snd_wnd"`
+	RcvWnd   *uint32  `json:"rcv_wnd"`
+	Cwnd     *int     `json:"cwnd"`
+	Ssthresh *int     `json:"ssthresh"` // -1: not yet set (infinite)
+	SRTTms   *float64 `json:"srtt_ms"`
+	RTOms    *float64 `json:"rto_ms"`
+	ISS      *uint32  `json:"iss"`
+	IRS      *uint32  `json:"irs"`
+	HeldS    float64  `json:"held_s,omitempty"`
+	Rule     int      `json:"rule,omitempty"`
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // MarshalJSON renders the event as one JSON object.
 func (e *Event) MarshalJSON() ([]byte, error) {
 	j := jsonEvent{
 		Time: e.Time.UTC().Format(time.RFC3339Nano), Kind: e.Kind,
 		Local: e.Conn.Local.String(), Remote: e.Conn.Remote.String(),
-		Cause: e.Cause, SndUna: e.N.SndUna, SndNxt: e.N.SndNxt, RcvNxt: e.N.RcvNxt,
-		SndWnd: e.N.SndWnd, RcvWnd: e.N.RcvWnd, Cwnd: e.N.Cwnd, Ssthresh: e.N.Ssthresh,
-		SRTTms: float64(e.N.SRTT) / 1e6, RTOms: float64(e.N.RTO) / 1e6,
-		ISS: e.ISS, IRS: e.IRS, HeldS: e.Held.Seconds(), Rule: e.Rule,
+		Cause: e.Cause, HeldS: e.Held.Seconds(), Rule: e.Rule,
 	}
-	if j.Ssthresh >= math.MaxInt32 {
-		j.Ssthresh = -1
+	if n := &e.N; n.Known {
+		j.SndUna, j.SndNxt, j.RcvNxt = ptr(n.SndUna), ptr(n.SndNxt), ptr(n.RcvNxt)
+		j.SndWnd, j.RcvWnd, j.Cwnd = ptr(n.SndWnd), ptr(n.RcvWnd), ptr(n.Cwnd)
+		j.Ssthresh = ptr(n.Ssthresh)
+		if n.Ssthresh >= math.MaxInt32 {
+			j.Ssthresh = ptr(-1)
+		}
+		j.RTOms = ptr(float64(n.RTO) / 1e6)
+		if n.SRTTKnown {
+			j.SRTTms = ptr(float64(n.SRTT) / 1e6)
+		}
+	}
+	if e.ISSKnown {
+		j.ISS = ptr(e.ISS)
+	}
+	if e.IRSKnown {
+		j.IRS = ptr(e.IRS)
 	}
 	if e.Kind == KindState {
 		j.From, j.To = e.From.String(), e.To.String()
@@ -274,11 +316,22 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*e = Event{Time: t, Kind: j.Kind, Conn: ConnID{local, remote}, Cause: j.Cause,
-		N: Numbers{SndUna: j.SndUna, SndNxt: j.SndNxt, RcvNxt: j.RcvNxt, SndWnd: j.SndWnd, RcvWnd: j.RcvWnd,
-			Cwnd: j.Cwnd, Ssthresh: j.Ssthresh, SRTT: time.Duration(j.SRTTms * 1e6), RTO: time.Duration(j.RTOms * 1e6)},
-		ISS: j.ISS, IRS: j.IRS, Held: time.Duration(j.HeldS * float64(time.Second)), Rule: j.Rule}
-	if e.N.Ssthresh < 0 {
-		e.N.Ssthresh = math.MaxInt32
+		Held: time.Duration(j.HeldS * float64(time.Second)), Rule: j.Rule}
+	if j.SndUna != nil && j.SndNxt != nil && j.RcvNxt != nil && j.SndWnd != nil && j.RcvWnd != nil && j.Cwnd != nil && j.Ssthresh != nil && j.RTOms != nil {
+		e.N = Numbers{Known: true, SndUna: *j.SndUna, SndNxt: *j.SndNxt, RcvNxt: *j.RcvNxt, SndWnd: *j.SndWnd, RcvWnd: *j.RcvWnd,
+			Cwnd: *j.Cwnd, Ssthresh: *j.Ssthresh, RTO: time.Duration(*j.RTOms * 1e6)}
+		if e.N.Ssthresh < 0 {
+			e.N.Ssthresh = math.MaxInt32
+		}
+		if j.SRTTms != nil {
+			e.N.SRTTKnown, e.N.SRTT = true, time.Duration(*j.SRTTms*1e6)
+		}
+	}
+	if j.ISS != nil {
+		e.ISS, e.ISSKnown = *j.ISS, true
+	}
+	if j.IRS != nil {
+		e.IRS, e.IRSKnown = *j.IRS, true
 	}
 	if j.From != "" {
 		e.From, _ = ParseState(j.From)

@@ -102,8 +102,8 @@ func (t *Tracker) Sockets() []Socket {
 			if c != nil {
 				c.ep = ep
 				so.SendQ = int(c.sndMax - c.sndUna)
-				if c.haveProbe && c.probe.sndBufUsed > so.SendQ {
-					so.SendQ = c.probe.sndBufUsed
+				if c.haveSnap && c.snap.sndBufUsed > so.SendQ {
+					so.SendQ = c.snap.sndBufUsed
 				}
 				if so.State == TimeWait && !c.twStart.IsZero() {
 					so.TimeWaitLeft = max(0, t.opts.TimeWait-now.Sub(c.twStart))
@@ -131,10 +131,13 @@ func (t *Tracker) Sockets() []Socket {
 	return out
 }
 
+// info is ss -i's detail: the sequence variables and windows are the
+// stack's latest (observe hook or TCP probe), or the wire's before the
+// stack reported any; the counters are the wire's.
 func (c *conn) info() SocketInfo {
 	in := SocketInfo{
 		Known:  true,
-		SndUna: c.sndUna - c.iss, SndNxt: c.sndNxt - c.iss, RcvNxt: c.rcvNxt - c.irs,
+		SndUna: c.sndUna - c.iss, SndNxt: c.sndMax - c.iss, RcvNxt: c.rcvNxt - c.irs,
 		SndWnd: c.sndWnd, RcvWnd: c.rcvWnd,
 		BytesSent: c.bytesSent, BytesAcked: c.bytesAcked, BytesReceived: c.bytesRcvd,
 		SegsOut: c.segsOut, SegsIn: c.segsIn, Retransmits: c.retrans,
@@ -144,8 +147,12 @@ func (c *conn) info() SocketInfo {
 	if !c.wsOn {
 		in.WScalePeer, in.WScaleOurs = -1, -1
 	}
-	if c.haveProbe && c.probe.mss > 0 {
-		in.MSS = c.probe.mss
+	if c.haveSnap {
+		n := c.numbers(&c.snap)
+		in.SndUna, in.SndNxt, in.RcvNxt, in.SndWnd, in.RcvWnd = n.SndUna, n.SndNxt, n.RcvNxt, n.SndWnd, n.RcvWnd
+		if c.snap.mss > 0 {
+			in.MSS = c.snap.mss
+		}
 	}
 	return in
 }

@@ -20,20 +20,20 @@ import (
 type Options struct {
 	// TimeWait is the stack's TIME-WAIT duration (for ss's timer column).
 	TimeWait time.Duration
-	// QueueLen is how many packet summaries and probe snapshots may wait
-	// for the tracker (default 16384).
+	// QueueLen is how many packet summaries, probe snapshots and
+	// observations may wait for the tracker (default 16384).
 	QueueLen int
 	// NIC is the stack's NIC (default 1).
 	NIC tcpip.NICID
-	// Poll is how often the tracker compares its view with the stack's
-	// Endpoint.State() and looks for ended TIME-WAITs (default 20ms).
+	// Poll is how often the tracker forgets connections the stack never
+	// took up (a SYN refused or never answered; default 20ms).
 	Poll time.Duration
 }
 
 // Stats count what the tracker could not keep.
 type Stats struct {
-	// Dropped is how many packet summaries and probe snapshots were lost
-	// because the tracker was behind.
+	// Dropped is how many packet summaries, probe snapshots and
+	// observations were lost because the tracker was behind.
 	Dropped atomic.Uint64
 	// EventsDropped is how many events a slow subscriber missed.
 	EventsDropped atomic.Uint64
@@ -41,11 +41,16 @@ type Stats struct {
 	Events atomic.Uint64
 }
 
-// Tracker follows every TCP connection of a stack. It is fed from two
-// places that must not wait: the trace layer's packet path (ObservePacket)
-// and gVisor's TCP probe (Probe), which runs under the endpoint's lock.
-// Both only copy a few fields into a bounded queue; one goroutine does the
-// rest.
+// Tracker follows every TCP connection of a stack. It is fed from three
+// places that must not wait: gVisor's observe hook (Observe, our patch
+// 0009), which reports each state change, RTO, recovery, loss probe and
+// window event with the stack's numbers at that instant; gVisor's TCP
+// probe (Probe), the stack's numbers after each segment it processed (both
+// run under the endpoint's lock); and the trace layer's packet path
+// (ObservePacket), what the wire shows. Each only copies a few fields into
+// a bounded queue; one goroutine does the rest. States and numbers come
+// from the stack only; the wire adds annotations (duplicate ACKs,
+// segments sent again, the peer's windows) and ss -i's counters.
 type Tracker struct {
 	opts Options
 	log  *slog.Logger
@@ -70,16 +75,17 @@ type itemKind uint8
 const (
 	itemPacket itemKind = iota
 	itemProbe
+	itemObserve
 	itemEvent
 )
 
 type item struct {
-	kind  itemKind
-	t     time.Time
-	dir   trace.Direction
-	seg   segInfo
-	probe probeSnap
-	ev    *Event
+	kind itemKind
+	t    time.Time
+	dir  trace.Direction
+	seg  segInfo
+	snap snap // itemProbe, itemObserve
+	ev   *Event
 }
 
 type segInfo struct {
@@ -92,19 +98,47 @@ type segInfo struct {
 	wscale   int8 // -1: no option
 }
 
-type probeSnap struct {
-	id                     ConnID
-	sndUna, sndNxt, rcvNxt uint32
-	rcvAcc                 uint32
-	sndWnd                 uint32
-	cwnd, ssthresh         int
-	srtt, rto              time.Duration
-	sndBufUsed             int
-	mss                    int
+// snap is the stack's numbers for one connection at one instant: from the
+// observe hook (an event) or the TCP probe (after a segment).
+type snap struct {
+	id ConnID
+	ep *tcp.Endpoint // observations only
+
+	// What the observe hook reported (observations only).
+	kind             observeKind
+	from, to         tcp.EndpointState
+	iss, irs         uint32
+	haveISS, haveIRS bool
+	sackOK           bool
+	connected        bool // the rest is the stack's (else unknown)
+	sndUna, sndNxt   uint32
+	rcvNxt, rcvWnd   uint32
+	sndWnd           uint32
+	cwnd, ssthresh   int
+	srtt, rto        time.Duration
+	srttKnown        bool
+	sndBufUsed, mss  int
+	recoveryFirst    uint32
 }
 
-// New returns a tracker. Give its Probe to the TCP protocol and its
-// ObservePacket to the trace layer, build the stack, then Attach it.
+// observeKind mirrors tcp.TCPObserveKind, which pristine gVisor lacks.
+type observeKind uint8
+
+const (
+	obsNone observeKind = iota
+	obsState
+	obsRTO
+	obsRecoveryEnter
+	obsRecoveryLeave
+	obsTailLossProbe
+	obsZeroWindowProbe
+	obsRcvWindowClosed
+	obsRcvWindowOpened
+)
+
+// New returns a tracker. Give its Observe (the observe hook) and Probe to
+// the TCP protocol and its ObservePacket to the trace layer, build the
+// stack, then Attach it.
 func New(opts Options, log *slog.Logger) *Tracker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -196,19 +230,26 @@ func (t *Tracker) ObservePacket(now time.Time, dir trace.Direction, hdr []byte, 
 // the numbers we show and returns.
 func (t *Tracker) Probe(s *tcp.TCPEndpointState) {
 	it := item{kind: itemProbe, t: time.Now()}
-	p := &it.probe
-	p.id = ConnID{
-		Local:  netip.AddrPortFrom(addr4(s.ID.LocalAddress.AsSlice()), s.ID.LocalPort),
-		Remote: netip.AddrPortFrom(addr4(s.ID.RemoteAddress.AsSlice()), s.ID.RemotePort),
-	}
+	p := &it.snap
+	p.id = connID(s.ID)
+	p.connected = true
 	p.sndUna, p.sndNxt = uint32(s.Sender.SndUna), uint32(s.Sender.SndNxt)
-	p.rcvNxt, p.rcvAcc = uint32(s.Receiver.RcvNxt), uint32(s.Receiver.RcvAcc)
+	p.rcvNxt = uint32(s.Receiver.RcvNxt)
+	// The probe does not copy the window last advertised: the tracker
+	// takes it from our latest segment on the wire.
 	p.sndWnd = uint32(s.Sender.SndWnd)
 	p.cwnd, p.ssthresh = s.Sender.SndCwnd, s.Sender.Ssthresh
-	p.srtt, p.rto = s.Sender.RTTState.SRTT, s.Sender.RTO
+	p.srtt, p.srttKnown, p.rto = s.Sender.RTTState.SRTT, s.Sender.RTTState.SRTTInited, s.Sender.RTO
 	p.sndBufUsed = s.SndBufState.SndBufUsed
 	p.mss = s.Sender.MaxPayloadSize
 	t.enqueue(it)
+}
+
+func connID(id tcp.TCPEndpointID) ConnID {
+	return ConnID{
+		Local:  netip.AddrPortFrom(addr4(id.LocalAddress.AsSlice()), id.LocalPort),
+		Remote: netip.AddrPortFrom(addr4(id.RemoteAddress.AsSlice()), id.RemotePort),
+	}
 }
 
 func addr4(b []byte) netip.Addr {
@@ -218,9 +259,9 @@ func addr4(b []byte) netip.Addr {
 	return netip.AddrFrom4([4]byte(b))
 }
 
-// Sync brings the tracker up to date with the stack now (rather than at
-// its next poll): queued packets are handled and ended connections, such
-// as a TIME-WAIT whose timer just ran out, are reported.
+// Sync brings the tracker up to date now: what is queued (packets,
+// probe snapshots, the stack's events, such as a TIME-WAIT whose timer just
+// ran out) is handled and reported.
 func (t *Tracker) Sync() {
 	t.do(func() { t.poll(time.Now()) })
 }
@@ -314,9 +355,6 @@ func (t *Tracker) run() {
 			t.poll(now)
 		case <-t.done:
 			t.drain()
-			for _, c := range t.conns {
-				c.flush(t)
-			}
 			return
 		}
 	}
@@ -334,105 +372,43 @@ func (t *Tracker) handle(it *item) {
 	case itemPacket:
 		t.onPacket(it)
 	case itemProbe:
-		if c := t.conns[it.probe.id]; c != nil {
-			c.onProbe(t, &it.probe)
+		if c := t.conns[it.snap.id]; c != nil {
+			c.snap, c.haveSnap = it.snap, true
+			c.snap.rcvWnd = c.rcvWnd // the window on our latest segment
 		}
+	case itemObserve:
+		t.onObserve(it)
 	case itemEvent:
 		if c := t.conns[it.ev.Conn]; c != nil {
-			// Keep a connection's events in order.
-			c.add(t, *it.ev, false)
+			c.add(t, *it.ev)
 			return
 		}
 		t.emit(*it.ev)
 	}
 }
 
-// poll flushes events that waited long enough for their probe, ends
-// TIME-WAITs the stack has ended, and reconciles our view with the stack's.
+// onObserve handles an event the stack reported.
+func (t *Tracker) onObserve(it *item) {
+	o := &it.snap
+	c := t.conns[o.id]
+	if c == nil {
+		c = &conn{id: o.id, state: Closed, ourWS: -1, peerWS: -1}
+		t.conns[o.id] = c
+	}
+	c.lastSeen = it.t
+	c.onObserve(t, it.t, o)
+	if o.kind == obsState && (o.to == tcp.StateClose || o.to == tcp.StateError) {
+		delete(t.conns, o.id) // the stack is done with it
+	}
+}
+
+// poll forgets connections the stack never took up: seen on the wire (a
+// SYN) but never reported by the stack, because it refused the SYN or the
+// SYN went unanswered.
 func (t *Tracker) poll(now time.Time) {
-	s := t.st.Load()
-	quiet := t.in.Len() < 64 // our view is current: disagreements are real
-	var missing bool
-	for _, c := range t.conns {
-		if len(c.pending) > 0 && now.Sub(c.pendingSince) > 10*time.Millisecond {
-			c.flush(t)
-		}
-		if c.ep == nil && c.state >= SynRcvd {
-			missing = true
-		}
-	}
-	if missing && s != nil {
-		t.findEndpoints(s)
-	}
 	for id, c := range t.conns {
-		switch {
-		case c.ep != nil:
-			// No continue here: a connection both we and the stack
-			// see CLOSED must still be forgotten below (it holds
-			// the gVisor endpoint, and with it the connection's
-			// buffers).
-			st := FromGvisor(tcp.EndpointState(c.ep.State()))
-			if st == c.state || !quiet {
-				c.mismatch = 0
-				break
-			}
-			c.mismatch++
-			if c.state == TimeWait && (st == Closed) {
-				c.transition(t, now, Closed, "2MSL timer expired", false)
-			} else if c.mismatch >= 3 {
-				c.transition(t, now, st, "per the stack's Endpoint.State(); no segment explained it", false)
-			}
-		case c.state == TimeWait && now.Sub(c.twStart) > t.opts.TimeWait+time.Second:
-			c.transition(t, now, Closed, "2MSL timer expired (endpoint gone)", false)
-		case c.state <= Listen && now.Sub(c.lastSeen) > 5*time.Second:
-			// A SYN never answered (or refused): forget it.
+		if !c.stackSeen && now.Sub(c.lastSeen) > 5*time.Second {
 			delete(t.conns, id)
-			continue
-		}
-		if c.state == Closed {
-			c.flush(t)
-			delete(t.conns, id)
-		}
-	}
-}
-
-// endpoint finds c's gVisor endpoint (nil if it has none any more).
-func (t *Tracker) endpoint(c *conn) *tcp.Endpoint {
-	if c.ep != nil {
-		return c.ep
-	}
-	s := t.st.Load()
-	if s == nil {
-		return nil
-	}
-	id := stack.TransportEndpointID{
-		LocalPort: c.id.Local.Port(), LocalAddress: tcpip.AddrFrom4(c.id.Local.Addr().As4()),
-		RemotePort: c.id.Remote.Port(), RemoteAddress: tcpip.AddrFrom4(c.id.Remote.Addr().As4()),
-	}
-	for _, nic := range []tcpip.NICID{t.opts.NIC, 0} {
-		if te := s.FindTransportEndpoint(header.IPv4ProtocolNumber, header.TCPProtocolNumber, id, nic); te != nil {
-			if ep, ok := te.(*tcp.Endpoint); ok {
-				c.ep = ep
-				return ep
-			}
-		}
-	}
-	return nil
-}
-
-// findEndpoints links connections to their gVisor endpoints.
-func (t *Tracker) findEndpoints(s *stack.Stack) {
-	for _, te := range s.RegisteredEndpoints() {
-		ep, ok := te.(*tcp.Endpoint)
-		if !ok {
-			continue
-		}
-		id, ok := endpointID(ep)
-		if !ok {
-			continue
-		}
-		if c := t.conns[id]; c != nil && c.ep == nil {
-			c.ep = ep
 		}
 	}
 }
@@ -456,21 +432,17 @@ func (t *Tracker) onPacket(it *item) {
 	}
 	c := t.conns[id]
 	syn := s.flags&header.TCPFlagSyn != 0 && s.flags&header.TCPFlagAck == 0
-	if c != nil && syn && (c.state == TimeWait || c.state == Closed) && !(it.dir == trace.In && c.irsKnown && s.seq == c.irs) {
-		// The port pair is used again: the old connection is over.
-		c.transition(t, it.t, Closed, "a new SYN reuses the port pair", false)
-		c.flush(t)
-		delete(t.conns, id)
-		c = nil
+	if c != nil && syn && c.state == TimeWait && !(it.dir == trace.In && c.irsKnown && s.seq == c.irs) {
+		// A new SYN for the port pair of a connection in TIME-WAIT: it
+		// belongs to the next connection, which the stack will report.
+		c.newSyn = true
+		return
 	}
 	if c == nil {
 		if !syn || s.flags&header.TCPFlagRst != 0 {
 			return // not the start of a connection: nothing to follow
 		}
-		c = &conn{id: id, state: Closed}
-		if it.dir == trace.In {
-			c.state = Listen
-		}
+		c = &conn{id: id, state: Closed, ourWS: -1, peerWS: -1}
 		t.conns[id] = c
 	}
 	c.lastSeen = it.t

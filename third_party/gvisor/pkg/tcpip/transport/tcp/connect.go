@@ -627,6 +627,7 @@ func (h *handshake) retransmitHandlerLocked() tcpip.Error {
 	if !e.EndpointState().connecting() {
 		return nil
 	}
+	e.observeNowLocked(TCPObserveRTO) // tcp-upper patch 0009
 
 	if err := h.retransmitTimer.reset(); err != nil {
 		return err

@@ -551,6 +551,9 @@ type Endpoint struct {
 	// a copy of the current state of the endpoint.
 	probe TCPProbeFunc `state:"nosave"`
 
+	// observe is the observe hook (tcp-upper patch 0009), or nil.
+	observe TCPObserveFunc `state:"nosave"`
+
 	// The following are only used to assist the restore run to re-connect.
 	connectingAddress tcpip.Address
 
@@ -811,6 +814,9 @@ func (e *Endpoint) setEndpointState(state EndpointState) {
 			e.stack.Stats().TCP.CurrentEstablished.Decrement()
 		}
 	}
+	if oldstate != state {
+		e.observeLocked(TCPObserveState, oldstate, state) // tcp-upper patch 0009
+	}
 }
 
 // EndpointState returns the current state of the endpoint.
@@ -934,6 +940,7 @@ func newEndpoint(s *stack.Stack, protocol *protocol, netProto tcpip.NetworkProto
 	}
 
 	e.probe = protocol.probe
+	e.observe = protocol.observe
 	e.segmentQueue.ep = e
 
 	// TODO(https://gvisor.dev/issues/7493): Defer creating the timer until TCP connection becomes

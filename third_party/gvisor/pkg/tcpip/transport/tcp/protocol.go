@@ -132,6 +132,9 @@ type protocol struct {
 	// This is immutable after creation.
 	probe TCPProbeFunc `state:"nosave"`
 
+	// observe is the observe hook (tcp-upper patch 0009; immutable).
+	observe TCPObserveFunc `state:"nosave"`
+
 	// The following secrets are used for ISN and timestamp-offset
 	// generation. They are not serialized into checkpoint state and are
 	// freshly drawn from the secure RNG on restore.

@@ -242,6 +242,10 @@ func (s *sender) probeTimerExpired() tcpip.Error {
 		}
 	}
 
+	if dataSent {
+		s.ep.observeNowLocked(TCPObserveTailLossProbe) // tcp-upper patch 0009
+	}
+
 	// Whether or not the probe was sent, the sender must arm the resend timer,
 	// not the probe timer. This ensures that the sender does not send repeated,
 	// back-to-back tail loss probes.

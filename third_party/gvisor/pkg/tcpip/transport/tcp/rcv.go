@@ -178,6 +178,8 @@ func (r *receiver) getSendParams() (RcvNxt seqnum.Value, rcvWnd seqnum.Size) {
 		r.ep.rcvQueueMu.Unlock()
 	}
 
+	prevWnd := r.rcvWnd // tcp-upper patch 0009
+
 	// Stash away the non-scaled receive window as we use it for measuring
 	// receiver's estimated RTT.
 	r.rcvWnd = newWnd
@@ -197,6 +199,9 @@ func (r *receiver) getSendParams() (RcvNxt seqnum.Value, rcvWnd seqnum.Size) {
 		// Ensure that the stashed receive window always reflects what
 		// is being advertised.
 		r.rcvWnd = scaledWnd << r.RcvWndScale
+	}
+	if r.ep.observe != nil { // tcp-upper patch 0009
+		r.ep.observeRcvWindowLocked(prevWnd>>r.RcvWndScale == 0, scaledWnd == 0)
 	}
 	return r.RcvNxt, scaledWnd
 }

@@ -576,6 +576,7 @@ func (s *sender) retransmitTimerExpired() tcpip.Error {
 
 	s.ep.stack.Stats().TCP.Timeouts.Increment()
 	s.ep.stats.SendErrors.Timeouts.Increment()
+	s.ep.observeNowLocked(TCPObserveRTO) // tcp-upper patch 0009
 
 	// Set TLPRxtOut to false according to
 	// https://tools.ietf.org/html/draft-ietf-tcpm-rack-08#section-7.6.1.
@@ -1042,6 +1043,7 @@ func (s *sender) sendZeroWindowProbe() {
 
 	// Rearm the timer to continue probing.
 	s.resendTimer.enable(s.RTO)
+	s.ep.observeNowLocked(TCPObserveZeroWindowProbe) // tcp-upper patch 0009
 }
 
 // +checklocks:s.ep.mu
@@ -1181,10 +1183,12 @@ func (s *sender) enterRecovery() {
 			s.ep.stack.Stats().TCP.TLPRecovery.Increment()
 		}
 		s.rc.tlpRxtOut = false
+		s.ep.observeNowLocked(TCPObserveRecoveryEnter) // tcp-upper patch 0009
 		return
 	}
 	s.state = tcpip.FastRecovery
 	s.ep.stack.Stats().TCP.FastRecovery.Increment()
+	s.ep.observeNowLocked(TCPObserveRecoveryEnter) // tcp-upper patch 0009
 }
 
 // +checklocks:s.ep.mu
@@ -1196,6 +1200,7 @@ func (s *sender) leaveRecovery() {
 	// Deflate cwnd. It had been artificially inflated when new dups arrived.
 	s.SndCwnd = s.Ssthresh
 	s.cc.PostRecovery()
+	s.ep.observeNowLocked(TCPObserveRecoveryLeave) // tcp-upper patch 0009
 }
 
 // isAssignedSequenceNumber relies on the fact that we only set flags once a
