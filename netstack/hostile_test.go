@@ -34,7 +34,7 @@ type rawService struct {
 	marker uint32
 }
 
-func newRawService(t *testing.T, l link) *rawService {
+func newRawService(t testing.TB, l link) *rawService {
 	t.Helper()
 	near, far := l.pipe("srv0", "far0", 1500)
 	st, err := netstack.New(near, netstack.Options{Addr: netip.PrefixFrom(serverIP, 24), TimeWait: time.Second}, nil)
@@ -46,7 +46,7 @@ func newRawService(t *testing.T, l link) *rawService {
 		st.Close()
 		t.Fatal(err)
 	}
-	rs := &rawService{st: st, ln: ln, far: far, segs: make(chan rawtcp.Segment, 1024), out: &syncBuffer{}}
+	rs := &rawService{st: st, ln: ln, far: far, segs: make(chan rawtcp.Segment, 4096), out: &syncBuffer{}}
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
@@ -85,7 +85,7 @@ func (rs *rawService) serve(opts app.ServerOptions) {
 	go rs.srv.Serve()
 }
 
-func (rs *rawService) send(t *testing.T, s rawtcp.Segment) {
+func (rs *rawService) send(t testing.TB, s rawtcp.Segment) {
 	t.Helper()
 	if _, err := rs.far.Write(s.Marshal()); err != nil {
 		t.Fatalf("send: %v", err)
@@ -93,7 +93,7 @@ func (rs *rawService) send(t *testing.T, s rawtcp.Segment) {
 }
 
 // recv waits up to 5 s for a segment to dst that satisfies ok.
-func (rs *rawService) recv(t *testing.T, dst netip.AddrPort, what string, ok func(rawtcp.Segment) bool) rawtcp.Segment {
+func (rs *rawService) recv(t testing.TB, dst netip.AddrPort, what string, ok func(rawtcp.Segment) bool) rawtcp.Segment {
 	t.Helper()
 	timeout := time.After(5 * time.Second)
 	for {

@@ -2,11 +2,9 @@ package netstack_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net/netip"
 	"testing"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -15,7 +13,6 @@ import (
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
-	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -23,11 +20,8 @@ import (
 // service) whose device the test drives by hand from the far end of an
 // in-memory pipe, the way the kernel drives a TUN.
 type ingress struct {
-	st      *netstack.Stack
-	far     *tun.PipeDevice
+	*rawService
 	offload bool
-	segs    chan rawtcp.Segment // what the stack sends, parsed
-	marker  uint32
 }
 
 var (
@@ -42,72 +36,13 @@ var (
 // tcp-upper-server opens by default.
 func newIngress(tb testing.TB, offload bool) *ingress {
 	tb.Helper()
-	near, far := tun.Pipe("srv0", "far0", 1500)
+	l := plainLink
 	if offload {
-		near, far = tun.OffloadPipe("srv0", "far0", 1500)
+		l = offloadLink
 	}
-	st, err := netstack.New(near, netstack.Options{Addr: netip.PrefixFrom(serverIP, 24), TimeWait: time.Second}, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := st.Listen(9999)
-	if err != nil {
-		st.Close()
-		tb.Fatal(err)
-	}
-	srv := app.NewServer(ln, app.ServerOptions{}, nil)
-	go srv.Serve()
-	in := &ingress{st: st, far: far, offload: offload, segs: make(chan rawtcp.Segment, 4096)}
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		buf := make([]byte, tun.MaxOffloadPacket)
-		for {
-			n, _, err := far.ReadOffload(buf)
-			if err != nil {
-				return
-			}
-			if s, err := rawtcp.Parse(buf[:n]); err == nil {
-				select {
-				case in.segs <- s:
-				default: // nobody asked for this many; drop
-				}
-			}
-		}
-	}()
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		st.Close()
-		far.Close()
-		<-read
-	})
-	return in
-}
-
-// send writes s into the stack.
-func (in *ingress) send(tb testing.TB, s rawtcp.Segment) {
-	tb.Helper()
-	if _, err := in.far.Write(s.Marshal()); err != nil {
-		tb.Fatalf("send: %v", err)
-	}
-}
-
-// recv waits up to 5 s for a segment to dst that satisfies ok.
-func (in *ingress) recv(tb testing.TB, dst netip.AddrPort, ok func(rawtcp.Segment) bool) rawtcp.Segment {
-	tb.Helper()
-	timeout := time.After(5 * time.Second)
-	for {
-		select {
-		case s := <-in.segs:
-			if s.Dst == dst && ok(s) {
-				return s
-			}
-		case <-timeout:
-			tb.Fatalf("no segment to %v within 5s", dst)
-		}
-	}
+	rs := newRawService(tb, l)
+	rs.serve(app.ServerOptions{})
+	return &ingress{rawService: rs, offload: offload}
 }
 
 // feed writes pkt (with offload metadata o, on an offload pipe) into the
@@ -128,22 +63,7 @@ func (in *ingress) feed(tb testing.TB, pkt []byte, o tun.Offload) map[string]uin
 	if err != nil {
 		return nil
 	}
-	in.marker++
-	seq := in.marker * 7919
-	marker := netip.AddrPortFrom(markerIP, uint16(20000+in.marker%40000))
-	in.send(tb, rawtcp.Segment{Src: marker, Dst: netip.AddrPortFrom(serverIP, 1), Seq: seq, Flags: header.TCPFlagSyn, Window: 1024})
-	timeout := time.After(5 * time.Second)
-wait:
-	for {
-		select {
-		case s := <-in.segs:
-			if s.Dst == marker && s.Flags.Contains(header.TCPFlagRst) && s.Ack == seq+1 {
-				break wait
-			}
-		case <-timeout:
-			tb.Fatalf("the stack stopped answering after input %x (offload %+v)", pkt, o)
-		}
-	}
+	in.barrier(tb)
 	after := counters(in.st)
 	grew := map[string]uint64{}
 	for k, v := range after {
@@ -350,9 +270,9 @@ func TestIngressGarbageCounted(t *testing.T) {
 			cli := netip.AddrPortFrom(peerIP, 41000)
 			srv := netip.AddrPortFrom(serverIP, 9999)
 			in.send(t, rawtcp.Segment{Src: cli, Dst: srv, Seq: 100, Flags: header.TCPFlagSyn, Window: 65535, Options: rawtcp.SynOptions(1460, -1, false)})
-			synAck := in.recv(t, cli, func(s rawtcp.Segment) bool { return s.Flags == header.TCPFlagSyn|header.TCPFlagAck })
+			synAck := in.recv(t, cli, "SYN-ACK", func(s rawtcp.Segment) bool { return s.Flags == header.TCPFlagSyn|header.TCPFlagAck })
 			in.send(t, rawtcp.Segment{Src: cli, Dst: srv, Seq: 101, Ack: synAck.Seq + 1, Flags: header.TCPFlagAck | header.TCPFlagPsh, Window: 65535, Payload: []byte("abc\n")})
-			reply := in.recv(t, cli, func(s rawtcp.Segment) bool { return len(s.Payload) > 0 })
+			reply := in.recv(t, cli, "echo", func(s rawtcp.Segment) bool { return len(s.Payload) > 0 })
 			if string(reply.Payload) != "ABC\n" {
 				t.Fatalf("reply %q, want ABC", reply.Payload)
 			}

@@ -276,7 +276,7 @@ func (p *scriptPeer) segment(rs *rawService, step []byte) rawtcp.Segment {
 // (a SYN to a closed port from another address follows it through the
 // same read goroutine, and its RST comes back only after), and returns
 // what the stack sent meanwhile.
-func (rs *rawService) barrier(t *testing.T) []rawtcp.Segment {
+func (rs *rawService) barrier(t testing.TB) []rawtcp.Segment {
 	t.Helper()
 	rs.marker++
 	seq := rs.marker * 7919
