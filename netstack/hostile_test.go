@@ -32,6 +32,9 @@ type rawService struct {
 	srv  *app.Server
 	// marker numbers barrier's probes.
 	marker uint32
+	// passed holds what recv and next read but did not return: another
+	// peer's segments, which barrier hands out.
+	passed []rawtcp.Segment
 }
 
 func newRawService(t testing.TB, l link) *rawService {
@@ -92,7 +95,8 @@ func (rs *rawService) send(t testing.TB, s rawtcp.Segment) {
 	}
 }
 
-// recv waits up to 5 s for a segment to dst that satisfies ok.
+// recv waits up to 5 s for a segment to dst that satisfies ok; the
+// segments it passes over are kept for barrier.
 func (rs *rawService) recv(t testing.TB, dst netip.AddrPort, what string, ok func(rawtcp.Segment) bool) rawtcp.Segment {
 	t.Helper()
 	timeout := time.After(5 * time.Second)
@@ -102,6 +106,7 @@ func (rs *rawService) recv(t testing.TB, dst netip.AddrPort, what string, ok fun
 			if s.Dst == dst && ok(s) {
 				return s
 			}
+			rs.passed = append(rs.passed, s)
 		case <-timeout:
 			t.Fatalf("%s: no such segment to %v within 5s", what, dst)
 		}

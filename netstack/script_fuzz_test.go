@@ -275,14 +275,15 @@ func (p *scriptPeer) segment(rs *rawService, step []byte) rawtcp.Segment {
 // barrier waits until the stack's input has taken everything sent so far
 // (a SYN to a closed port from another address follows it through the
 // same read goroutine, and its RST comes back only after), and returns
-// what the stack sent meanwhile.
+// what the stack sent meanwhile (and what recv and next passed over).
 func (rs *rawService) barrier(t testing.TB) []rawtcp.Segment {
 	t.Helper()
 	rs.marker++
 	seq := rs.marker * 7919
 	marker := netip.AddrPortFrom(markerIP, uint16(20000+rs.marker%40000))
 	rs.send(t, rawtcp.Segment{Src: marker, Dst: netip.AddrPortFrom(serverIP, 1), Seq: seq, Flags: header.TCPFlagSyn, Window: 1024})
-	var got []rawtcp.Segment
+	got := rs.passed
+	rs.passed = nil
 	timeout := time.After(5 * time.Second)
 	for {
 		select {
@@ -298,7 +299,7 @@ func (rs *rawService) barrier(t testing.TB) []rawtcp.Segment {
 }
 
 // next waits up to timeout for a segment to dst, and returns it; what the
-// stack sends others meanwhile is lost.
+// stack sends others meanwhile is kept for barrier.
 func (rs *rawService) next(dst netip.AddrPort, timeout time.Duration) (rawtcp.Segment, bool) {
 	expire := time.After(timeout)
 	for {
@@ -307,6 +308,7 @@ func (rs *rawService) next(dst netip.AddrPort, timeout time.Duration) (rawtcp.Se
 			if s.Dst == dst {
 				return s, true
 			}
+			rs.passed = append(rs.passed, s)
 		case <-expire:
 			return rawtcp.Segment{}, false
 		}
