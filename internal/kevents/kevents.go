@@ -1,0 +1,363 @@
+// Package kevents tells the kernel's side of the lab's connections in the
+// project's event schema (netstack/inspect.Event, stack "kernel"): each
+// state change as the kernel's tracepoint sock:inet_sock_set_state reported
+// it, at the instant it fired (internal/ktrace), with the numbers of the
+// socket's latest tcp:tcp_probe.
+//
+// A Follower keeps the lab's own sockets: those this process connects to
+// the lab's server (the connecting thread of the first SYN-SENT record is
+// ours; that record has port 0, since the kernel sets the state before it
+// picks the port, so the socket is followed by its kernel address, Sk),
+// or those with a given local port (a kernel server's). The tracepoints
+// carry no network namespace: a kernel server's connections are told
+// apart by port only.
+//
+// Two of the kernel's gaps are closed with its socket table, sock_diag
+// (what ss reads), in the sockets' namespace. When a socket enters
+// TIME-WAIT the tracepoint says FIN_WAIT2 -> CLOSE (or CLOSING -> CLOSE):
+// the full socket is replaced by a TIME-WAIT mini-socket, which no
+// tracepoint reports. If sock_diag then shows a TIME-WAIT entry for the
+// connection, the event reads FIN-WAIT-2 -> TIME-WAIT at the tracepoint's
+// instant, and TIME-WAIT -> CLOSED follows when a poll finds the entry
+// gone (that time is the poll's, within one poll interval of the truth).
+// Each event's cause names the kernel source that said so.
+package kevents
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/internal/ktrace"
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+)
+
+// Diag is the kernel's socket table of one network namespace (sock_diag).
+type Diag interface {
+	// Lookup finds the TCP socket local -> remote; found is false if
+	// the table has none.
+	Lookup(local, remote netip.AddrPort) (e Entry, found bool, err error)
+}
+
+// Entry is a socket table entry.
+type Entry struct {
+	State ktrace.TCPState
+	// Timer is the time left on the entry's timer (a TIME-WAIT entry's:
+	// when it goes); 0 if none runs.
+	Timer time.Duration
+}
+
+// DefaultPoll is how often sock_diag is asked whether a TIME-WAIT entry is
+// still there.
+const DefaultPoll = 100 * time.Millisecond
+
+// Options choose the sockets a Follower keeps.
+type Options struct {
+	// Host is where the sockets live (ant or apple), for the events.
+	Host string
+	// Server, when valid, keeps the sockets this process connects to it
+	// (the lab's kernel clients).
+	Server netip.AddrPort
+	// Port, when set, keeps the connections with this local port (a
+	// kernel server's), not the listener.
+	Port uint16
+	// Ours reports whether a thread id is this process's (for Server):
+	// the thread that ran connect. Default: it is in /proc/self/task.
+	Ours func(pid int32) bool
+	// Diag is the sockets' namespace's table. Without it a socket that
+	// may have entered TIME-WAIT is reported as closed, saying that
+	// nobody could tell.
+	Diag Diag
+	// Poll is how often TIME-WAIT entries are looked up (DefaultPoll).
+	Poll time.Duration
+}
+
+// Follower turns Records into events. It is not safe for concurrent use:
+// Stream runs one.
+type Follower struct {
+	opts  Options
+	conns map[uint64]*conn // by Sk, while the kernel socket lives
+	tw    map[inspect.ConnID]*conn
+}
+
+// conn is one followed socket.
+type conn struct {
+	id    inspect.ConnID
+	state inspect.State
+	// held are events made before the kernel picked the local port,
+	// emitted once a record names it.
+	held []inspect.Event
+	// The latest tcp_probe of the socket.
+	probe     ktrace.Record
+	haveProbe bool
+	// rst says a reset was received or sent (which tracepoint).
+	rst string
+	// twStart is when it entered TIME-WAIT (tw only).
+	twStart time.Time
+}
+
+// New returns a Follower.
+func New(opts Options) *Follower {
+	if opts.Ours == nil {
+		opts.Ours = ThisProcess
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = DefaultPoll
+	}
+	return &Follower{opts: opts, conns: map[uint64]*conn{}, tw: map[inspect.ConnID]*conn{}}
+}
+
+// ThisProcess reports whether pid is one of this process's threads.
+func ThisProcess(pid int32) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", pid))
+	return err == nil
+}
+
+// kernel converts a kernel state.
+func kernel(s ktrace.TCPState) inspect.State {
+	switch s {
+	case ktrace.TCPEstablished:
+		return inspect.Established
+	case ktrace.TCPSynSent:
+		return inspect.SynSent
+	case ktrace.TCPSynRecv, ktrace.TCPNewSynRecv:
+		return inspect.SynRcvd
+	case ktrace.TCPFinWait1:
+		return inspect.FinWait1
+	case ktrace.TCPFinWait2:
+		return inspect.FinWait2
+	case ktrace.TCPTimeWait:
+		return inspect.TimeWait
+	case ktrace.TCPCloseWait:
+		return inspect.CloseWait
+	case ktrace.TCPLastAck:
+		return inspect.LastAck
+	case ktrace.TCPListen:
+		return inspect.Listen
+	case ktrace.TCPClosing:
+		return inspect.Closing
+	}
+	return inspect.Closed
+}
+
+// Record takes one record (in time order) and returns the events it
+// completes.
+func (f *Follower) Record(r ktrace.Record) []inspect.Event {
+	c := f.conns[r.Sk]
+	if c == nil {
+		if r.Kind != ktrace.SetState || !f.wanted(r) {
+			return nil
+		}
+		c = &conn{id: inspect.ConnID{Local: r.Src, Remote: r.Dst}, state: kernel(r.OldState)}
+		f.conns[r.Sk] = c
+	}
+	var out []inspect.Event
+	if c.id.Local.Port() == 0 && r.Src.Port() != 0 {
+		// The kernel picked the port: the held events get it.
+		c.id.Local = r.Src
+		for _, ev := range c.held {
+			ev.Conn = c.id
+			out = append(out, ev)
+		}
+		c.held = nil
+	}
+	switch r.Kind {
+	case ktrace.Probe:
+		c.probe, c.haveProbe = r, true
+	case ktrace.Retransmit:
+		out = c.emit(out, f.event(c, r.Time, inspect.KindRetransmit, fmt.Sprintf("the kernel sent a segment again in %s (tracepoint tcp_retransmit_skb)", kernel(r.State))))
+	case ktrace.ReceiveReset:
+		c.rst = "RST received (tracepoint tcp_receive_reset)"
+	case ktrace.SendReset:
+		c.rst = "RST sent (tracepoint tcp_send_reset)"
+	case ktrace.SetState:
+		out = f.setState(c, r, out)
+	}
+	return out
+}
+
+// wanted reports whether an unfollowed socket's state record starts one
+// to follow.
+func (f *Follower) wanted(r ktrace.Record) bool {
+	if f.opts.Server.IsValid() && r.NewState == ktrace.TCPSynSent && r.Dst == f.opts.Server && f.opts.Ours(r.PID) {
+		return true
+	}
+	return f.opts.Port != 0 && r.Src.Port() == f.opts.Port && r.Dst.Port() != 0 && r.NewState != ktrace.TCPClose
+}
+
+// emit appends ev to out, or holds it while the local port is unknown.
+func (c *conn) emit(out []inspect.Event, ev inspect.Event) []inspect.Event {
+	if c.id.Local.Port() == 0 {
+		c.held = append(c.held, ev)
+		return out
+	}
+	return append(out, ev)
+}
+
+// event is an event of c's with the latest tcp_probe's numbers.
+func (f *Follower) event(c *conn, at time.Time, kind inspect.Kind, cause string) inspect.Event {
+	ev := inspect.Event{Time: at, Kind: kind, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: c.id, Cause: cause}
+	if !c.haveProbe {
+		ev.Cause += "; numbers: none yet (tcp_probe fires on segments received once established)"
+		return ev
+	}
+	p := &c.probe
+	ev.N = inspect.Numbers{
+		Known: true, Missing: inspect.FieldRcvNxt | inspect.FieldRTO, SeqAbsolute: true,
+		SndUna: p.SndUna, SndNxt: p.SndNxt, SndWnd: p.SndWnd, RcvWnd: p.RcvWnd,
+		Cwnd: int(p.SndCwnd), Ssthresh: int(p.Ssthresh),
+		SRTTKnown: p.SRTT > 0, SRTT: p.SRTT,
+	}
+	ev.Cause += fmt.Sprintf("; numbers: the socket's latest tcp_probe, %s before", fmtDur(at.Sub(p.Time)))
+	return ev
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d)/1e6)
+	}
+	return fmt.Sprintf("%.1fs", d.Seconds())
+}
+
+const tracepoint = "tracepoint inet_sock_set_state"
+
+// setState reports a state change.
+func (f *Follower) setState(c *conn, r ktrace.Record, out []inspect.Event) []inspect.Event {
+	from, to := kernel(r.OldState), kernel(r.NewState)
+	if r.NewState == ktrace.TCPClose {
+		delete(f.conns, r.Sk) // the kernel may give the address to a new socket
+	}
+	if r.NewState == ktrace.TCPClose && (r.OldState == ktrace.TCPFinWait2 || r.OldState == ktrace.TCPClosing) && c.rst == "" {
+		return f.maybeTimeWait(c, r, out)
+	}
+	cause := meaning(from, to)
+	if to == inspect.Closed && c.rst != "" {
+		cause = c.rst
+	}
+	ev := f.event(c, r.Time, inspect.KindState, fmt.Sprintf("%s (%s %s -> %s)", cause, tracepoint, r.OldState, r.NewState))
+	ev.From, ev.To = from, to
+	c.state = to
+	if to == inspect.Closed {
+		// Its held events go out as they are: the port was never
+		// picked.
+		out = append(out, c.held...)
+		c.held = nil
+		return append(out, ev)
+	}
+	return c.emit(out, ev)
+}
+
+// maybeTimeWait handles FIN_WAIT2 (or CLOSING) -> CLOSE: the socket went,
+// to TIME-WAIT if sock_diag shows the entry.
+func (f *Follower) maybeTimeWait(c *conn, r ktrace.Record, out []inspect.Event) []inspect.Event {
+	from := kernel(r.OldState)
+	what := fmt.Sprintf("%s %s -> CLOSE at this instant", tracepoint, r.OldState)
+	ev := f.event(c, r.Time, inspect.KindState, "")
+	ev.From = from
+	var e Entry
+	var found bool
+	var err error
+	if f.opts.Diag != nil {
+		e, found, err = f.opts.Diag.Lookup(c.id.Local, c.id.Remote)
+	}
+	base := ev.Cause // the numbers' note
+	switch {
+	case f.opts.Diag == nil:
+		ev.To = inspect.Closed
+		ev.Cause = fmt.Sprintf("the kernel's socket went (%s); whether a TIME-WAIT mini-socket took its place is not known: no sock_diag", what)
+	case err != nil:
+		ev.To = inspect.Closed
+		ev.Cause = fmt.Sprintf("the kernel's socket went (%s); whether a TIME-WAIT mini-socket took its place is not known: sock_diag: %v", what, err)
+	case found && e.State == ktrace.TCPTimeWait:
+		ev.To = inspect.TimeWait
+		ev.Cause = fmt.Sprintf("%s; the kernel replaced the socket with a TIME-WAIT mini-socket (%s; sock_diag: TIME-WAIT entry, timer %s)", meaning(from, inspect.TimeWait), what, fmtTimer(e.Timer))
+		c.twStart = r.Time
+		f.tw[c.id] = c
+	default:
+		ev.To = inspect.Closed
+		ev.Cause = fmt.Sprintf("the kernel's socket went without a TIME-WAIT entry (%s; sock_diag: no entry)", what)
+	}
+	ev.Cause += base
+	c.state = ev.To
+	out = append(out, c.held...)
+	c.held = nil
+	return append(out, ev)
+}
+
+func fmtTimer(d time.Duration) string {
+	if d >= time.Second {
+		return fmt.Sprintf("%ds", int(d.Round(time.Second)/time.Second))
+	}
+	return fmt.Sprintf("%dms", d.Milliseconds())
+}
+
+// meaning says in words what a change of the kernel's state means.
+func meaning(from, to inspect.State) string {
+	switch {
+	case from == inspect.Closed && to == inspect.SynSent:
+		return "connect: SYN to be sent"
+	case from == inspect.SynSent && to == inspect.Established:
+		return "received SYN-ACK; ACK to be sent"
+	case from == inspect.Listen && to == inspect.SynRcvd:
+		return "the handshake's ACK arrived: the kernel made the connection's socket (a request socket, which no tracepoint reports, handled the SYN)"
+	case from == inspect.SynRcvd && to == inspect.Established:
+		return "received the ACK of its SYN-ACK"
+	case to == inspect.FinWait1:
+		return "the application closed: FIN to be sent"
+	case from == inspect.Established && to == inspect.CloseWait:
+		return "received FIN: the peer closed its side"
+	case from == inspect.CloseWait && to == inspect.LastAck:
+		return "the application closed too: FIN to be sent"
+	case from == inspect.FinWait1 && to == inspect.FinWait2:
+		return "its FIN was acknowledged"
+	case from == inspect.FinWait1 && to == inspect.Closing:
+		return "received FIN before the ACK of its own (simultaneous close)"
+	case from == inspect.FinWait2 && to == inspect.TimeWait:
+		return "received FIN; ACK sent"
+	case from == inspect.Closing && to == inspect.TimeWait:
+		return "its FIN was acknowledged"
+	case from == inspect.LastAck && to == inspect.Closed:
+		return "its FIN was acknowledged"
+	case to == inspect.Closed:
+		return "closed"
+	}
+	return "state changed"
+}
+
+// Waiting reports whether connections are in TIME-WAIT (Poll has work).
+func (f *Follower) Waiting() bool { return len(f.tw) > 0 }
+
+// Poll looks up each TIME-WAIT entry and reports TIME-WAIT -> CLOSED for
+// those gone, at now.
+func (f *Follower) Poll(now time.Time) []inspect.Event {
+	var out []inspect.Event
+	ids := make([]inspect.ConnID, 0, len(f.tw))
+	for id := range f.tw {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i].Local.Compare(ids[j].Local) < 0 })
+	for _, id := range ids {
+		c := f.tw[id]
+		if f.opts.Diag == nil {
+			delete(f.tw, id)
+			continue
+		}
+		if _, found, err := f.opts.Diag.Lookup(id.Local, id.Remote); err != nil || found {
+			continue
+		}
+		delete(f.tw, id)
+		held := now.Sub(c.twStart)
+		out = append(out, inspect.Event{
+			Time: now, Kind: inspect.KindState, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: id,
+			From: inspect.TimeWait, To: inspect.Closed, Held: held,
+			Cause: fmt.Sprintf("sock_diag: entry gone, after %.1fs in TIME-WAIT (looked up every %v: it went at most %v before this time); the kernel keeps no numbers for a TIME-WAIT entry",
+				held.Seconds(), f.opts.Poll, f.opts.Poll),
+		})
+	}
+	return out
+}
