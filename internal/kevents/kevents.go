@@ -12,15 +12,19 @@
 // carry no network namespace: a kernel server's connections are told
 // apart by port only.
 //
-// Two of the kernel's gaps are closed with its socket table, sock_diag
-// (what ss reads), in the sockets' namespace. When a socket enters
-// TIME-WAIT the tracepoint says FIN_WAIT2 -> CLOSE (or CLOSING -> CLOSE):
-// the full socket is replaced by a TIME-WAIT mini-socket, which no
-// tracepoint reports. If sock_diag then shows a TIME-WAIT entry for the
-// connection, the event reads FIN-WAIT-2 -> TIME-WAIT at the tracepoint's
-// instant, and TIME-WAIT -> CLOSED follows when a poll finds the entry
-// gone (that time is the poll's, within one poll interval of the truth).
-// Each event's cause names the kernel source that said so.
+// The kernel's gaps are closed with its socket table, sock_diag (what ss
+// reads), in the sockets' namespace. When a socket leaves FIN-WAIT-2 or
+// CLOSING the tracepoint says FIN_WAIT2 -> CLOSE (or CLOSING -> CLOSE): the
+// full socket is replaced by a mini-socket, which no tracepoint reports.
+// sock_diag shows it. A TIME-WAIT entry makes the event FIN-WAIT-2 ->
+// TIME-WAIT at the tracepoint's instant, if the entry's timer (restarted
+// at 60 s when it enters TIME-WAIT) started within a tick of it. When the
+// application had closed the socket already, the kernel keeps a FIN-WAIT-2
+// mini-socket instead, and the peer's FIN turns it TIME-WAIT later,
+// unmarked: that event is dated by the timer, to Tick. TIME-WAIT -> CLOSED
+// follows when a poll finds the entry gone (at the poll's time, within one
+// poll interval of the truth). Each event's cause names the kernel source
+// that said so.
 package kevents
 
 import (
@@ -72,6 +76,8 @@ type Options struct {
 	Diag Diag
 	// Poll is how often TIME-WAIT entries are looked up (DefaultPoll).
 	Poll time.Duration
+	// Now is the clock sock_diag's answers are read at (time.Now).
+	Now func() time.Time
 }
 
 // Follower turns Records into events. It is not safe for concurrent use:
@@ -94,8 +100,10 @@ type conn struct {
 	haveProbe bool
 	// rst says a reset was received or sent (which tracepoint).
 	rst string
-	// twStart is when it entered TIME-WAIT (tw only).
-	twStart time.Time
+	// twStart is when it entered TIME-WAIT, or became a FIN-WAIT-2
+	// mini-socket (mini); looked when sock_diag was last asked (tw only).
+	twStart, looked time.Time
+	mini            bool
 }
 
 // New returns a Follower.
@@ -105,6 +113,9 @@ func New(opts Options) *Follower {
 	}
 	if opts.Poll <= 0 {
 		opts.Poll = DefaultPoll
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	return &Follower{opts: opts, conns: map[uint64]*conn{}, tw: map[inspect.ConnID]*conn{}}
 }
@@ -252,41 +263,73 @@ func (f *Follower) setState(c *conn, r ktrace.Record, out []inspect.Event) []ins
 	return c.emit(out, ev)
 }
 
-// maybeTimeWait handles FIN_WAIT2 (or CLOSING) -> CLOSE: the socket went,
-// to TIME-WAIT if sock_diag shows the entry.
+// TimeWaitLen is how long the kernel holds TIME-WAIT (TCP_TIMEWAIT_LEN,
+// fixed at 60 s): a TIME-WAIT entry's timer starts there when it enters
+// TIME-WAIT.
+const TimeWaitLen = 60 * time.Second
+
+// Tick is how precisely sock_diag's timer dates an entry: it reports
+// milliseconds, counted in the kernel's jiffies (4 ms at HZ=250).
+const Tick = 5 * time.Millisecond
+
+// maybeTimeWait handles FIN_WAIT2 (or CLOSING) -> CLOSE: the full socket
+// went; sock_diag says whether a mini-socket took its place. That
+// mini-socket is TIME-WAIT, or, when the application had already closed
+// the socket, FIN-WAIT-2 until the peer's FIN turns it TIME-WAIT (no
+// tracepoint marks that: its timer, restarted at 60 s then, dates it).
 func (f *Follower) maybeTimeWait(c *conn, r ktrace.Record, out []inspect.Event) []inspect.Event {
 	from := kernel(r.OldState)
-	what := fmt.Sprintf("%s %s -> CLOSE at this instant", tracepoint, r.OldState)
+	what := fmt.Sprintf("%s %s -> CLOSE at %s", tracepoint, r.OldState, r.Time.Format("15:04:05.000000"))
+	out = append(out, c.held...)
+	c.held = nil
 	ev := f.event(c, r.Time, inspect.KindState, "")
-	ev.From = from
+	numbers := ev.Cause // the numbers' note
+	ev.From, ev.To = from, inspect.Closed
 	var e Entry
 	var found bool
 	var err error
 	if f.opts.Diag != nil {
 		e, found, err = f.opts.Diag.Lookup(c.id.Local, c.id.Remote)
 	}
-	base := ev.Cause // the numbers' note
+	now := f.now()
 	switch {
 	case f.opts.Diag == nil:
-		ev.To = inspect.Closed
 		ev.Cause = fmt.Sprintf("the kernel's socket went (%s); whether a TIME-WAIT mini-socket took its place is not known: no sock_diag", what)
 	case err != nil:
-		ev.To = inspect.Closed
 		ev.Cause = fmt.Sprintf("the kernel's socket went (%s); whether a TIME-WAIT mini-socket took its place is not known: sock_diag: %v", what, err)
+	case found && e.State == ktrace.TCPFinWait2:
+		// Still FIN-WAIT-2, in a mini-socket: no state change yet.
+		c.twStart, c.mini, c.looked = r.Time, true, now
+		f.tw[c.id] = c
+		c.state = from
+		return out
 	case found && e.State == ktrace.TCPTimeWait:
 		ev.To = inspect.TimeWait
-		ev.Cause = fmt.Sprintf("%s; the kernel replaced the socket with a TIME-WAIT mini-socket (%s; sock_diag: TIME-WAIT entry, timer %s)", meaning(from, inspect.TimeWait), what, fmtTimer(e.Timer))
-		c.twStart = r.Time
+		ev.Time, ev.Cause = f.timeWaitSince(r.Time, now, e, what, from)
+		c.twStart = ev.Time
 		f.tw[c.id] = c
 	default:
-		ev.To = inspect.Closed
 		ev.Cause = fmt.Sprintf("the kernel's socket went without a TIME-WAIT entry (%s; sock_diag: no entry)", what)
 	}
-	ev.Cause += base
+	ev.Cause += numbers
 	c.state = ev.To
-	out = append(out, c.held...)
-	c.held = nil
 	return append(out, ev)
+}
+
+// timeWaitSince dates a TIME-WAIT entry found at now, whose full socket
+// went at gone: by its timer, which started at TimeWaitLen when it
+// entered TIME-WAIT.
+func (f *Follower) timeWaitSince(gone, now time.Time, e Entry, what string, from inspect.State) (time.Time, string) {
+	entered := now.Add(e.Timer - TimeWaitLen)
+	if entered.Sub(gone) <= Tick {
+		return gone, fmt.Sprintf("%s; the kernel replaced the socket with a TIME-WAIT mini-socket (%s; sock_diag: TIME-WAIT entry, timer %s, started within %v of that instant: then, or, if the application had closed the socket, when the peer's FIN reached its FIN-WAIT-2 mini-socket within those %v, which no tracepoint marks)",
+			meaning(from, inspect.TimeWait), what, fmtTimer(e.Timer), Tick, Tick)
+	}
+	if entered.After(now) {
+		entered = now
+	}
+	return entered, fmt.Sprintf("received FIN: the kernel's FIN-WAIT-2 mini-socket turned TIME-WAIT; no tracepoint marks it (its full socket went at %s); time from sock_diag: TIME-WAIT entry, timer %s, started %s after that, to %v",
+		what, fmtTimer(e.Timer), fmtDur(entered.Sub(gone)), Tick)
 }
 
 func fmtTimer(d time.Duration) string {
@@ -329,11 +372,14 @@ func meaning(from, to inspect.State) string {
 	return "state changed"
 }
 
-// Waiting reports whether connections are in TIME-WAIT (Poll has work).
+func (f *Follower) now() time.Time { return f.opts.Now() }
+
+// Waiting reports whether connections are in TIME-WAIT or a FIN-WAIT-2
+// mini-socket (Poll has work).
 func (f *Follower) Waiting() bool { return len(f.tw) > 0 }
 
-// Poll looks up each TIME-WAIT entry and reports TIME-WAIT -> CLOSED for
-// those gone, at now.
+// Poll looks up each mini-socket: FIN-WAIT-2 -> TIME-WAIT for those the
+// peer's FIN turned TIME-WAIT, and -> CLOSED, at now, for those gone.
 func (f *Follower) Poll(now time.Time) []inspect.Event {
 	var out []inspect.Event
 	ids := make([]inspect.ConnID, 0, len(f.tw))
@@ -347,16 +393,41 @@ func (f *Follower) Poll(now time.Time) []inspect.Event {
 			delete(f.tw, id)
 			continue
 		}
-		if _, found, err := f.opts.Diag.Lookup(id.Local, id.Remote); err != nil || found {
+		e, found, err := f.opts.Diag.Lookup(id.Local, id.Remote)
+		if err != nil {
+			continue
+		}
+		prev := c.looked
+		c.looked = now
+		if found && c.mini && e.State == ktrace.TCPTimeWait {
+			ev := inspect.Event{Kind: inspect.KindState, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: id, From: inspect.FinWait2, To: inspect.TimeWait}
+			entered := now.Add(e.Timer - TimeWaitLen)
+			if entered.Before(prev) {
+				entered = prev
+			}
+			if entered.After(now) {
+				entered = now
+			}
+			ev.Time = entered
+			ev.Cause = fmt.Sprintf("received FIN: the kernel's FIN-WAIT-2 mini-socket turned TIME-WAIT; no tracepoint marks it; time from sock_diag: TIME-WAIT entry, timer %s, to %v; the kernel keeps no numbers for a mini-socket", fmtTimer(e.Timer), Tick)
+			c.mini, c.twStart, c.state = false, entered, inspect.TimeWait
+			out = append(out, ev)
+			continue
+		}
+		if found {
 			continue
 		}
 		delete(f.tw, id)
 		held := now.Sub(c.twStart)
+		in := "TIME-WAIT"
+		if c.mini {
+			in = "a FIN-WAIT-2 mini-socket"
+		}
 		out = append(out, inspect.Event{
 			Time: now, Kind: inspect.KindState, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: id,
-			From: inspect.TimeWait, To: inspect.Closed, Held: held,
-			Cause: fmt.Sprintf("sock_diag: entry gone, after %.1fs in TIME-WAIT (looked up every %v: it went at most %v before this time); the kernel keeps no numbers for a TIME-WAIT entry",
-				held.Seconds(), f.opts.Poll, f.opts.Poll),
+			From: c.state, To: inspect.Closed, Held: held,
+			Cause: fmt.Sprintf("sock_diag: entry gone, after %.1fs in %s (looked up every %v: it went at most %v before this time); the kernel keeps no numbers for a mini-socket",
+				held.Seconds(), in, f.opts.Poll, f.opts.Poll),
 		})
 	}
 	return out

@@ -86,8 +86,10 @@ func transitions(evs []inspect.Event) string {
 // port once known; TIME-WAIT at the tracepoint's instant with sock_diag's
 // timer; CLOSED when a poll finds the entry gone.
 func TestClientTimeWait(t *testing.T) {
-	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{{client, server}: {State: ktrace.TCPTimeWait, Timer: 59 * time.Second}}}
-	f := New(Options{Host: "ant", Server: server, Ours: ours, Diag: diag, Poll: 100 * time.Millisecond})
+	// sock_diag is asked 10ms after the tracepoint; the timer started
+	// then (60s less 10ms left).
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{{client, server}: {State: ktrace.TCPTimeWait, Timer: TimeWaitLen - 10*time.Millisecond}}}
+	f := New(Options{Host: "ant", Server: server, Ours: ours, Diag: diag, Poll: 100 * time.Millisecond, Now: func() time.Time { return at(15.4) }})
 	// Another process's connection to the same server, interleaved with
 	// ours: never shown.
 	other := clientLife(0xffff888999, otherPID)
@@ -113,7 +115,7 @@ func TestClientTimeWait(t *testing.T) {
 		t.Errorf("FIN-WAIT-1 numbers: %s (%+v)", fw1.Text(), fw1.N)
 	}
 	tw := evs[4]
-	if !tw.Time.Equal(at(5.4)) || !strings.Contains(tw.Cause, "tracepoint inet_sock_set_state FIN_WAIT2 -> CLOSE at this instant") || !strings.Contains(tw.Cause, "sock_diag: TIME-WAIT entry, timer 59s") {
+	if !tw.Time.Equal(at(5.4)) || !strings.Contains(tw.Cause, "tracepoint inet_sock_set_state FIN_WAIT2 -> CLOSE at 08:00:00.005400") || !strings.Contains(tw.Cause, "sock_diag: TIME-WAIT entry, timer 60s, started within 5ms of that instant") {
 		t.Errorf("TIME-WAIT: %s", tw.Text())
 	}
 	if !f.Waiting() {
@@ -145,7 +147,7 @@ func TestClientCloseWithoutTimeWait(t *testing.T) {
 		diag Diag
 		want string
 	}{
-		{"no entry", &fakeDiag{}, "without a TIME-WAIT entry (tracepoint inet_sock_set_state FIN_WAIT2 -> CLOSE at this instant; sock_diag: no entry)"},
+		{"no entry", &fakeDiag{}, "without a TIME-WAIT entry (tracepoint inet_sock_set_state FIN_WAIT2 -> CLOSE at 08:00:00.005400; sock_diag: no entry)"},
 		{"no diag", nil, "is not known: no sock_diag"},
 		{"diag fails", &fakeDiag{err: errors.New("netns gone")}, "is not known: sock_diag: netns gone"},
 	} {
@@ -158,6 +160,47 @@ func TestClientCloseWithoutTimeWait(t *testing.T) {
 		if f.Waiting() {
 			t.Errorf("%s: polling for a TIME-WAIT entry never seen", tc.name)
 		}
+	}
+}
+
+// The application closed the socket before its FIN was acknowledged: the
+// kernel makes it a FIN-WAIT-2 mini-socket (the tracepoint's FIN_WAIT2 ->
+// CLOSE), which the peer's FIN turns TIME-WAIT later, unmarked: sock_diag
+// shows it, and its timer dates it.
+func TestFinWait2MiniSocket(t *testing.T) {
+	key := [2]netip.AddrPort{client, server}
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{key: {State: ktrace.TCPFinWait2, Timer: TimeWaitLen}}}
+	now := at(15.4)
+	f := New(Options{Host: "ant", Server: server, Ours: ours, Diag: diag, Poll: 100 * time.Millisecond, Now: func() time.Time { return now }})
+	evs := feed(f, clientLife(sk, ourPID))
+	if got, want := transitions(evs), "CLOSED>SYN-SENT SYN-SENT>ESTABLISHED ESTABLISHED>FIN-WAIT-1 FIN-WAIT-1>FIN-WAIT-2"; got != want {
+		t.Fatalf("events %s\nwant   %s (a FIN-WAIT-2 mini-socket is no state change)", got, want)
+	}
+	if evs := f.Poll(at(115.4)); len(evs) != 0 {
+		t.Fatalf("still FIN-WAIT-2, yet %s", transitions(evs))
+	}
+	// The FIN came at 150ms; the lookup at 215.4ms sees the timer
+	// restarted 65.4ms ago.
+	diag.entries[key] = Entry{State: ktrace.TCPTimeWait, Timer: TimeWaitLen - 65400*time.Microsecond}
+	evs = f.Poll(at(215.4))
+	if transitions(evs) != "FIN-WAIT-2>TIME-WAIT" || !evs[0].Time.Equal(at(150)) || !strings.Contains(evs[0].Cause, "FIN-WAIT-2 mini-socket turned TIME-WAIT; no tracepoint marks it; time from sock_diag: TIME-WAIT entry, timer 60s, to 5ms") {
+		t.Fatalf("TIME-WAIT: %s at %v", transitions(evs), evs)
+	}
+	delete(diag.entries, key)
+	evs = f.Poll(at(60150))
+	if transitions(evs) != "TIME-WAIT>CLOSED" || evs[0].Held != 60*time.Second {
+		t.Fatalf("CLOSED: %v", evs)
+	}
+
+	// The FIN reached the mini-socket between the tracepoint and the
+	// first lookup, 50ms after: dated by the timer, not the tracepoint.
+	diag.entries[key] = Entry{State: ktrace.TCPTimeWait, Timer: TimeWaitLen - 10*time.Millisecond}
+	now = at(65.4)
+	f = New(Options{Host: "ant", Server: server, Ours: ours, Diag: diag, Now: func() time.Time { return now }})
+	evs = feed(f, clientLife(sk, ourPID))
+	last := evs[len(evs)-1]
+	if last.To != inspect.TimeWait || !last.Time.Equal(at(55.4)) || !strings.Contains(last.Cause, "started 50.0ms after that, to 5ms") {
+		t.Errorf("TIME-WAIT after the tracepoint: %s", last.Text())
 	}
 }
 
