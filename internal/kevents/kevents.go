@@ -8,9 +8,9 @@
 // the lab's server (the connecting thread of the first SYN-SENT record is
 // ours; that record has port 0, since the kernel sets the state before it
 // picks the port, so the socket is followed by its kernel address, Sk),
-// or those with a given local port (a kernel server's). The tracepoints
-// carry no network namespace: a kernel server's connections are told
-// apart by port only.
+// or those with a given local port (a kernel server's) that sock_diag
+// finds in the namespace when their first record arrives (the tracepoints
+// carry no namespace).
 //
 // The kernel's gaps are closed with its socket table, sock_diag (what ss
 // reads), in the sockets' namespace. When a socket leaves FIN-WAIT-2 or
@@ -86,6 +86,9 @@ type Follower struct {
 	opts  Options
 	conns map[uint64]*conn // by Sk, while the kernel socket lives
 	tw    map[inspect.ConnID]*conn
+	// here says whether a new socket of a kernel server's was in the
+	// namespace when its first record arrived (Arrived).
+	here map[uint64]bool
 }
 
 // conn is one followed socket.
@@ -117,7 +120,7 @@ func New(opts Options) *Follower {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Follower{opts: opts, conns: map[uint64]*conn{}, tw: map[inspect.ConnID]*conn{}}
+	return &Follower{opts: opts, conns: map[uint64]*conn{}, tw: map[inspect.ConnID]*conn{}, here: map[uint64]bool{}}
 }
 
 // ThisProcess reports whether pid is one of this process's threads.
@@ -195,7 +198,42 @@ func (f *Follower) wanted(r ktrace.Record) bool {
 	if f.opts.Server.IsValid() && r.NewState == ktrace.TCPSynSent && r.Dst == f.opts.Server && f.opts.Ours(r.PID) {
 		return true
 	}
-	return f.opts.Port != 0 && r.Src.Port() == f.opts.Port && r.Dst.Port() != 0 && r.NewState != ktrace.TCPClose
+	if f.opts.Port == 0 || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
+		return false
+	}
+	// Another namespace may have a socket on the same port: keep only
+	// those in ours.
+	here, ok := f.here[r.Sk]
+	if !ok {
+		here = f.inNamespace(r)
+	}
+	delete(f.here, r.Sk)
+	return here
+}
+
+// inNamespace reports whether sock_diag has r's socket (unknown without
+// sock_diag: kept).
+func (f *Follower) inNamespace(r ktrace.Record) bool {
+	if f.opts.Diag == nil {
+		return true
+	}
+	_, found, err := f.opts.Diag.Lookup(r.Src, r.Dst)
+	return err == nil && found
+}
+
+// Arrived lets the follower look at a record as soon as it is read, before
+// Record gets it in time order: whether a new socket of a kernel server's
+// is in the namespace is asked of sock_diag while the socket still lives.
+func (f *Follower) Arrived(r ktrace.Record) {
+	if f.opts.Port == 0 || r.Kind != ktrace.SetState || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
+		return
+	}
+	if _, ok := f.conns[r.Sk]; ok {
+		return
+	}
+	if _, ok := f.here[r.Sk]; !ok {
+		f.here[r.Sk] = f.inNamespace(r)
+	}
 }
 
 // emit appends ev to out, or holds it while the local port is unknown.

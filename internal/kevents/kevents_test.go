@@ -239,22 +239,35 @@ func TestSynRetransmitGivesPort(t *testing.T) {
 
 // A kernel server: its connections by local port, not the listener; the
 // passive close goes LAST-ACK -> CLOSED without a lookup.
+// Another namespace's socket on the port (not in our sock_diag) is not.
 func TestServerByPort(t *testing.T) {
-	f := New(Options{Host: "apple", Port: 9999, Diag: &fakeDiag{}})
 	srv := netip.AddrPortFrom(server.Addr(), 9999)
+	elsewhere := netip.MustParseAddrPort("10.0.1.2:14802")
+	// sock_diag has the connection when its first record arrives.
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{{srv, client}: {State: ktrace.TCPEstablished}}}
+	f := New(Options{Host: "apple", Port: 9999, Diag: diag})
 	rec := func(ms float64, sk uint64, from, to ktrace.TCPState) ktrace.Record {
 		return ktrace.Record{Time: at(ms), Kind: ktrace.SetState, PID: otherPID, Sk: sk, Src: srv, Dst: client, OldState: from, NewState: to}
 	}
 	listener := rec(0, 1, ktrace.TCPClose, ktrace.TCPListen)
 	listener.Dst = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
-	evs := feed(f, []ktrace.Record{
+	other := rec(0.5, 3, ktrace.TCPListen, ktrace.TCPSynRecv)
+	other.Dst = elsewhere
+	recs := []ktrace.Record{
 		listener,
+		other,
 		rec(1, 2, ktrace.TCPListen, ktrace.TCPSynRecv),
 		rec(1, 2, ktrace.TCPSynRecv, ktrace.TCPEstablished),
 		rec(5, 2, ktrace.TCPEstablished, ktrace.TCPCloseWait),
 		rec(6, 2, ktrace.TCPCloseWait, ktrace.TCPLastAck),
 		rec(7, 2, ktrace.TCPLastAck, ktrace.TCPClose),
-	})
+	}
+	for _, r := range recs {
+		f.Arrived(r)
+	}
+	// By the time the records are handled in order, the socket is gone.
+	delete(diag.entries, [2]netip.AddrPort{srv, client})
+	evs := feed(f, recs)
 	if got, want := transitions(evs), "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>CLOSE-WAIT CLOSE-WAIT>LAST-ACK LAST-ACK>CLOSED"; got != want {
 		t.Errorf("events %s\nwant   %s", got, want)
 	}

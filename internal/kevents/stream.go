@@ -168,6 +168,7 @@ func (s *Stream) run() {
 		for {
 			select {
 			case r := <-s.sess.Records():
+				s.f.Arrived(r)
 				pending = append(pending, r)
 			default:
 				return
@@ -180,6 +181,7 @@ func (s *Stream) run() {
 	for {
 		select {
 		case r := <-s.sess.Records():
+			s.f.Arrived(r)
 			pending = append(pending, r)
 		case now := <-tick.C:
 			flush(now.Add(-Window))
@@ -195,6 +197,7 @@ func (s *Stream) run() {
 			for {
 				select {
 				case r := <-s.sess.Records():
+					s.f.Arrived(r)
 					pending = append(pending, r)
 				case <-timer.C:
 					break wait
