@@ -80,6 +80,14 @@ type Options struct {
 	Now func() time.Time
 }
 
+// lookup is an answer of sock_diag's, and when it was asked.
+type lookup struct {
+	e     Entry
+	found bool
+	err   error
+	at    time.Time
+}
+
 // Follower turns Records into events. It is not safe for concurrent use:
 // Stream runs one.
 type Follower struct {
@@ -103,6 +111,9 @@ type conn struct {
 	haveProbe bool
 	// rst says a reset was received or sent (which tracepoint).
 	rst string
+	// early is sock_diag's answer when the socket's going was read
+	// (Arrived).
+	early *lookup
 	// twStart is when it entered TIME-WAIT, or became a FIN-WAIT-2
 	// mini-socket (mini); looked when sock_diag was last asked (tw only).
 	twStart, looked time.Time
@@ -222,9 +233,25 @@ func (f *Follower) inNamespace(r ktrace.Record) bool {
 }
 
 // Arrived lets the follower look at a record as soon as it is read, before
-// Record gets it in time order: whether a new socket of a kernel server's
-// is in the namespace is asked of sock_diag while the socket still lives.
+// Record gets it in time order, and ask sock_diag what must be asked while
+// it is still so: whether a new socket of a kernel server's is in the
+// namespace, and what replaced a followed socket that went (a mini-socket
+// may go soon: a RST ends TIME-WAIT on Linux).
 func (f *Follower) Arrived(r ktrace.Record) {
+	if r.Kind != ktrace.SetState || r.NewState != ktrace.TCPClose || (r.OldState != ktrace.TCPFinWait2 && r.OldState != ktrace.TCPClosing) {
+		f.arrivedNew(r)
+		return
+	}
+	c, ok := f.conns[r.Sk]
+	if !ok || f.opts.Diag == nil || c.id.Local.Port() == 0 {
+		return
+	}
+	l := &lookup{at: f.now()}
+	l.e, l.found, l.err = f.opts.Diag.Lookup(c.id.Local, c.id.Remote)
+	c.early = l
+}
+
+func (f *Follower) arrivedNew(r ktrace.Record) {
 	if f.opts.Port == 0 || r.Kind != ktrace.SetState || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
 		return
 	}
@@ -323,13 +350,19 @@ func (f *Follower) maybeTimeWait(c *conn, r ktrace.Record, out []inspect.Event) 
 	ev := f.event(c, r.Time, inspect.KindState, "")
 	numbers := ev.Cause // the numbers' note
 	ev.From, ev.To = from, inspect.Closed
+	l := c.early
+	c.early = nil
+	if l == nil && f.opts.Diag != nil {
+		l = &lookup{at: f.now()}
+		l.e, l.found, l.err = f.opts.Diag.Lookup(c.id.Local, c.id.Remote)
+	}
 	var e Entry
 	var found bool
 	var err error
-	if f.opts.Diag != nil {
-		e, found, err = f.opts.Diag.Lookup(c.id.Local, c.id.Remote)
-	}
 	now := f.now()
+	if l != nil {
+		e, found, err, now = l.e, l.found, l.err, l.at
+	}
 	switch {
 	case f.opts.Diag == nil:
 		ev.Cause = fmt.Sprintf("the kernel's socket went (%s); whether a TIME-WAIT mini-socket took its place is not known: no sock_diag", what)
@@ -347,7 +380,7 @@ func (f *Follower) maybeTimeWait(c *conn, r ktrace.Record, out []inspect.Event) 
 		c.twStart = ev.Time
 		f.tw[c.id] = c
 	default:
-		ev.Cause = fmt.Sprintf("the kernel's socket went without a TIME-WAIT entry (%s; sock_diag: no entry)", what)
+		ev.Cause = fmt.Sprintf("the kernel's socket went (%s); sock_diag, %s later: no entry: no mini-socket took its place, or it had gone already (a RST ends TIME-WAIT on Linux)", what, fmtDur(now.Sub(r.Time)))
 	}
 	ev.Cause += numbers
 	c.state = ev.To

@@ -147,11 +147,11 @@ func TestClientCloseWithoutTimeWait(t *testing.T) {
 		diag Diag
 		want string
 	}{
-		{"no entry", &fakeDiag{}, "without a TIME-WAIT entry (tracepoint inet_sock_set_state FIN_WAIT2 -> CLOSE at 08:00:00.005400; sock_diag: no entry)"},
+		{"no entry", &fakeDiag{}, "the kernel's socket went (tracepoint inet_sock_set_state FIN_WAIT2 -> CLOSE at 08:00:00.005400); sock_diag, 10.0ms later: no entry: no mini-socket took its place, or it had gone already (a RST ends TIME-WAIT on Linux)"},
 		{"no diag", nil, "is not known: no sock_diag"},
 		{"diag fails", &fakeDiag{err: errors.New("netns gone")}, "is not known: sock_diag: netns gone"},
 	} {
-		f := New(Options{Host: "ant", Server: server, Ours: ours, Diag: tc.diag})
+		f := New(Options{Host: "ant", Server: server, Ours: ours, Diag: tc.diag, Now: func() time.Time { return at(15.4) }})
 		evs := feed(f, clientLife(sk, ourPID))
 		last := evs[len(evs)-1]
 		if last.From != inspect.FinWait2 || last.To != inspect.Closed || !strings.Contains(last.Cause, tc.want) {
@@ -201,6 +201,27 @@ func TestFinWait2MiniSocket(t *testing.T) {
 	last := evs[len(evs)-1]
 	if last.To != inspect.TimeWait || !last.Time.Equal(at(55.4)) || !strings.Contains(last.Cause, "started 50.0ms after that, to 5ms") {
 		t.Errorf("TIME-WAIT after the tracepoint: %s", last.Text())
+	}
+}
+
+// sock_diag is asked when the record is read, not when its turn comes in
+// time order: a mini-socket a RST ends right after is still seen.
+func TestLookupOnArrival(t *testing.T) {
+	key := [2]netip.AddrPort{client, server}
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{key: {State: ktrace.TCPTimeWait, Timer: TimeWaitLen}}}
+	now := at(5.5)
+	f := New(Options{Host: "ant", Server: server, Ours: ours, Diag: diag, Now: func() time.Time { return now }})
+	recs := clientLife(sk, ourPID)
+	feed(f, recs[:5])
+	f.Arrived(recs[5])
+	delete(diag.entries, key) // the RST
+	now = at(20)
+	evs := f.Record(recs[5])
+	if len(evs) != 1 || evs[0].To != inspect.TimeWait || !evs[0].Time.Equal(at(5.4)) {
+		t.Fatalf("events %v: want TIME-WAIT at the tracepoint, from the lookup on arrival", evs)
+	}
+	if evs := f.Poll(at(120)); transitions(evs) != "TIME-WAIT>CLOSED" {
+		t.Errorf("entry gone: %s", transitions(evs))
 	}
 }
 
