@@ -177,11 +177,20 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 		}
 		c = &conn{id: inspect.ConnID{Local: r.Src, Remote: r.Dst}, state: kernel(r.OldState)}
 		f.conns[r.Sk] = c
+		if c.id.Local.Port() != 0 {
+			out0 := f.takeOver(c, r.Time, nil)
+			return append(out0, f.Record(r)...)
+		}
 	}
 	var out []inspect.Event
 	if c.id.Local.Port() == 0 && r.Src.Port() != 0 {
 		// The kernel picked the port: the held events get it.
 		c.id.Local = r.Src
+		start := r.Time
+		if len(c.held) > 0 {
+			start = c.held[0].Time
+		}
+		out = f.takeOver(c, start, out)
 		for _, ev := range c.held {
 			ev.Conn = c.id
 			out = append(out, ev)
@@ -201,6 +210,24 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 		out = f.setState(c, r, out)
 	}
 	return out
+}
+
+// takeOver ends the TIME-WAIT (or FIN-WAIT-2 mini-socket) of an earlier
+// connection with c's port pair: the kernel gives a new connection the
+// port pair only by taking its entry over (when c's socket got the port,
+// after the tracepoint of its SYN-SENT at start).
+func (f *Follower) takeOver(c *conn, start time.Time, out []inspect.Event) []inspect.Event {
+	old, ok := f.tw[c.id]
+	if !ok || old == c {
+		return out
+	}
+	delete(f.tw, c.id)
+	held := start.Sub(old.twStart)
+	return append(out, inspect.Event{
+		Time: start, Kind: inspect.KindState, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: c.id,
+		From: old.state, To: inspect.Closed, Held: held,
+		Cause: fmt.Sprintf("a new connection took the port pair, and with it the entry, after %.1fs (the new socket's tracepoint inet_sock_set_state CLOSE -> SYN_SENT at this instant; it got the port right after); the kernel keeps no numbers for a mini-socket", held.Seconds()),
+	})
 }
 
 // wanted reports whether an unfollowed socket's state record starts one
@@ -485,7 +512,7 @@ func (f *Follower) Poll(now time.Time) []inspect.Event {
 			out = append(out, ev)
 			continue
 		}
-		if found {
+		if found && (e.State == ktrace.TCPTimeWait || e.State == ktrace.TCPFinWait2) {
 			continue
 		}
 		delete(f.tw, id)
@@ -494,11 +521,15 @@ func (f *Follower) Poll(now time.Time) []inspect.Event {
 		if c.mini {
 			in = "a FIN-WAIT-2 mini-socket"
 		}
+		what := "sock_diag: entry gone"
+		if found {
+			what = fmt.Sprintf("sock_diag: the port pair's entry is another socket's now (%s)", e.State)
+		}
 		out = append(out, inspect.Event{
 			Time: now, Kind: inspect.KindState, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: id,
 			From: c.state, To: inspect.Closed, Held: held,
-			Cause: fmt.Sprintf("sock_diag: entry gone, after %.1fs in %s (looked up every %v: it went at most %v before this time); the kernel keeps no numbers for a mini-socket",
-				held.Seconds(), in, f.opts.Poll, f.opts.Poll),
+			Cause: fmt.Sprintf("%s, after %.1fs in %s (looked up every %v: it went at most %v before this time); the kernel keeps no numbers for a mini-socket",
+				what, held.Seconds(), in, f.opts.Poll, f.opts.Poll),
 		})
 	}
 	return out

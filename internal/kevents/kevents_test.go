@@ -225,6 +225,28 @@ func TestLookupOnArrival(t *testing.T) {
 	}
 }
 
+// A new connection bound to the port pair takes the TIME-WAIT entry over:
+// TIME-WAIT -> CLOSED at its SYN-SENT, before its own events.
+func TestTakeOver(t *testing.T) {
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{{client, server}: {State: ktrace.TCPTimeWait, Timer: TimeWaitLen}}}
+	f := New(Options{Host: "ant", Server: server, Ours: ours, Diag: diag, Now: func() time.Time { return at(5.4) }})
+	feed(f, clientLife(sk, ourPID))
+	again := clientLife(sk+8, ourPID)
+	for i := range again {
+		again[i].Time = again[i].Time.Add(20 * time.Millisecond)
+	}
+	evs := feed(f, again[:2])
+	if got, want := transitions(evs), "TIME-WAIT>CLOSED CLOSED>SYN-SENT SYN-SENT>ESTABLISHED"; got != want {
+		t.Fatalf("events %s, want %s", got, want)
+	}
+	if !evs[0].Time.Equal(at(20)) || evs[0].Held != 14600*time.Microsecond || !strings.Contains(evs[0].Cause, "a new connection took the port pair") {
+		t.Errorf("take-over: %s (held %v)", evs[0].Text(), evs[0].Held)
+	}
+	if f.Waiting() {
+		t.Error("still polling the old entry")
+	}
+}
+
 // A RST: the close says which tracepoint told it; no TIME-WAIT lookup.
 // The kernel reuses a socket's address: a new socket at the same Sk is a
 // new connection, followed only if it is ours.
