@@ -423,18 +423,29 @@ func (f *Follower) timeWaitSince(gone, now time.Time, e Entry, what string, from
 		return gone, fmt.Sprintf("%s; the kernel replaced the socket with a TIME-WAIT mini-socket (%s; sock_diag: TIME-WAIT entry, timer %s, started within %v of that instant: then, or, if the application had closed the socket, when the peer's FIN reached its FIN-WAIT-2 mini-socket within those %v, which no tracepoint marks)",
 			meaning(from, inspect.TimeWait), what, fmtTimer(e.Timer), Tick, Tick)
 	}
-	if entered.After(now) {
-		entered = now
-	}
-	return entered, fmt.Sprintf("received FIN: the kernel's FIN-WAIT-2 mini-socket turned TIME-WAIT; no tracepoint marks it (its full socket went at %s); time from sock_diag: TIME-WAIT entry, timer %s, started %s after that, to %v",
-		what, fmtTimer(e.Timer), fmtDur(entered.Sub(gone)), Tick)
+	at, window := dateTimeWait(gone, now, now, e.Timer)
+	return at, fmt.Sprintf("received FIN: the kernel's FIN-WAIT-2 mini-socket turned TIME-WAIT, which no tracepoint marks, in the %s before this time (its full socket went at %s; sock_diag: TIME-WAIT entry, timer %s, started at 60s to %v)",
+		fmtDur(window), what, fmtTimer(e.Timer), Tick)
 }
 
-func fmtTimer(d time.Duration) string {
-	if d >= time.Second {
-		return fmt.Sprintf("%ds", int(d.Round(time.Second)/time.Second))
+// dateTimeWait dates the start of TIME-WAIT of a mini-socket not yet in
+// TIME-WAIT at lo and found in it at hi with timer left: its timer started
+// at TimeWaitLen then, to Tick. It returns the latest instant it can have
+// been (never before the truth, so never before the peer's FIN in a
+// timeline) and the span it lies in.
+func dateTimeWait(lo, hi, now time.Time, timer time.Duration) (time.Time, time.Duration) {
+	est := now.Add(timer - TimeWaitLen)
+	from, to := est.Add(-Tick), est.Add(Tick)
+	if from.Before(lo) {
+		from = lo
 	}
-	return fmt.Sprintf("%dms", d.Milliseconds())
+	if to.After(hi) {
+		to = hi
+	}
+	if to.Before(from) { // the timer disagrees: the lookups alone
+		from, to = lo, hi
+	}
+	return to, to.Sub(from)
 }
 
 // meaning says in words what a change of the kernel's state means.
@@ -499,15 +510,10 @@ func (f *Follower) Poll(now time.Time) []inspect.Event {
 		c.looked = now
 		if found && c.mini && e.State == ktrace.TCPTimeWait {
 			ev := inspect.Event{Kind: inspect.KindState, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: id, From: inspect.FinWait2, To: inspect.TimeWait}
-			entered := now.Add(e.Timer - TimeWaitLen)
-			if entered.Before(prev) {
-				entered = prev
-			}
-			if entered.After(now) {
-				entered = now
-			}
+			entered, window := dateTimeWait(prev, now, now, e.Timer)
 			ev.Time = entered
-			ev.Cause = fmt.Sprintf("received FIN: the kernel's FIN-WAIT-2 mini-socket turned TIME-WAIT; no tracepoint marks it; time from sock_diag: TIME-WAIT entry, timer %s, to %v; the kernel keeps no numbers for a mini-socket", fmtTimer(e.Timer), Tick)
+			ev.Cause = fmt.Sprintf("received FIN: the kernel's FIN-WAIT-2 mini-socket turned TIME-WAIT, which no tracepoint marks, in the %s before this time (sock_diag: FIN-WAIT-2 entry at %s, TIME-WAIT entry at %s, timer %s, started at 60s to %v); the kernel keeps no numbers for a mini-socket",
+				fmtDur(window), prev.Format("15:04:05.000000"), now.Format("15:04:05.000000"), fmtTimer(e.Timer), Tick)
 			c.mini, c.twStart, c.state = false, entered, inspect.TimeWait
 			out = append(out, ev)
 			continue
@@ -533,4 +539,11 @@ func (f *Follower) Poll(now time.Time) []inspect.Event {
 		})
 	}
 	return out
+}
+
+func fmtTimer(d time.Duration) string {
+	if d >= time.Second {
+		return fmt.Sprintf("%ds", int(d.Round(time.Second)/time.Second))
+	}
+	return fmt.Sprintf("%dms", d.Milliseconds())
 }

@@ -183,11 +183,13 @@ func TestFinWait2MiniSocket(t *testing.T) {
 	// restarted 65.4ms ago.
 	diag.entries[key] = Entry{State: ktrace.TCPTimeWait, Timer: TimeWaitLen - 65400*time.Microsecond}
 	evs = f.Poll(at(215.4))
-	if transitions(evs) != "FIN-WAIT-2>TIME-WAIT" || !evs[0].Time.Equal(at(150)) || !strings.Contains(evs[0].Cause, "FIN-WAIT-2 mini-socket turned TIME-WAIT; no tracepoint marks it; time from sock_diag: TIME-WAIT entry, timer 60s, to 5ms") {
+	// Dated at the latest it can have been: the timer's 150ms, plus a
+	// tick.
+	if transitions(evs) != "FIN-WAIT-2>TIME-WAIT" || !evs[0].Time.Equal(at(155)) || !strings.Contains(evs[0].Cause, "FIN-WAIT-2 mini-socket turned TIME-WAIT, which no tracepoint marks, in the 10.0ms before this time (sock_diag: FIN-WAIT-2 entry at 08:00:00.115400, TIME-WAIT entry at 08:00:00.215400, timer 60s") {
 		t.Fatalf("TIME-WAIT: %s at %v", transitions(evs), evs)
 	}
 	delete(diag.entries, key)
-	evs = f.Poll(at(60150))
+	evs = f.Poll(at(60155))
 	if transitions(evs) != "TIME-WAIT>CLOSED" || evs[0].Held != 60*time.Second {
 		t.Fatalf("CLOSED: %v", evs)
 	}
@@ -199,7 +201,7 @@ func TestFinWait2MiniSocket(t *testing.T) {
 	f = New(Options{Host: "ant", Server: server, Ours: ours, Diag: diag, Now: func() time.Time { return now }})
 	evs = feed(f, clientLife(sk, ourPID))
 	last := evs[len(evs)-1]
-	if last.To != inspect.TimeWait || !last.Time.Equal(at(55.4)) || !strings.Contains(last.Cause, "started 50.0ms after that, to 5ms") {
+	if last.To != inspect.TimeWait || !last.Time.Equal(at(60.4)) || !strings.Contains(last.Cause, "in the 10.0ms before this time (its full socket went at ") {
 		t.Errorf("TIME-WAIT after the tracepoint: %s", last.Text())
 	}
 }
