@@ -178,7 +178,8 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 		c = &conn{id: inspect.ConnID{Local: r.Src, Remote: r.Dst}, state: kernel(r.OldState)}
 		f.conns[r.Sk] = c
 		if c.id.Local.Port() != 0 {
-			out0 := f.takeOver(c, r.Time, nil)
+			how := fmt.Sprintf("its first record, tracepoint inet_sock_set_state %s -> %s at this instant, came after the kernel took the entry over for its SYN", r.OldState, r.NewState)
+			out0 := f.takeOver(c, r.Time, how)
 			return append(out0, f.Record(r)...)
 		}
 	}
@@ -190,7 +191,7 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 		if len(c.held) > 0 {
 			start = c.held[0].Time
 		}
-		out = f.takeOver(c, start, out)
+		out = append(out, f.takeOver(c, start, "the new socket's tracepoint inet_sock_set_state CLOSE -> SYN_SENT at this instant; it got the port, taking the entry, right after")...)
 		for _, ev := range c.held {
 			ev.Conn = c.id
 			out = append(out, ev)
@@ -214,20 +215,20 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 
 // takeOver ends the TIME-WAIT (or FIN-WAIT-2 mini-socket) of an earlier
 // connection with c's port pair: the kernel gives a new connection the
-// port pair only by taking its entry over (when c's socket got the port,
-// after the tracepoint of its SYN-SENT at start).
-func (f *Follower) takeOver(c *conn, start time.Time, out []inspect.Event) []inspect.Event {
+// port pair only by taking its entry over. at and how say when and what
+// shows it.
+func (f *Follower) takeOver(c *conn, at time.Time, how string) []inspect.Event {
 	old, ok := f.tw[c.id]
 	if !ok || old == c {
-		return out
+		return nil
 	}
 	delete(f.tw, c.id)
-	held := start.Sub(old.twStart)
-	return append(out, inspect.Event{
-		Time: start, Kind: inspect.KindState, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: c.id,
+	held := at.Sub(old.twStart)
+	return []inspect.Event{{
+		Time: at, Kind: inspect.KindState, Stack: inspect.StackKernel, Host: f.opts.Host, Conn: c.id,
 		From: old.state, To: inspect.Closed, Held: held,
-		Cause: fmt.Sprintf("a new connection took the port pair, and with it the entry, after %.1fs (the new socket's tracepoint inet_sock_set_state CLOSE -> SYN_SENT at this instant; it got the port right after); the kernel keeps no numbers for a mini-socket", held.Seconds()),
-	})
+		Cause: fmt.Sprintf("a new connection took the port pair, and with it the entry, after %.1fs (%s); the kernel keeps no numbers for a mini-socket", held.Seconds(), how),
+	}}
 }
 
 // wanted reports whether an unfollowed socket's state record starts one

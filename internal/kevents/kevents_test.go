@@ -330,3 +330,31 @@ func TestFmtTimer(t *testing.T) {
 		}
 	}
 }
+
+// A kernel server that closed first holds TIME-WAIT; the client's next SYN
+// for the same pair takes it over: the new socket's first record (at the
+// handshake's ACK) ends it.
+func TestServerTakeOver(t *testing.T) {
+	srv := netip.AddrPortFrom(server.Addr(), 9999)
+	key := [2]netip.AddrPort{srv, client}
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{key: {State: ktrace.TCPTimeWait, Timer: TimeWaitLen}}}
+	f := New(Options{Host: "apple", Port: 9999, Diag: diag, Now: func() time.Time { return at(6) }})
+	rec := func(ms float64, sk uint64, from, to ktrace.TCPState) ktrace.Record {
+		return ktrace.Record{Time: at(ms), Kind: ktrace.SetState, PID: otherPID, Sk: sk, Src: srv, Dst: client, OldState: from, NewState: to}
+	}
+	evs := feed(f, []ktrace.Record{
+		rec(1, 2, ktrace.TCPListen, ktrace.TCPSynRecv),
+		rec(1, 2, ktrace.TCPSynRecv, ktrace.TCPEstablished),
+		rec(5, 2, ktrace.TCPEstablished, ktrace.TCPFinWait1),
+		rec(5.2, 2, ktrace.TCPFinWait1, ktrace.TCPFinWait2),
+		rec(5.4, 2, ktrace.TCPFinWait2, ktrace.TCPClose),
+		rec(900, 3, ktrace.TCPListen, ktrace.TCPSynRecv),
+	})
+	if got, want := transitions(evs), "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>FIN-WAIT-1 FIN-WAIT-1>FIN-WAIT-2 FIN-WAIT-2>TIME-WAIT TIME-WAIT>CLOSED LISTEN>SYN-RCVD"; got != want {
+		t.Fatalf("events %s\nwant   %s", got, want)
+	}
+	end := evs[5]
+	if !end.Time.Equal(at(900)) || !strings.Contains(end.Cause, "its first record, tracepoint inet_sock_set_state LISTEN -> SYN_RECV at this instant, came after the kernel took the entry over for its SYN") {
+		t.Errorf("take-over: %s", end.Text())
+	}
+}
