@@ -2,7 +2,9 @@
 // tcp-upper-lab run: each builds its own lab, runs our server's stack in
 // apple with the experiment's faults, drives the kernel's TCP from ant,
 // and checks what the stack's own events and counters say against what
-// TCP should do, leaving capture.pcap, events.jsonl and summary.md.
+// TCP should do, leaving capture.pcap, events.jsonl (both ends: our
+// stack's events and the kernel client's, from its tracepoints) and
+// summary.md.
 package experiment
 
 import (
@@ -15,6 +17,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -24,6 +27,7 @@ import (
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/internal/kevents"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/fault"
@@ -96,8 +100,10 @@ type Env struct {
 	exp      *Experiment
 	mu       sync.Mutex
 	events   []inspect.Event
+	kernel   []inspect.Event // the kernel client's, from its tracepoints
 	verdicts []Verdict
 	server   *app.Server
+	ks       *kevents.Stream
 }
 
 // Expect records an expectation and its evidence.
@@ -128,6 +134,18 @@ func (e *Env) Events() []inspect.Event {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return append([]inspect.Event(nil), e.events...)
+}
+
+// KernelEvents returns the kernel client's events so far (ant, from its
+// tracepoints and sock_diag); none if the kernel's side could not be
+// followed.
+func (e *Env) KernelEvents() []inspect.Event {
+	if e.ks != nil {
+		e.ks.Sync()
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]inspect.Event(nil), e.kernel...)
 }
 
 // Counter is one of the stack's counters now.
@@ -261,7 +279,7 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 		tw = netstack.DefaultTimeWait
 	}
 	st, err := netstack.New(dev, netstack.Options{
-		Addr: lab.ServerAddr, TimeWait: tw, Inspect: true, ClassicRecovery: x.Classic,
+		Addr: lab.ServerAddr, TimeWait: tw, Inspect: true, ClassicRecovery: x.Classic, Host: lab.Apple,
 		Trace: trace.Options{Pcap: pw},
 		Fault: fault.Options{Seed: opts.Seed, Rules: rules},
 	}, opts.Log)
@@ -280,8 +298,29 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 			e.mu.Unlock()
 		}
 	}()
+	// The kernel client's side: the sockets this process connects from
+	// ant, from the kernel's tracepoints.
+	var kcollected chan struct{}
+	kernelNote := ""
+	if ks, err := kevents.Start(kevents.Options{Host: lab.Ant, Server: netip.AddrPortFrom(lab.ServerAddr.Addr(), lab.Port)}, l.NetNSPath(lab.Ant)); err != nil {
+		kernelNote = fmt.Sprintf("   the kernel client's side is not recorded: %v\n", err)
+	} else {
+		e.ks = ks
+		kcollected = make(chan struct{})
+		go func() {
+			defer close(kcollected)
+			for ev := range ks.C() {
+				e.mu.Lock()
+				e.kernel = append(e.kernel, ev)
+				e.mu.Unlock()
+			}
+		}()
+	}
 	ln, err := st.Listen(lab.Port)
 	if err != nil {
+		if e.ks != nil {
+			e.ks.Close()
+		}
 		st.Close()
 		pw.Close()
 		return nil, err
@@ -289,7 +328,7 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 	e.server = app.NewServer(ln, app.ServerOptions{IdleClose: x.IdleClose}, opts.Log)
 	go e.server.Serve()
 
-	fmt.Fprintf(out, "== %s: %s\n   faults: %s; seed %d; output in %s\n", x.Name, x.Summary, faultList(x.Faults), opts.Seed, opts.Dir)
+	fmt.Fprintf(out, "== %s: %s\n   faults: %s; seed %d; output in %s\n%s", x.Name, x.Summary, faultList(x.Faults), opts.Seed, opts.Dir, kernelNote)
 	runErr := x.Run(e)
 	if runErr != nil {
 		e.Expect(false, "the experiment runs to the end", "%v", runErr)
@@ -299,6 +338,11 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 	cancel()
 	st.Close()
 	<-collected
+	if e.ks != nil {
+		e.ks.Sync()
+		e.ks.Close()
+		<-kcollected
+	}
 	pw.Close()
 
 	res = &Result{Name: x.Name, Seed: opts.Seed, Verdicts: e.verdicts, Dir: opts.Dir}
@@ -322,8 +366,10 @@ func faultList(fs []string) string {
 
 func writeOutputs(e *Env, res *Result) error {
 	e.mu.Lock()
-	evs := append([]inspect.Event(nil), e.events...)
+	// Both ends: the server's (our stack's) and the kernel client's.
+	evs := append(append([]inspect.Event(nil), e.events...), e.kernel...)
 	e.mu.Unlock()
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
 	f, err := os.Create(filepath.Join(res.Dir, "events.jsonl"))
 	if err != nil {
 		return err
@@ -346,8 +392,7 @@ func writeOutputs(e *Env, res *Result) error {
 		}
 		fmt.Fprintf(&b, "- **%s** %s — %s\n", mark, v.Expect, v.Evidence)
 	}
-	b.WriteString("\n## Timeline (the stack's events, seconds from start)\n\n```\n")
-	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+	b.WriteString("\n## Timeline (both ends' events: apple/netstack ours, ant/kernel the kernel client's; seconds from start)\n\n```\n")
 	for i := range evs {
 		fmt.Fprintf(&b, "%8.3f %s\n", evs[i].Time.Sub(e.Start).Seconds(), strings.SplitN(evs[i].Text(), " ", 2)[1])
 	}

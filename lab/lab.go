@@ -361,3 +361,30 @@ func lookPath(name string) (string, error) {
 	}
 	return p, nil
 }
+
+// HostHere is the lab host (ant or apple) whose network namespace the
+// calling thread is in, or "" outside every lab's: for the events of a
+// program run in the lab (tcp-upper-lab server start runs the server in
+// apple).
+func HostHere() string {
+	var self unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &self); err != nil {
+		return ""
+	}
+	ents, err := os.ReadDir(NetNSDir)
+	if err != nil {
+		return ""
+	}
+	for _, e := range ents {
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join(NetNSDir, e.Name()), &st) != nil || st.Ino != self.Ino || st.Dev != self.Dev {
+			continue
+		}
+		for _, h := range []string{Ant, Apple} {
+			if strings.HasSuffix(e.Name(), "-"+h) {
+				return h
+			}
+		}
+	}
+	return ""
+}

@@ -63,6 +63,9 @@ type Options struct {
 	UserTimeout time.Duration
 	// Trace configures the tcpdump-style trace and the pcap file.
 	Trace trace.Options
+	// Host is where the stack runs (ant or apple in the lab), for its
+	// events; empty when not known.
+	Host string
 	// Inspect turns on the connection tracker (state events, ss -i,
 	// TIME-WAIT timers): gVisor's observe hook (our patch 0009) feeds it
 	// the stack's events with their numbers, its TCP probe the numbers
@@ -149,7 +152,7 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 		probes = append(probes, opts.TCPProbe)
 	}
 	if opts.Inspect {
-		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait, NIC: NICID}, log)
+		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait, NIC: NICID, Host: opts.Host}, log)
 		opts.Trace.Observer = st.tracker
 		probes = append(probes, st.tracker.Probe)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/internal/kevents"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
@@ -149,7 +150,7 @@ func (d *demo) newServerStack(dev tun.Device) (*server, error) {
 	n := &narrator{d: d, host: "apple"}
 	n.ann.port, n.ann.idle = lab.Port, d.idle
 	st, err := netstack.New(dev, netstack.Options{
-		Addr: lab.ServerAddr, TimeWait: d.timeWait, Inspect: true,
+		Addr: lab.ServerAddr, TimeWait: d.timeWait, Inspect: true, Host: lab.Apple,
 		Trace: trace.Options{Out: n},
 	}, d.log)
 	if err != nil {
@@ -185,7 +186,7 @@ func (s *server) close() {
 // dial opens a client connection.
 func (d *demo) sessions(s *server, dial func() (net.Conn, error)) error {
 	d.section("part 1: the seed's session. The client (ant) closes first")
-	d.say("Each segment as our stack saw it (tcpdump's format) with a # note, and * the connection's state changes with the stack's numbers.")
+	d.say("Each segment as our stack saw it (tcpdump's format) with a # note, and * the connection's state changes with the stack's numbers:\napple/netstack from our stack's observe hook, ant/kernel from the kernel client's tracepoints (inet_sock_set_state, tcp_probe) and its socket table (sock_diag).")
 	d.printf("ant", "$ tcp-upper-client -i %s", lab.ServerAddr.Addr())
 	conn, err := dial()
 	if err != nil {
@@ -247,7 +248,7 @@ func (d *demo) inMemory(ctx context.Context) error {
 		return err
 	}
 	defer srv.close()
-	cliStack, err := netstack.New(b, netstack.Options{Addr: lab.AntAddr}, d.log)
+	cliStack, err := netstack.New(b, netstack.Options{Addr: lab.AntAddr, Host: lab.Ant}, d.log)
 	if err != nil {
 		return err
 	}
@@ -289,6 +290,15 @@ func (d *demo) inLab(ctx context.Context, l *lab.Lab) (err error) {
 		return err
 	}
 	defer srv.close()
+	// The kernel client's side, from its tracepoints: the sockets this
+	// process connects from ant to the server.
+	ks, err := kevents.Start(kevents.Options{Host: lab.Ant, Server: netip.AddrPortFrom(lab.ServerAddr.Addr(), lab.Port)}, l.NetNSPath(lab.Ant))
+	if err != nil {
+		fmt.Fprintf(d.out, "(the kernel client's side is not shown: %v)\n", err)
+	} else {
+		defer ks.Close()
+		srv.narr.kernel = ks
+	}
 	dial := func() (net.Conn, error) {
 		var conn net.Conn
 		err := l.Do(lab.Ant, func() error {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/internal/kevents"
+	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
@@ -25,6 +27,9 @@ type narrator struct {
 	host string
 	st   *netstack.Stack
 	sub  *inspect.Subscription
+	// kernel, if set, is the kernel client's side (in ant), from its
+	// tracepoints: its events are told in time order with ours.
+	kernel *kevents.Stream
 
 	mu      sync.Mutex
 	partial []byte
@@ -72,6 +77,7 @@ func (n *narrator) checkpoint() {
 		at   string
 		ev   bool
 		text string
+		host string // the kernel's events: ant
 	}
 	var items []item
 	n.mu.Lock()
@@ -92,6 +98,21 @@ func (n *narrator) checkpoint() {
 			done = true
 		}
 	}
+	if n.kernel != nil {
+		n.kernel.Sync()
+		for done := false; !done; {
+			select {
+			case ev, ok := <-n.kernel.C():
+				if !ok {
+					done = true
+					break
+				}
+				items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: ev.Text(), host: lab.Ant})
+			default:
+				done = true
+			}
+		}
+	}
 	// A segment comes before the state change it causes.
 	sort.SliceStable(items, func(i, j int) bool {
 		if items[i].at != items[j].at {
@@ -100,6 +121,10 @@ func (n *narrator) checkpoint() {
 		return !items[i].ev && items[j].ev
 	})
 	for _, it := range items {
+		if it.ev && it.host != "" {
+			n.d.printf(it.host, "  * %s", it.text)
+			continue
+		}
 		if it.ev {
 			n.d.printf(n.host, "  * %s", it.text)
 			continue

@@ -23,6 +23,8 @@ import (
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
+	"github.com/tcp-upper/tcp-upper/internal/kevents"
+	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/tun"
@@ -113,7 +115,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	switch c.stack {
 	case "netstack":
 	case "kernel":
-		if err := cli.CheckStack(fs, c.stack, cli.Merge(netstackOnly, c.obs.NetstackOnly())); err != nil {
+		if err := cli.CheckStack(fs, c.stack, cli.Merge(netstackOnly, c.obs.NetstackOnly(observe.KernelEvents...))); err != nil {
+			return nil, err
+		}
+		if err := c.obs.ValidateFormat(); err != nil {
 			return nil, err
 		}
 	default:
@@ -180,12 +185,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	if c.stack == "kernel" {
-		return cli.Exit(stderr, prog, serveKernel(ctx, c, stdout, log))
+		return cli.Exit(stderr, prog, serveKernel(ctx, c, stdout, stderr, log))
 	}
 	return cli.Exit(stderr, prog, serveNetstack(ctx, c, stdout, stderr, log))
 }
 
-func serveKernel(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) error {
+func serveKernel(ctx context.Context, c *config, stdout, stderr io.Writer, log *slog.Logger) error {
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		if c.userTO <= 0 {
 			return nil
@@ -213,6 +218,29 @@ func serveKernel(ctx context.Context, c *config, stdout io.Writer, log *slog.Log
 		}
 		return err
 	}
+	if c.obs.Events {
+		// The kernel's own account of its connections on our port,
+		// from its tracepoints (started before dropping root).
+		ks, err := kevents.Start(kevents.Options{Host: lab.HostHere(), Port: uint16(c.port)}, "")
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: --events: the kernel's events are not shown: %v; serving without them\n", prog, err)
+		} else {
+			w := cli.NewSyncWriter(stderr)
+			printed := make(chan struct{})
+			go func() {
+				defer close(printed)
+				observe.PrintEvents(ks.C(), c.obs.EventsFormat, w)
+			}()
+			defer func() {
+				ks.Sync() // what the closing connections did
+				ks.Close()
+				<-printed
+				if lost := ks.Lost(); lost > 0 {
+					w.Line(fmt.Sprintf("events: %d of the kernel's records or events lost (its trace buffer overflowed or stderr was too slow)", lost))
+				}
+			}()
+		}
+	}
 	if err := c.user.drop(); err != nil {
 		ln.Close()
 		return err
@@ -233,6 +261,7 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 	defer dev.Close()
 	linkErr := make(chan error, 1)
 	opts := netstack.Options{
+		Host:        lab.HostHere(),
 		Addr:        c.addr.Prefix,
 		OnLinkError: func(err error) { linkErr <- err },
 		Backlog:     c.backlog,

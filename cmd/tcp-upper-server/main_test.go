@@ -28,6 +28,8 @@ func TestParseFlags(t *testing.T) {
 	}{
 		{[]string{"-p", "8000"}, 8000, "netstack", "tun0", "10.0.2.2/24", "10.0.2.1/24", 1500},
 		{[]string{"--port=8001", "--stack", "kernel"}, 8001, "kernel", "tun0", "10.0.2.2/24", "10.0.2.1/24", 1500},
+		// The kernel's events come from its tracepoints.
+		{[]string{"--stack", "kernel", "--events", "--events-format", "json"}, 9999, "kernel", "tun0", "10.0.2.2/24", "10.0.2.1/24", 1500},
 		{[]string{"--tun", "up0", "--addr", "192.168.7.10/24"}, 9999, "netstack", "up0", "192.168.7.10/24", "192.168.7.1/24", 1500},
 		{[]string{"--addr", "10.9.0.5/16", "--tun-addr", "10.9.0.1/16", "--mtu", "9000"}, 9999, "netstack", "tun0", "10.9.0.5/16", "10.9.0.1/16", 9000},
 		{[]string{"--tun-addr", "none"}, 9999, "netstack", "tun0", "10.0.2.2/24", "invalid Prefix", 1500},
@@ -85,7 +87,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--stack", "kernel", "--control", "none"}, "--control: only with --stack netstack (the kernel's TCP cannot be traced"},
 		{[]string{"--stack", "kernel", "--trace", "--pcap", "x.pcap"}, "--pcap, --trace: only with --stack netstack"},
 		{[]string{"--stack", "kernel", "--fault", "in syn drop", "--seed", "1"}, "--fault, --seed: only with --stack netstack"},
-		{[]string{"--stack", "kernel", "--time-wait", "1s", "--tun", "t1"}, "--time-wait, --tun: only with --stack netstack (the kernel's TCP cannot be traced, faulted or inspected from here; use tcpdump and ss; the kernel's TCP needs no TUN)"},
+		{[]string{"--stack", "kernel", "--time-wait", "1s", "--tun", "t1"}, "--time-wait, --tun: only with --stack netstack (the kernel's TCP cannot be traced, faulted or inspected from here; use tcpdump and ss (the server's --events works on both); the kernel's TCP needs no TUN)"},
+		{[]string{"--stack", "kernel", "--events", "--events-format", "xml"}, "bad --events-format"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), tc.args, &stdout, &stderr)

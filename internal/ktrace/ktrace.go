@@ -75,6 +75,11 @@ func (k Kind) String() string {
 type Record struct {
 	Time time.Time
 	Kind Kind
+	// PID is the thread the kernel was running for when the tracepoint
+	// fired (common_pid): the caller's for what a system call did
+	// (connect's SYN-SENT, close's FIN-WAIT-1), whichever thread ran the
+	// softirq for what a received segment did.
+	PID int32
 	// Sk is the socket's kernel address: the same socket in every record
 	// while it lives (the request socket, for a SYN-ACK retransmission).
 	Sk uint64
@@ -303,7 +308,7 @@ func (s *Session) decode(ts uint64, rec []byte) (Record, bool) {
 	if !ok {
 		return Record{}, false
 	}
-	r := Record{Time: time.Unix(0, int64(ts)+int64(s.monoOff)), Kind: f.kind, Sk: f.uint(rec, "skaddr")}
+	r := Record{Time: time.Unix(0, int64(ts)+int64(s.monoOff)), Kind: f.kind, PID: int32(f.uint(rec, "common_pid")), Sk: f.uint(rec, "skaddr")}
 	switch f.kind {
 	case SetState, Retransmit, RetransmitSynAck, ReceiveReset:
 		if f.uint(rec, "family") != unix.AF_INET {

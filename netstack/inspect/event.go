@@ -121,14 +121,22 @@ type ConnID struct {
 
 // Numbers are a connection's sequence variables and the stack's congestion
 // state at one moment, as the stack had them. Sequence numbers are
-// relative to the initial sequence numbers (as tcpdump prints them);
-// windows in bytes.
+// relative to the initial sequence numbers (as tcpdump prints them)
+// unless SeqAbsolute; windows in bytes.
 type Numbers struct {
 	// Known is false when the stack had none of these yet (before its
 	// handshake completes an endpoint has no sender or receiver: no cwnd,
 	// no snd.una) and for fault events: then every number is unknown
 	// (null in JSON, - in text), not zero.
-	Known                  bool
+	Known bool
+	// Missing are the numbers the stack does not report although Known
+	// (the kernel's tcp_probe has no rcv.nxt and no RTO): unknown, null in
+	// JSON and - in text.
+	Missing Field
+	// SeqAbsolute says SndUna and SndNxt are the stack's own sequence
+	// numbers, not relative to its ISN: the kernel's tracepoints do not
+	// report its ISN.
+	SeqAbsolute            bool
 	SndUna, SndNxt, RcvNxt uint32
 	SndWnd                 uint32 // the peer's window, as the stack last took it
 	RcvWnd                 uint32 // the window the stack last advertised
@@ -140,11 +148,39 @@ type Numbers struct {
 	SRTT      time.Duration
 }
 
+// Field names one of Numbers' numbers, for Numbers.Missing.
+type Field uint16
+
+// The numbers.
+const (
+	FieldSndUna Field = 1 << iota
+	FieldSndNxt
+	FieldRcvNxt
+	FieldSndWnd
+	FieldRcvWnd
+	FieldCwnd
+	FieldSsthresh
+	FieldRTO
+)
+
+// has reports whether n has number f.
+func (n *Numbers) has(f Field) bool { return n.Known && n.Missing&f == 0 }
+
+// Whose TCP an event is about (Event.Stack).
+const (
+	StackNetstack = "netstack" // gVisor's netstack, ours (the tracker)
+	StackKernel   = "kernel"   // the kernel's TCP (its tracepoints and sock_diag)
+)
+
 // Event is something that happened to a connection.
 type Event struct {
 	Time time.Time
 	Kind Kind
-	Conn ConnID
+	// Stack is whose TCP reported it (StackNetstack or StackKernel) and
+	// Host where that stack runs (ant or apple in the lab; empty when not
+	// known).
+	Stack, Host string
+	Conn        ConnID
 	// From and To are set for state events.
 	From, To State
 	// Cause says why, in words.
@@ -186,13 +222,20 @@ func ParseFormat(s string) (Format, error) {
 	return "", fmt.Errorf("bad events format %q: want text or json", s)
 }
 
-// Text renders the event as one line:
+// Text renders the event as one line, with its host and stack:
 //
-//	18:52:19.613971 10.0.1.2:47762 SYN-RCVD -> ESTABLISHED (received the ACK of our SYN-ACK) snd.una=1 snd.nxt=1 rcv.nxt=1 snd.wnd=64256 rcv.wnd=64256 cwnd=10 ssthresh=inf srtt=0.210ms rto=201ms
+//	18:52:19.613971 apple/netstack 10.0.1.2:47762 SYN-RCVD -> ESTABLISHED (received the ACK of our SYN-ACK) snd.una=1 snd.nxt=1 rcv.nxt=1 snd.wnd=64256 rcv.wnd=64256 cwnd=10 ssthresh=inf srtt=0.210ms rto=201ms
+//
+// The kernel's sequence numbers are absolute (its ISN is not reported):
+// they are printed with a # (snd.una=#3735928559).
 func (e *Event) Text() string {
 	var b strings.Builder
 	b.WriteString(e.Time.Format("15:04:05.000000"))
 	b.WriteByte(' ')
+	if who := e.Who(); who != "" {
+		b.WriteString(who)
+		b.WriteByte(' ')
+	}
 	b.WriteString(e.Conn.Remote.String())
 	b.WriteByte(' ')
 	switch e.Kind {
@@ -217,14 +260,44 @@ func (e *Event) Text() string {
 		b.WriteString(" snd.una=- snd.nxt=- rcv.nxt=- snd.wnd=- rcv.wnd=- cwnd=- ssthresh=- srtt=- rto=-")
 		return b.String()
 	}
-	fmt.Fprintf(&b, " snd.una=%d snd.nxt=%d rcv.nxt=%d snd.wnd=%d rcv.wnd=%d cwnd=%d ssthresh=%s", n.SndUna, n.SndNxt, n.RcvNxt, n.SndWnd, n.RcvWnd, n.Cwnd, ssthreshString(n.Ssthresh))
+	seq := "%d"
+	if n.SeqAbsolute {
+		seq = "#%d"
+	}
+	num := func(name string, f Field, format string, v any) {
+		b.WriteString(" " + name + "=")
+		if !n.has(f) {
+			b.WriteByte('-')
+			return
+		}
+		fmt.Fprintf(&b, format, v)
+	}
+	num("snd.una", FieldSndUna, seq, n.SndUna)
+	num("snd.nxt", FieldSndNxt, seq, n.SndNxt)
+	num("rcv.nxt", FieldRcvNxt, "%d", n.RcvNxt)
+	num("snd.wnd", FieldSndWnd, "%d", n.SndWnd)
+	num("rcv.wnd", FieldRcvWnd, "%d", n.RcvWnd)
+	num("cwnd", FieldCwnd, "%d", n.Cwnd)
+	num("ssthresh", FieldSsthresh, "%s", ssthreshString(n.Ssthresh))
 	if n.SRTTKnown {
 		b.WriteString(" srtt=" + ms(n.SRTT, 3))
 	} else {
 		b.WriteString(" srtt=-")
 	}
-	b.WriteString(" rto=" + ms(n.RTO, 0))
+	num("rto", FieldRTO, "%s", ms(n.RTO, 0))
 	return b.String()
+}
+
+// Who is the event's host and stack as text lines show them
+// (apple/netstack, ant/kernel; just the stack when the host is not known).
+func (e *Event) Who() string {
+	switch {
+	case e.Host != "" && e.Stack != "":
+		return e.Host + "/" + e.Stack
+	case e.Stack != "":
+		return e.Stack
+	}
+	return e.Host
 }
 
 func ssthreshString(v int) string {
@@ -244,6 +317,8 @@ func ms(d time.Duration, prec int) string {
 type jsonEvent struct {
 	Time     string   `json:"time"`
 	Kind     Kind     `json:"kind"`
+	Stack    string   `json:"stack,omitempty"`
+	Host     string   `json:"host,omitempty"`
 	Local    string   `json:"local"`
 	Remote   string   `json:"remote"`
 	From     string   `json:"from,omitempty"`
@@ -260,27 +335,45 @@ type jsonEvent struct {
 	RTOms    *float64 `json:"rto_ms"`
 	ISS      *uint32  `json:"iss"`
 	IRS      *uint32  `json:"irs"`
-	HeldS    float64  `json:"held_s,omitempty"`
-	Rule     int      `json:"rule,omitempty"`
+	// SeqAbsolute: snd_una and snd_nxt are the stack's own sequence
+	// numbers (the kernel's ISN is not reported).
+	SeqAbsolute bool    `json:"seq_absolute,omitempty"`
+	HeldS       float64 `json:"held_s,omitempty"`
+	Rule        int     `json:"rule,omitempty"`
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// ptrIf is ptr(v) if ok, else nil (null in JSON).
+func ptrIf[T any](ok bool, v T) *T {
+	if !ok {
+		return nil
+	}
+	return &v
+}
 
 // MarshalJSON renders the event as one JSON object.
 func (e *Event) MarshalJSON() ([]byte, error) {
 	j := jsonEvent{
 		Time: e.Time.UTC().Format(time.RFC3339Nano), Kind: e.Kind,
+		Stack: e.Stack, Host: e.Host,
 		Local: e.Conn.Local.String(), Remote: e.Conn.Remote.String(),
 		Cause: e.Cause, HeldS: e.Held.Seconds(), Rule: e.Rule,
 	}
 	if n := &e.N; n.Known {
-		j.SndUna, j.SndNxt, j.RcvNxt = ptr(n.SndUna), ptr(n.SndNxt), ptr(n.RcvNxt)
-		j.SndWnd, j.RcvWnd, j.Cwnd = ptr(n.SndWnd), ptr(n.RcvWnd), ptr(n.Cwnd)
-		j.Ssthresh = ptr(n.Ssthresh)
-		if n.Ssthresh >= math.MaxInt32 {
-			j.Ssthresh = ptr(-1)
+		j.SeqAbsolute = n.SeqAbsolute
+		j.SndUna = ptrIf(n.has(FieldSndUna), n.SndUna)
+		j.SndNxt = ptrIf(n.has(FieldSndNxt), n.SndNxt)
+		j.RcvNxt = ptrIf(n.has(FieldRcvNxt), n.RcvNxt)
+		j.SndWnd = ptrIf(n.has(FieldSndWnd), n.SndWnd)
+		j.RcvWnd = ptrIf(n.has(FieldRcvWnd), n.RcvWnd)
+		j.Cwnd = ptrIf(n.has(FieldCwnd), n.Cwnd)
+		ss := n.Ssthresh
+		if ss >= math.MaxInt32 {
+			ss = -1
 		}
-		j.RTOms = ptr(float64(n.RTO) / 1e6)
+		j.Ssthresh = ptrIf(n.has(FieldSsthresh), ss)
+		j.RTOms = ptrIf(n.has(FieldRTO), float64(n.RTO)/1e6)
 		if n.SRTTKnown {
 			j.SRTTms = ptr(float64(n.SRTT) / 1e6)
 		}
@@ -315,16 +408,52 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		return err
 	}
-	*e = Event{Time: t, Kind: j.Kind, Conn: ConnID{local, remote}, Cause: j.Cause,
+	*e = Event{Time: t, Kind: j.Kind, Stack: j.Stack, Host: j.Host, Conn: ConnID{local, remote}, Cause: j.Cause,
 		Held: time.Duration(j.HeldS * float64(time.Second)), Rule: j.Rule}
-	if j.SndUna != nil && j.SndNxt != nil && j.RcvNxt != nil && j.SndWnd != nil && j.RcvWnd != nil && j.Cwnd != nil && j.Ssthresh != nil && j.RTOms != nil {
-		e.N = Numbers{Known: true, SndUna: *j.SndUna, SndNxt: *j.SndNxt, RcvNxt: *j.RcvNxt, SndWnd: *j.SndWnd, RcvWnd: *j.RcvWnd,
-			Cwnd: *j.Cwnd, Ssthresh: *j.Ssthresh, RTO: time.Duration(*j.RTOms * 1e6)}
-		if e.N.Ssthresh < 0 {
-			e.N.Ssthresh = math.MaxInt32
+	n := &e.N
+	take := func(f Field, known bool) {
+		if known {
+			n.Known = true
+		} else {
+			n.Missing |= f
 		}
-		if j.SRTTms != nil {
-			e.N.SRTTKnown, e.N.SRTT = true, time.Duration(*j.SRTTms*1e6)
+	}
+	take(FieldSndUna, j.SndUna != nil)
+	take(FieldSndNxt, j.SndNxt != nil)
+	take(FieldRcvNxt, j.RcvNxt != nil)
+	take(FieldSndWnd, j.SndWnd != nil)
+	take(FieldRcvWnd, j.RcvWnd != nil)
+	take(FieldCwnd, j.Cwnd != nil)
+	take(FieldSsthresh, j.Ssthresh != nil)
+	take(FieldRTO, j.RTOms != nil)
+	if j.SRTTms != nil {
+		n.Known, n.SRTTKnown, n.SRTT = true, true, time.Duration(*j.SRTTms*1e6)
+	}
+	if !n.Known {
+		n.Missing = 0
+	} else {
+		n.SeqAbsolute = j.SeqAbsolute
+		set := func(dst *uint32, v *uint32) {
+			if v != nil {
+				*dst = *v
+			}
+		}
+		set(&n.SndUna, j.SndUna)
+		set(&n.SndNxt, j.SndNxt)
+		set(&n.RcvNxt, j.RcvNxt)
+		set(&n.SndWnd, j.SndWnd)
+		set(&n.RcvWnd, j.RcvWnd)
+		if j.Cwnd != nil {
+			n.Cwnd = *j.Cwnd
+		}
+		if j.Ssthresh != nil {
+			n.Ssthresh = *j.Ssthresh
+			if n.Ssthresh < 0 {
+				n.Ssthresh = math.MaxInt32
+			}
+		}
+		if j.RTOms != nil {
+			n.RTO = time.Duration(*j.RTOms * 1e6)
 		}
 	}
 	if j.ISS != nil {

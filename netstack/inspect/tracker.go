@@ -28,6 +28,9 @@ type Options struct {
 	// Poll is how often the tracker forgets connections the stack never
 	// took up (a SYN refused or never answered; default 20ms).
 	Poll time.Duration
+	// Host is where the stack runs (ant or apple in the lab; empty when
+	// not known), for the events' Host.
+	Host string
 }
 
 // Stats count what the tracker could not keep.
@@ -312,6 +315,7 @@ func (t *Tracker) Subscribe(buf int) *Subscription {
 }
 
 func (t *Tracker) emit(ev Event) {
+	ev.Stack, ev.Host = StackNetstack, t.opts.Host
 	t.stats.Events.Add(1)
 	t.subsMu.Lock()
 	defer t.subsMu.Unlock()

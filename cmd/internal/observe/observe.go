@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -87,13 +88,31 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 }
 
 // NetstackOnly lists the flags Register added, for cli.CheckStack: they
-// watch or change our stack, which the kernel's TCP is not.
-func (f *Flags) NetstackOnly() cli.NetstackOnly {
+// watch or change our stack, which the kernel's TCP is not. except are
+// those the program also serves for the kernel (the server's --events:
+// the kernel's tracepoints).
+func (f *Flags) NetstackOnly(except ...string) cli.NetstackOnly {
 	m := cli.NetstackOnly{}
 	for n := range f.names {
-		m[n] = "the kernel's TCP cannot be traced, faulted or inspected from here; use tcpdump and ss"
+		if !slices.Contains(except, n) {
+			m[n] = "the kernel's TCP cannot be traced, faulted or inspected from here; use tcpdump and ss (the server's --events works on both)"
+		}
 	}
 	return m
+}
+
+// KernelEvents are the flags the kernel's side serves too, from its
+// tracepoints.
+var KernelEvents = []string{"events", "events-format"}
+
+// ValidateFormat checks --events-format alone (the kernel's side).
+func (f *Flags) ValidateFormat() error {
+	format, err := inspect.ParseFormat(f.format)
+	if err != nil {
+		return cli.Usagef("bad --events-format: %v", err)
+	}
+	f.EventsFormat = format
+	return nil
 }
 
 // Validate checks the flags after parsing; tun is the TUN device's name
@@ -195,16 +214,22 @@ func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
 
 func (o *Observer) printEvents() {
 	defer close(o.printed)
+	PrintEvents(o.sub.C(), o.f.EventsFormat, o.stderr)
+}
+
+// PrintEvents prints each event from evs as a line of w, in format, until
+// evs is closed.
+func PrintEvents(evs <-chan inspect.Event, format inspect.Format, w *cli.SyncWriter) {
 	var buf bytes.Buffer
-	for ev := range o.sub.C() {
+	for ev := range evs {
 		buf.Reset()
-		if o.f.EventsFormat == inspect.JSON {
+		if format == inspect.JSON {
 			b, _ := ev.MarshalJSON()
 			buf.Write(b)
 		} else {
 			buf.WriteString(ev.Text())
 		}
-		o.stderr.Line(buf.String())
+		w.Line(buf.String())
 	}
 }
 
