@@ -149,7 +149,7 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 		probes = append(probes, opts.TCPProbe)
 	}
 	if opts.Inspect {
-		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait, NIC: NICID}, log)
+		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait, ClassicRecovery: opts.ClassicRecovery, NIC: NICID}, log)
 		opts.Trace.Observer = st.tracker
 		probes = append(probes, st.tracker.Probe)
 	}

@@ -92,7 +92,7 @@ type Link struct {
 	closed  atomic.Bool
 	done    chan struct{}
 	stopped chan struct{}
-	pending atomic.Int64 // queued or being handled
+	flushes chan chan struct{} // Flush's requests to the recorder
 	stats   Stats
 	printer *Printer
 }
@@ -116,7 +116,7 @@ func New(lower stack.LinkEndpoint, opts Options, log *slog.Logger) *Link {
 	if opts.QueueLen <= 0 {
 		opts.QueueLen = 16384
 	}
-	l := &Link{opts: opts, log: log, done: make(chan struct{}), stopped: make(chan struct{})}
+	l := &Link{opts: opts, log: log, done: make(chan struct{}), stopped: make(chan struct{}), flushes: make(chan chan struct{})}
 	l.Endpoint.Init(lower, l)
 	l.record = opts.Out != nil || opts.Pcap != nil
 	l.copyLen = HeaderSnap
@@ -185,9 +185,7 @@ func (l *Link) observe(dir Direction, p *stack.PacketBuffer) {
 // push hands r to the recorder, or drops and counts it if the recorder is
 // that far behind.
 func (l *Link) push(r *record) {
-	l.pending.Add(1)
 	if !l.queue.Push(r) {
-		l.pending.Add(-1)
 		l.stats.Dropped.Add(1)
 		l.pool.Put(r)
 	}
@@ -235,7 +233,6 @@ func (l *Link) recorder() {
 		if l.opts.Pcap != nil {
 			l.opts.Pcap.Flush()
 		}
-		l.pending.Add(-int64(len(rs)))
 	}
 	for {
 		select {
@@ -243,6 +240,9 @@ func (l *Link) recorder() {
 			// Let a batch gather: one wake-up per batch, not per packet.
 			time.Sleep(handoff.Linger)
 			batch()
+		case done := <-l.flushes:
+			batch()
+			close(done)
 		case <-l.done:
 			batch()
 			return
@@ -262,11 +262,18 @@ func (l *Link) Note(t time.Time, text string) {
 	l.push(r)
 }
 
-// Flush waits (up to a second) until every packet queued so far has been
-// printed and captured.
+// Flush returns once every packet that crossed the layer before the call
+// (and every Note) has been printed and captured, and the outputs flushed.
+// After Close it returns at once: Close has written everything.
 func (l *Link) Flush() {
-	for i := 0; i < 500 && l.pending.Load() > 0; i++ {
-		time.Sleep(2 * time.Millisecond)
+	if !l.record {
+		return
+	}
+	done := make(chan struct{})
+	select {
+	case l.flushes <- done:
+		<-done
+	case <-l.stopped:
 	}
 }
 
