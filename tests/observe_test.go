@@ -434,3 +434,58 @@ func TestClientActiveCloseTimeWait(t *testing.T) {
 		t.Errorf("TIME-WAIT not held 2s:\n%s", stderr)
 	}
 }
+
+// TestEventsCausalOrder: with --events and --trace, stdout and stderr on
+// one pipe (as in a terminal), the server prints a connection's
+// "connected" after its LISTEN -> SYN-RCVD and handshake, and
+// "disconnected" after the client's FIN and the ESTABLISHED -> CLOSE-WAIT
+// it caused (issue 14, item 6).
+func TestEventsCausalOrder(t *testing.T) {
+	l := newLab(t)
+	out := &watch{}
+	cmd := exec.Command(bin("tcp-upper-server"), "--tun", "tun0", "--addr", lab.ServerAddr.String(),
+		"--events", "--trace", "--control", filepath.Join(t.TempDir(), "ctl.sock"))
+	cmd.Stdout, cmd.Stderr = out, out // one pipe: the order in which the server wrote
+	if err := l.Start(lab.Apple, cmd); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	if !out.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %q", out.String())
+	}
+	for i := 0; i < 3; i++ {
+		c := dialAnt(t, l, serverAddr)
+		local := c.LocalAddr().String()
+		if err := app.Session(c, app.NewPipeLines(strings.NewReader("abc\n")), io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if !out.waitFor(local+" disconnected", 5*time.Second) {
+			t.Fatalf("no disconnect: %s", out.String())
+		}
+		text := out.String()
+		at := func(s string) int {
+			i := strings.Index(text, s)
+			if i < 0 {
+				t.Fatalf("%q not printed:\n%s", s, text)
+			}
+			return i
+		}
+		fin := at("IP " + strings.Replace(local, ":", ".", 1) + " > 10.0.2.2.9999: Flags [F.]")
+		if at(local+" LISTEN -> SYN-RCVD") > at(local+" connected") || at(local+" SYN-RCVD -> ESTABLISHED") > at(local+" connected") {
+			t.Fatalf("%s connected printed before its handshake's events:\n%s", local, text)
+		}
+		if fin > at(local+" disconnected") || at(local+" ESTABLISHED -> CLOSE-WAIT") > at(local+" disconnected") {
+			t.Fatalf("%s disconnected printed before the FIN that caused it:\n%s", local, text)
+		}
+	}
+}

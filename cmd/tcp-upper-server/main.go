@@ -262,7 +262,7 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 		return err
 	}
 	log.Info("serving", "tun", dev.Name(), "created", dev.Created(), "addr", c.addr, "mtu", dev.MTU(), "control", obs.ControlPath())
-	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle, MaxConns: c.maxConns}, log)
+	srv := app.NewServer(ln, app.ServerOptions{Out: obs.Ordered(stdout), IdleClose: c.idle, MaxConns: c.maxConns}, log)
 	return serve(ctx, srv, st, linkErr, log)
 }
 

@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
@@ -129,8 +130,10 @@ type Observer struct {
 	ctrl   *control.Server
 	st     *netstack.Stack
 
-	sub     *inspect.Subscription
-	printed chan struct{}
+	sub      *inspect.Subscription
+	printed  chan struct{} // closed when the printer ends
+	nPrinted atomic.Uint64 // events the printer has written
+	progress chan struct{} // a token after each event printed
 }
 
 // New opens what must exist before the stack is built (the pcap file) and
@@ -188,6 +191,7 @@ func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
 	if o.f.Events {
 		o.sub = st.Tracker().Subscribe(control.StreamBuffer)
 		o.printed = make(chan struct{})
+		o.progress = make(chan struct{}, 1)
 		go o.printEvents()
 	}
 	return nil
@@ -205,6 +209,62 @@ func (o *Observer) printEvents() {
 			buf.WriteString(ev.Text())
 		}
 		o.stderr.Line(buf.String())
+		o.nPrinted.Add(1)
+		select {
+		case o.progress <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Ordered wraps the program's own output (the server's "PEER connected"
+// and "PEER disconnected" lines) so that each line comes after what
+// caused it: before a line is written, every packet the trace layer saw
+// so far is printed and every event the stack has caused so far is
+// printed (the trace's Flush and the tracker's Sync, then the event
+// printer catching up, for at most a second). Without --trace and
+// --events it is w itself.
+func (o *Observer) Ordered(w io.Writer) io.Writer {
+	if !o.f.Trace && !o.f.Events {
+		return w
+	}
+	return orderedWriter{o: o, w: w}
+}
+
+type orderedWriter struct {
+	o *Observer
+	w io.Writer
+}
+
+func (ow orderedWriter) Write(p []byte) (int, error) {
+	ow.o.catchUp(time.Second)
+	return ow.w.Write(p)
+}
+
+// catchUp returns once the trace and the events printed cover everything
+// the stack did before the call, or after timeout.
+func (o *Observer) catchUp(timeout time.Duration) {
+	if o.st == nil {
+		return
+	}
+	if tr := o.st.Trace(); tr != nil {
+		tr.Flush()
+	}
+	if o.sub == nil {
+		return
+	}
+	o.st.Tracker().Sync()
+	want := o.sub.Delivered()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for o.nPrinted.Load() < want {
+		select {
+		case <-o.progress:
+		case <-o.printed:
+			return
+		case <-deadline.C:
+			return
+		}
 	}
 }
 
