@@ -150,3 +150,55 @@ func TestExperimentsRepeat(t *testing.T) {
 		}
 	})
 }
+
+// TestCaptureMarksFaults: the experiment's capture (pcapng) marks each
+// packet the fault layer dropped with a comment tshark reads: the client's
+// SYNs dropped before our stack (kept in the capture, marked), and our
+// data segment dropped on its way out. tcpdump reads the same file.
+func TestCaptureMarksFaults(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "tshark")
+	requireTool(t, "tcpdump")
+	for _, tc := range []struct {
+		name  string
+		marks []string // "FLAGS\tCOMMENT", in order
+	}{
+		{"syn-loss", []string{"S\tdropped by rule 1: in syn drop count=2", "S\tdropped by rule 1: in syn drop count=2"}},
+		{"fast-retransmit", []string{"A\tdropped by rule 1: out data drop nth=20"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x, err := experiment.Find(tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			dir := t.TempDir()
+			res, err := experiment.Run(context.Background(), x, experiment.Options{Dir: dir, Seed: 1, Name: randomLabName()}, &out)
+			if err != nil || !res.Passed() {
+				t.Fatalf("%v\n%s", err, out.String())
+			}
+			pcap := filepath.Join(dir, "capture.pcap")
+			ts, err := exec.Command("tshark", "-r", pcap, "-Y", "frame.comment", "-T", "fields", "-e", "tcp.flags.str", "-e", "frame.comment").Output()
+			if err != nil {
+				t.Fatalf("tshark: %v", err)
+			}
+			var got []string
+			for _, row := range strings.Split(strings.TrimSpace(string(ts)), "\n") {
+				flags, comment, _ := strings.Cut(row, "\t")
+				// tshark draws the flags as ·······A··S·: keep the letters.
+				got = append(got, strings.Map(func(r rune) rune {
+					if r >= 'A' && r <= 'Z' {
+						return r
+					}
+					return -1
+				}, flags)+"\t"+comment)
+			}
+			if strings.Join(got, "\n") != strings.Join(tc.marks, "\n") {
+				t.Fatalf("marked packets:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.marks, "\n"))
+			}
+			if td, err := exec.Command("tcpdump", "-nr", pcap).Output(); err != nil || !strings.Contains(string(td), "Flags [S]") {
+				t.Fatalf("tcpdump -r: %v\n%s", err, td)
+			}
+		})
+	}
+}
