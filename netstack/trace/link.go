@@ -14,6 +14,7 @@ import (
 	"bufio"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +112,10 @@ type record struct {
 	note    string // a line of text instead of a packet (Note)
 	comment string // the packet's comment in the capture (Mark)
 	capOnly bool   // a packet the stack never received: in the capture only
+	// busy: an outgoing packet's record queued (in order) while the
+	// layers below still handle the packet; the recorder waits for them
+	// to finish (and for its comment) before it writes the record.
+	busy atomic.Bool
 }
 
 var _ stack.LinkEndpoint = (*Link)(nil)
@@ -157,8 +162,9 @@ func (l *Link) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stac
 }
 
 // WritePackets implements stack.LinkWriter: packets on their way down.
-// Their records are queued once the layers below have taken them, so that
-// what the fault layer did to one (Mark) is in its record.
+// Their records are queued first, in order with the packets coming in, and
+// written once the layers below have taken the packets, so that what the
+// fault layer did to one (Mark) is in its record.
 func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if !l.record {
 		for _, pkt := range pkts.AsSlice() {
@@ -169,14 +175,24 @@ func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	var small [8]*record
 	recs := small[:0]
 	for _, pkt := range pkts.AsSlice() {
-		recs = append(recs, l.capture(Out, pkt))
+		r := l.capture(Out, pkt)
+		r.busy.Store(true)
+		if !l.queue.Push(r) {
+			l.stats.Dropped.Add(1)
+			r.busy.Store(false)
+			l.pool.Put(r)
+			r = nil
+		}
+		recs = append(recs, r)
 	}
 	n, err := l.Endpoint.WritePackets(pkts)
 	if l.nmarks.Load() > 0 {
 		l.marksMu.Lock()
 		for i, pkt := range pkts.AsSlice() {
 			if c, ok := l.marks[pkt]; ok {
-				recs[i].comment = c
+				if recs[i] != nil {
+					recs[i].comment = c
+				}
 				delete(l.marks, pkt)
 				l.nmarks.Add(-1)
 			}
@@ -184,7 +200,9 @@ func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 		l.marksMu.Unlock()
 	}
 	for _, r := range recs {
-		l.push(r)
+		if r != nil {
+			r.busy.Store(false)
+		}
 	}
 	return n, err
 }
@@ -282,6 +300,9 @@ func (l *Link) recorder() {
 	batch := func() {
 		rs := l.queue.Take()
 		for _, r := range rs {
+			for r.busy.Load() {
+				runtime.Gosched() // the layers below are still at it: microseconds
+			}
 			if r.note != "" {
 				if out != nil {
 					line = r.t.AppendFormat(line[:0], "15:04:05.000000")
