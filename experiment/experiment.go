@@ -98,7 +98,8 @@ type Env struct {
 	Start time.Time
 
 	exp      *Experiment
-	mu       sync.Mutex
+	sub      *inspect.Subscription
+	mu       sync.Mutex // verdicts, kernel
 	events   []inspect.Event
 	kernel   []inspect.Event // the kernel client's, from its tracepoints
 	verdicts []Verdict
@@ -124,16 +125,83 @@ func (e *Env) Step(format string, args ...any) {
 	fmt.Fprintf(e.Out, "  ..  %s\n", fmt.Sprintf(format, args...))
 }
 
-// Events returns the stack's events so far (after letting the tracker
-// catch up).
+// Events returns the stack's events so far: every event caused by what
+// the stack did before the call (the tracker's Sync is the barrier).
 func (e *Env) Events() []inspect.Event {
-	if tr := e.Stack.Tracker(); tr != nil {
-		tr.Sync()
-	}
-	time.Sleep(50 * time.Millisecond)
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.Stack.Tracker().Sync()
+	e.take()
 	return append([]inspect.Event(nil), e.events...)
+}
+
+// take collects what the subscription holds, without waiting.
+func (e *Env) take() {
+	for {
+		select {
+		case ev, ok := <-e.sub.C():
+			if !ok {
+				return
+			}
+			e.events = append(e.events, ev)
+		default:
+			return
+		}
+	}
+}
+
+// Await waits until the stack's events satisfy ok, or for at most
+// timeout; it reports whether they did. Experiments wait for what they
+// expect with it, never for a guessed time.
+func (e *Env) Await(timeout time.Duration, ok func(evs []inspect.Event) bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		if ok(e.Events()) {
+			return true
+		}
+		select {
+		case ev, open := <-e.sub.C():
+			if !open {
+				return ok(e.events)
+			}
+			e.events = append(e.events, ev)
+		case <-deadline.C:
+			return ok(e.Events())
+		}
+	}
+}
+
+// states is each connection's latest state, as the stack reported it.
+func states(evs []inspect.Event) map[inspect.ConnID]inspect.State {
+	m := map[inspect.ConnID]inspect.State{}
+	for _, ev := range evs {
+		if ev.Kind == inspect.KindState {
+			m[ev.Conn] = ev.To
+		}
+	}
+	return m
+}
+
+// reached returns a condition for Await: some connection went to state.
+func reached(from, to inspect.State) func([]inspect.Event) bool {
+	return func(evs []inspect.Event) bool {
+		for _, ev := range evs {
+			if ev.Kind == inspect.KindState && ev.From == from && ev.To == to {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// closed reports whether every connection the stack reported has finished
+// its close: CLOSED, or TIME-WAIT when our stack closed first.
+func closed(evs []inspect.Event) bool {
+	for _, s := range states(evs) {
+		if s != inspect.Closed && s != inspect.TimeWait {
+			return false
+		}
+	}
+	return true
 }
 
 // KernelEvents returns the kernel client's events so far (ant, from its
@@ -287,17 +355,7 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 		pw.Close()
 		return nil, err
 	}
-	e := &Env{Lab: l, Stack: st, Out: out, Start: time.Now(), exp: x}
-	sub := st.Tracker().Subscribe(1 << 16)
-	collected := make(chan struct{})
-	go func() {
-		defer close(collected)
-		for ev := range sub.C() {
-			e.mu.Lock()
-			e.events = append(e.events, ev)
-			e.mu.Unlock()
-		}
-	}()
+	e := &Env{Lab: l, Stack: st, Out: out, Start: time.Now(), exp: x, sub: st.Tracker().Subscribe(1 << 16)}
 	// The kernel client's side: the sockets this process connects from
 	// ant, from the kernel's tracepoints.
 	var kcollected chan struct{}
@@ -333,17 +391,21 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 	if runErr != nil {
 		e.Expect(false, "the experiment runs to the end", "%v", runErr)
 	}
+	e.finish()
 	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	e.server.Shutdown(sctx)
 	cancel()
 	st.Close()
-	<-collected
+	e.take() // the tracker is closed: everything it emitted is here
 	if e.ks != nil {
 		e.ks.Sync()
 		e.ks.Close()
 		<-kcollected
 	}
 	pw.Close()
+	if d := e.sub.Dropped(); d > 0 {
+		e.Expect(false, "every event recorded", "%d events lost (the experiment fell behind the tracker)", d)
+	}
 
 	res = &Result{Name: x.Name, Seed: opts.Seed, Verdicts: e.verdicts, Dir: opts.Dir}
 	if err := writeOutputs(e, res); err != nil {
@@ -357,6 +419,28 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 	return res, nil
 }
 
+// finish waits for the close the experiment started (its client closed
+// when Run returned, or our server closed first) to finish on our stack,
+// and checks that it ended cleanly, without a RST. Only then does the
+// experiment tear its stack down: a stack closed while its connections
+// are still closing resets them, which is not what TCP does.
+func (e *Env) finish() {
+	done := e.Await(10*time.Second, closed)
+	var open []string
+	for id, s := range states(e.events) {
+		if s != inspect.Closed && s != inspect.TimeWait {
+			open = append(open, id.Remote.String()+" "+s.String())
+		}
+	}
+	sort.Strings(open)
+	rst := e.Counter("tcp.resets_out")
+	evidence := fmt.Sprintf("every connection CLOSED or in TIME-WAIT; tcp.resets_out=%d", rst)
+	if !done {
+		evidence = fmt.Sprintf("still closing after 10s: %s; tcp.resets_out=%d", strings.Join(open, ", "), rst)
+	}
+	e.Expect(done && rst == 0, "the connection closes cleanly: FIN both ways, no RST", "%s", evidence)
+}
+
 func faultList(fs []string) string {
 	if len(fs) == 0 {
 		return "none at start"
@@ -365,8 +449,8 @@ func faultList(fs []string) string {
 }
 
 func writeOutputs(e *Env, res *Result) error {
-	e.mu.Lock()
 	// Both ends: the server's (our stack's) and the kernel client's.
+	e.mu.Lock()
 	evs := append(append([]inspect.Event(nil), e.events...), e.kernel...)
 	e.mu.Unlock()
 	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })

@@ -152,7 +152,7 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 		probes = append(probes, opts.TCPProbe)
 	}
 	if opts.Inspect {
-		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait, NIC: NICID, Host: opts.Host}, log)
+		st.tracker = inspect.New(inspect.Options{TimeWait: opts.TimeWait, ClassicRecovery: opts.ClassicRecovery, NIC: NICID, Host: opts.Host}, log)
 		opts.Trace.Observer = st.tracker
 		probes = append(probes, st.tracker.Probe)
 	}
@@ -279,6 +279,12 @@ func (st *Stack) noteFault(a fault.Applied) {
 	what := fmt.Sprintf("%s rule #%d (%s): %s > %s: %s", a.Dir, a.RuleID, a.Rule, a.Src, a.Dst, a.Segment)
 	if st.tr != nil {
 		st.tr.Note(a.Time, "INJECTED "+what)
+		dir := trace.In
+		if a.Dir == fault.Out {
+			dir = trace.Out
+		}
+		dropped := a.Action == fault.Drop || a.Action == fault.Blackhole
+		st.tr.Mark(a.Time, dir, a.Packet, dropped, FaultComment(a))
 	}
 	if st.tracker != nil {
 		id := inspect.ConnID{Local: a.Dst, Remote: a.Src}
@@ -288,6 +294,19 @@ func (st *Stack) noteFault(a fault.Applied) {
 		st.tracker.Inject(inspect.Event{Time: a.Time, Kind: inspect.KindFault, Conn: id, Rule: a.RuleID,
 			Cause: "injected " + a.Action.String() + ", " + what})
 	}
+}
+
+// FaultComment is how the capture marks a packet the fault layer acted
+// on: "dropped by rule 1: out ack drop count=1".
+func FaultComment(a fault.Applied) string {
+	verb := map[fault.Action]string{
+		fault.Drop: "dropped", fault.Blackhole: "dropped", fault.Delay: "delayed", fault.Dup: "duplicated",
+		fault.Reorder: "held back to be overtaken", fault.Corrupt: "corrupted", fault.Truncate: "truncated", fault.Rate: "rate-limited",
+	}[a.Action]
+	if verb == "" {
+		verb = a.Action.String()
+	}
+	return fmt.Sprintf("%s by rule %d: %s", verb, a.RuleID, a.Rule)
 }
 
 // Tracker is the connection tracker, or nil without Options.Inspect.

@@ -3,7 +3,9 @@ package tests
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/experiment"
 	"github.com/tcp-upper/tcp-upper/lab"
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
 
 // TestExperiments runs the whole catalogue, each in its own lab, and wants
@@ -71,5 +74,131 @@ func TestSynLossConnectTime(t *testing.T) {
 		if took < tc.min || took > tc.max {
 			t.Errorf("%v: connect took %v, want %v to %v", tc.faults, took, tc.min, tc.max)
 		}
+	}
+}
+
+// stateSequence is the state events of an experiment's events.jsonl, in
+// order: "FROM>TO ...".
+func stateSequence(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "events.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []inspect.Event
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var ev inspect.Event
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("events.jsonl line %q: %v", l, err)
+		}
+		evs = append(evs, ev)
+	}
+	return transitions(evs)
+}
+
+// captureRSTs counts the segments with RST in a capture, as tshark reads
+// it.
+func captureRSTs(t *testing.T, pcap string) int {
+	t.Helper()
+	out, err := exec.Command("tshark", "-r", pcap, "-Y", "tcp.flags.reset == 1", "-T", "fields", "-e", "frame.number").Output()
+	if err != nil {
+		t.Fatalf("tshark -r %s: %v", pcap, err)
+	}
+	return len(strings.Fields(string(out)))
+}
+
+// TestExperimentsRepeat: the same seed gives the same sequence of state
+// events, run after run, in both link modes: the experiment decides who
+// closes first and waits for the close to finish, so timing does not.
+// Every close is clean: the captures hold no RST.
+func TestExperimentsRepeat(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "tshark")
+	want := map[string]string{
+		"handshake":       "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>CLOSE-WAIT CLOSE-WAIT>LAST-ACK LAST-ACK>CLOSED",
+		"syn-ack-loss":    "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>CLOSE-WAIT CLOSE-WAIT>LAST-ACK LAST-ACK>CLOSED",
+		"reorder":         "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>CLOSE-WAIT CLOSE-WAIT>LAST-ACK LAST-ACK>CLOSED",
+		"fast-retransmit": "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>CLOSE-WAIT CLOSE-WAIT>LAST-ACK LAST-ACK>CLOSED",
+	}
+	forModes(t, func(t *testing.T, mode []string) {
+		for _, name := range []string{"handshake", "syn-ack-loss", "reorder", "fast-retransmit"} {
+			x, err := experiment.Find(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Run(name, func(t *testing.T) {
+				for run := 1; run <= 3; run++ {
+					var out bytes.Buffer
+					dir := t.TempDir()
+					opts := experiment.Options{Dir: dir, Seed: 11, Name: randomLabName(), PlainTUN: slices.Contains(mode, "--offload=false")}
+					res, err := experiment.Run(context.Background(), x, opts, &out)
+					if err != nil {
+						t.Fatalf("run %d: %v\n%s", run, err, out.String())
+					}
+					if !res.Passed() {
+						t.Fatalf("run %d failed:\n%s", run, out.String())
+					}
+					if got := stateSequence(t, dir); got != want[name] {
+						t.Fatalf("run %d with seed 11: states\n got %s\nwant %s", run, got, want[name])
+					}
+					if n := captureRSTs(t, filepath.Join(dir, "capture.pcap")); n != 0 {
+						tsh, _ := exec.Command("tcpdump", "-nr", filepath.Join(dir, "capture.pcap")).CombinedOutput()
+						t.Fatalf("run %d: %d RST segments in the capture:\n%s", run, n, tsh)
+					}
+				}
+			})
+		}
+	})
+}
+
+// TestCaptureMarksFaults: the experiment's capture (pcapng) marks each
+// packet the fault layer dropped with a comment tshark reads: the client's
+// SYNs dropped before our stack (kept in the capture, marked), and our
+// data segment dropped on its way out. tcpdump reads the same file.
+func TestCaptureMarksFaults(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "tshark")
+	requireTool(t, "tcpdump")
+	for _, tc := range []struct {
+		name  string
+		marks []string // "FLAGS\tCOMMENT", in order
+	}{
+		{"syn-loss", []string{"S\tdropped by rule 1: in syn drop count=2", "S\tdropped by rule 1: in syn drop count=2"}},
+		{"fast-retransmit", []string{"A\tdropped by rule 1: out data drop nth=20"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x, err := experiment.Find(tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			dir := t.TempDir()
+			res, err := experiment.Run(context.Background(), x, experiment.Options{Dir: dir, Seed: 1, Name: randomLabName()}, &out)
+			if err != nil || !res.Passed() {
+				t.Fatalf("%v\n%s", err, out.String())
+			}
+			pcap := filepath.Join(dir, "capture.pcap")
+			ts, err := exec.Command("tshark", "-r", pcap, "-Y", "frame.comment", "-T", "fields", "-e", "tcp.flags.str", "-e", "frame.comment").Output()
+			if err != nil {
+				t.Fatalf("tshark: %v", err)
+			}
+			var got []string
+			for _, row := range strings.Split(strings.TrimSpace(string(ts)), "\n") {
+				flags, comment, _ := strings.Cut(row, "\t")
+				// tshark draws the flags as ·······A··S·: keep the letters.
+				got = append(got, strings.Map(func(r rune) rune {
+					if r >= 'A' && r <= 'Z' {
+						return r
+					}
+					return -1
+				}, flags)+"\t"+comment)
+			}
+			if strings.Join(got, "\n") != strings.Join(tc.marks, "\n") {
+				t.Fatalf("marked packets:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.marks, "\n"))
+			}
+			if td, err := exec.Command("tcpdump", "-nr", pcap).Output(); err != nil || !strings.Contains(string(td), "Flags [S]") {
+				t.Fatalf("tcpdump -r: %v\n%s", err, td)
+			}
+		})
 	}
 }

@@ -200,10 +200,12 @@ func testTcpdumpSeesSession(t *testing.T, mode []string) {
 		t.Fatal(err)
 	}
 	srv.stdout.waitFor(local+" disconnected", 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	cli := strings.Replace(local, ":", ".", 1)
+	// The server's FIN is the last segment checked: wait until tcpdump
+	// has printed it.
+	dump.stdout.waitFor("10.0.2.2.9999 > "+cli+": Flags [F.],", 5*time.Second)
 	dump.stop(t, syscall.SIGINT, 10*time.Second)
 	out := dump.stdout.String()
-	cli := strings.Replace(local, ":", ".", 1)
 	for _, want := range []string{
 		cli + " > 10.0.2.2.9999: Flags [S],",
 		"10.0.2.2.9999 > " + cli + ": Flags [S.],",
@@ -248,7 +250,9 @@ func TestSIGTERM(t *testing.T) {
 	if !strings.Contains(srv.stdout.String(), "disconnected") {
 		t.Errorf("server did not print the disconnect: %q", srv.stdout.String())
 	}
-	time.Sleep(200 * time.Millisecond)
+	// The client read our FIN (seq 3, after the 2-byte reply); its ACK
+	// of it is the last segment.
+	dump.stdout.waitFor(local+" > 10.0.2.2.9999: Flags [.], ack 4,", 5*time.Second)
 	dump.stop(t, syscall.SIGINT, 10*time.Second)
 	if out := dump.stdout.String(); !strings.Contains(out, "10.0.2.2.9999 > "+local+": Flags [F.]") || strings.Contains(out, "10.0.2.2.9999 > "+local+": Flags [R") {
 		t.Errorf("want a FIN and no RST from the server; tcpdump printed:\n%s", out)

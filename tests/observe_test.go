@@ -56,7 +56,10 @@ func TestTraceAndPcapAfterSIGTERM(t *testing.T) {
 	pcapPath := filepath.Join(t.TempDir(), "server.pcap")
 	srv := startServer(t, l, "--trace", "--pcap", pcapPath, "--control", "none")
 	seedSession(t, l)
-	time.Sleep(200 * time.Millisecond) // the last ACK
+	// The server closed its side; SIGTERM's drain waits for the last ACK.
+	if !srv.stdout.waitFor("disconnected", 5*time.Second) {
+		t.Fatalf("no disconnect: %q", srv.stdout.String())
+	}
 	if code := srv.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Fatalf("exit %d: %s", code, srv.stderr.String())
 	}
@@ -161,10 +164,15 @@ func TestIdleCloseTimeWait(t *testing.T) {
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ABC\n" {
 		t.Fatalf("reply %q %v", buf, err)
 	}
-	// The server closes after 500ms idle; we answer its FIN at once.
+	// The server closes after 500ms idle; we close once our ACK of its
+	// FIN has taken it to FIN-WAIT-2, so the states do not depend on the
+	// kernel's delayed ACK.
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := c.Read(buf); n != 0 || err != io.EOF {
 		t.Fatalf("after idle: %d bytes, %v; want EOF", n, err)
+	}
+	if !srv.stderr.waitFor(`"to":"FIN-WAIT-2"`, 5*time.Second) {
+		t.Fatalf("no FIN-WAIT-2: %s", srv.stderr.String())
 	}
 	c.Close()
 
@@ -194,13 +202,9 @@ func TestIdleCloseTimeWait(t *testing.T) {
 	}
 
 	evs := jsonEvents(t, srv.stderr.String())
-	// Through FIN-WAIT-2 if the client's ACK of our FIN came alone;
-	// straight from FIN-WAIT-1 if it rode on the client's FIN (the
-	// kernel's delayed ACK decides). The events are the stack's.
 	want := "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>FIN-WAIT-1 FIN-WAIT-1>FIN-WAIT-2 FIN-WAIT-2>TIME-WAIT TIME-WAIT>CLOSED"
-	direct := "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>FIN-WAIT-1 FIN-WAIT-1>TIME-WAIT TIME-WAIT>CLOSED"
-	if got := transitions(evs); got != want && got != direct {
-		t.Fatalf("transitions\n got %s\nwant %s\n  or %s", got, want, direct)
+	if got := transitions(evs); got != want {
+		t.Fatalf("transitions\n got %s\nwant %s", got, want)
 	}
 	last := evs[len(evs)-1]
 	if last.Held < 3500*time.Millisecond || last.Held > 5*time.Second {
@@ -292,8 +296,14 @@ func TestSSQueues(t *testing.T) {
 	if n, err := io.CopyN(io.Discard, c, total); err != nil {
 		t.Fatalf("read back %d: %v", n, err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if m := estab.FindStringSubmatch(labSS(t, ctl, "-tn")); m == nil || m[1] != "0" || m[2] != "0" {
+	// The server's last reply may still wait for the client's ACK.
+	var m []string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if m = estab.FindStringSubmatch(labSS(t, ctl, "-tn")); m != nil && m[1] == "0" && m[2] == "0" {
+			break
+		}
+	}
+	if m == nil || m[1] != "0" || m[2] != "0" {
 		t.Fatalf("after draining: %v", m)
 	}
 }
@@ -432,5 +442,60 @@ func TestClientActiveCloseTimeWait(t *testing.T) {
 	}
 	if !strings.Contains(stderr, "after 2.0s in TIME-WAIT") {
 		t.Errorf("TIME-WAIT not held 2s:\n%s", stderr)
+	}
+}
+
+// TestEventsCausalOrder: with --events and --trace, stdout and stderr on
+// one pipe (as in a terminal), the server prints a connection's
+// "connected" after its LISTEN -> SYN-RCVD and handshake, and
+// "disconnected" after the client's FIN and the ESTABLISHED -> CLOSE-WAIT
+// it caused (issue 14, item 6).
+func TestEventsCausalOrder(t *testing.T) {
+	l := newLab(t)
+	out := &watch{}
+	cmd := exec.Command(bin("tcp-upper-server"), "--tun", "tun0", "--addr", lab.ServerAddr.String(),
+		"--events", "--trace", "--control", filepath.Join(t.TempDir(), "ctl.sock"))
+	cmd.Stdout, cmd.Stderr = out, out // one pipe: the order in which the server wrote
+	if err := l.Start(lab.Apple, cmd); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	if !out.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %q", out.String())
+	}
+	for i := 0; i < 3; i++ {
+		c := dialAnt(t, l, serverAddr)
+		local := c.LocalAddr().String()
+		if err := app.Session(c, app.NewPipeLines(strings.NewReader("abc\n")), io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if !out.waitFor(local+" disconnected", 5*time.Second) {
+			t.Fatalf("no disconnect: %s", out.String())
+		}
+		text := out.String()
+		at := func(s string) int {
+			i := strings.Index(text, s)
+			if i < 0 {
+				t.Fatalf("%q not printed:\n%s", s, text)
+			}
+			return i
+		}
+		fin := at("IP " + strings.Replace(local, ":", ".", 1) + " > 10.0.2.2.9999: Flags [F.]")
+		if at(local+" LISTEN -> SYN-RCVD") > at(local+" connected") || at(local+" SYN-RCVD -> ESTABLISHED") > at(local+" connected") {
+			t.Fatalf("%s connected printed before its handshake's events:\n%s", local, text)
+		}
+		if fin > at(local+" disconnected") || at(local+" ESTABLISHED -> CLOSE-WAIT") > at(local+" disconnected") {
+			t.Fatalf("%s disconnected printed before the FIN that caused it:\n%s", local, text)
+		}
 	}
 }

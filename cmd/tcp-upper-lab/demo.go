@@ -200,7 +200,10 @@ func (d *demo) sessions(s *server, dial func() (net.Conn, error)) error {
 	if !s.out.waitFor(local+" disconnected", 5*time.Second) {
 		return fmt.Errorf("server did not report %s disconnected within 5s", local)
 	}
-	time.Sleep(50 * time.Millisecond)
+	// The client's last ACK ends our LAST-ACK.
+	if !s.narr.await(local, inspect.Closed, 5*time.Second) {
+		return fmt.Errorf("our stack did not report %s CLOSED within 5s", local)
+	}
 	s.narr.checkpoint()
 
 	d.section(fmt.Sprintf("part 2: our stack closes first. The server closes a connection idle %v", d.idle))
@@ -209,6 +212,7 @@ func (d *demo) sessions(s *server, dial func() (net.Conn, error)) error {
 	if err != nil {
 		return err
 	}
+	local = conn.LocalAddr().String()
 	hold := make(chan struct{})
 	in = &typedLines{d: d, n: s.narr, lines: []string{"tcp/ip"}, hold: hold}
 	err = app.Session(conn, in, hostWriter{d, "ant"})
@@ -217,7 +221,10 @@ func (d *demo) sessions(s *server, dial func() (net.Conn, error)) error {
 		return fmt.Errorf("client session: want the server to close it after %v idle, got %v", d.idle, err)
 	}
 	d.printf("ant", "tcp-upper-client: the server closed the connection")
-	time.Sleep(50 * time.Millisecond)
+	// The client's FIN takes our stack to TIME-WAIT.
+	if !s.narr.await(local, inspect.TimeWait, 5*time.Second) {
+		return fmt.Errorf("our stack did not report %s in TIME-WAIT within 5s", local)
+	}
 	s.narr.checkpoint()
 
 	d.section(fmt.Sprintf("TIME-WAIT in our stack: tcp-upper-lab ss -tan, every second (it lasts %v here, 60s by default as on Linux)", d.timeWait))

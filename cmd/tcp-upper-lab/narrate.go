@@ -36,6 +36,8 @@ type narrator struct {
 	lines   []string // trace lines not yet printed
 	all     []string // every trace line, for comparing with tcpdump
 
+	events []inspect.Event // events not yet printed (the demo's goroutine only)
+
 	ann annotator
 }
 
@@ -64,15 +66,60 @@ func (n *narrator) traced() []string {
 	return append([]string(nil), n.all...)
 }
 
+// take collects the events the subscription holds, without waiting.
+func (n *narrator) take() {
+	for {
+		select {
+		case ev, ok := <-n.sub.C():
+			if !ok {
+				return
+			}
+			n.events = append(n.events, ev)
+		default:
+			return
+		}
+	}
+}
+
+// await waits until the stack reports that the connection from remote
+// went to state to, or for at most timeout; it reports whether it did.
+func (n *narrator) await(remote string, to inspect.State, timeout time.Duration) bool {
+	seen := func() bool {
+		for _, ev := range n.events {
+			if ev.Kind == inspect.KindState && ev.To == to && ev.Conn.Remote.String() == remote {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for !seen() {
+		select {
+		case ev, ok := <-n.sub.C():
+			if !ok {
+				return seen()
+			}
+			n.events = append(n.events, ev)
+		case <-deadline.C:
+			n.st.Tracker().Sync()
+			n.take()
+			return seen()
+		}
+	}
+	return true
+}
+
 // checkpoint prints what happened since the last one: segments with their
-// notes, and state changes, in time order.
+// notes, and state changes, in time order. The trace layer's Flush and the
+// tracker's Sync are its barriers: everything the stack did before the
+// call is printed.
 func (n *narrator) checkpoint() {
 	if tr := n.st.Trace(); tr != nil {
 		tr.Flush()
 	}
-	// Events wait up to 10ms for the stack's numbers; the tracker polls
-	// every 20ms.
-	time.Sleep(60 * time.Millisecond)
+	n.st.Tracker().Sync()
+	n.take()
 	type item struct {
 		at   string
 		ev   bool
@@ -86,18 +133,10 @@ func (n *narrator) checkpoint() {
 	}
 	n.lines = n.lines[:0]
 	n.mu.Unlock()
-	for done := false; !done; {
-		select {
-		case ev, ok := <-n.sub.C():
-			if !ok {
-				done = true
-				break
-			}
-			items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: ev.Text()})
-		default:
-			done = true
-		}
+	for _, ev := range n.events {
+		items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: ev.Text()})
 	}
+	n.events = n.events[:0]
 	if n.kernel != nil {
 		n.kernel.Sync()
 		for done := false; !done; {

@@ -229,7 +229,7 @@ func serveKernel(ctx context.Context, c *config, stdout, stderr io.Writer, log *
 			printed := make(chan struct{})
 			go func() {
 				defer close(printed)
-				observe.PrintEvents(ks.C(), c.obs.EventsFormat, w)
+				observe.PrintEvents(ks.C(), c.obs.EventsFormat, w, nil)
 			}()
 			defer func() {
 				ks.Sync() // what the closing connections did
@@ -291,7 +291,7 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 		return err
 	}
 	log.Info("serving", "tun", dev.Name(), "created", dev.Created(), "addr", c.addr, "mtu", dev.MTU(), "control", obs.ControlPath())
-	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle, MaxConns: c.maxConns}, log)
+	srv := app.NewServer(ln, app.ServerOptions{Out: obs.Ordered(stdout), IdleClose: c.idle, MaxConns: c.maxConns}, log)
 	return serve(ctx, srv, st, linkErr, log)
 }
 

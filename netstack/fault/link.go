@@ -32,6 +32,12 @@ type Applied struct {
 	// Segment is the packet's TCP summary, as tcpdump would begin it:
 	// "Flags [P.], seq 2896:4344" (absolute sequence numbers).
 	Segment string
+	// Packet is, going out, the packet as the layer above handed it down
+	// (for a super-segment cut into wire segments, the whole one: what the
+	// trace layer recorded); coming in, the wire segment the rule took
+	// (which the layer above has not seen). It is valid only during
+	// OnApply; the trace layer uses it to mark the capture.
+	Packet *stack.PacketBuffer
 }
 
 // Options configure a Link.
@@ -397,14 +403,14 @@ func (l *Link) handle(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.Packe
 			for _, s := range segs {
 				sp := pkt.New(s)
 				sp.NetworkProtocolNumber = proto
-				l.handleWire(dir, proto, sp)
+				l.handleWire(dir, proto, sp, p)
 				sp.DecRef()
 			}
 			return
 		}
 		l.log.Debug("fault layer: cannot segment an offloaded packet; rules see it whole", "err", err)
 	}
-	l.handleWire(dir, proto, p)
+	l.handleWire(dir, proto, p, p)
 }
 
 // mayMatch reports whether some rule could take the offloaded packet p or,
@@ -457,7 +463,9 @@ func (l *Link) passWhole(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.Pa
 }
 
 // handleWire runs the rules on one wire packet.
-func (l *Link) handleWire(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer) {
+// orig is the packet handle was given (p, or the super-segment p was cut
+// from).
+func (l *Link) handleWire(dir Dir, proto tcpip.NetworkProtocolNumber, p, orig *stack.PacketBuffer) {
 	var hdr [64]byte
 	size := p.Size()
 	n := pkt.Gather(hdr[:], p)
@@ -522,7 +530,11 @@ func (l *Link) handleWire(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.P
 	}
 	l.stats.Applied.Add(1)
 	if l.onApply != nil {
-		l.onApply(Applied{Time: now, Dir: dir, RuleID: r.id, Rule: r.String(), Action: r.Action, Src: s.src, Dst: s.dst, Segment: segString(&s)})
+		marked := orig
+		if dir == In {
+			marked = p
+		}
+		l.onApply(Applied{Time: now, Dir: dir, RuleID: r.id, Rule: r.String(), Action: r.Action, Src: s.src, Dst: s.dst, Segment: segString(&s), Packet: marked})
 	}
 	switch r.Action {
 	case Drop, Blackhole:

@@ -37,12 +37,15 @@ type conn struct {
 	twStart  time.Time
 	lastSeen time.Time
 
-	dupAcks  int
-	zeroPeer bool // the peer advertises a zero window (wire)
-	zeroOurs bool // we advertise a zero window (the stack's)
-	rstIn    bool // the peer sent a RST (wire)
-	rstOut   bool // we sent a RST (wire)
-	newSyn   bool // a new SYN for this port pair arrived in TIME-WAIT (wire)
+	dupAcks int // duplicate ACKs in a row, counted on the wire
+	// The sender's own duplicate-ACK count after the latest segment it
+	// processed (the TCP probe's copy).
+	stackDupAcks int
+	zeroPeer     bool // the peer advertises a zero window (wire)
+	zeroOurs     bool // we advertise a zero window (the stack's)
+	rstIn        bool // the peer sent a RST (wire)
+	rstOut       bool // we sent a RST (wire)
+	newSyn       bool // a new SYN for this port pair arrived in TIME-WAIT (wire)
 
 	// Consecutive retransmission timeouts: of the handshake, or at the
 	// same snd.una.
@@ -142,12 +145,8 @@ func (c *conn) onObserve(t *Tracker, at time.Time, o *snap) {
 	case obsRTO:
 		ev.Kind, ev.Cause = KindRTO, c.rtoCause(o)
 	case obsRecoveryEnter:
-		what := "fast recovery"
-		if o.sackOK {
-			what = "SACK recovery"
-		}
 		ev.Kind = KindFastRetransmit
-		ev.Cause = fmt.Sprintf("loss detected: %s from seq %d, to be sent again (cwnd %d, ssthresh %d)", what, o.recoveryFirst-c.iss, o.cwnd, o.ssthresh)
+		ev.Cause = fmt.Sprintf("loss detected: %s; seq %d to be sent again (cwnd %d, ssthresh %d)", c.recoveryRule(t, o), o.recoveryFirst-c.iss, o.cwnd, o.ssthresh)
 	case obsRecoveryLeave:
 		ev.Kind, ev.Cause = KindRecovery, fmt.Sprintf("recovery over: cwnd back to ssthresh (%d)", o.ssthresh)
 	case obsTailLossProbe:
@@ -164,6 +163,24 @@ func (c *conn) onObserve(t *Tracker, at time.Time, o *snap) {
 		return
 	}
 	c.add(t, ev)
+}
+
+// recoveryRule says which rule started the stack's recovery, from the
+// stack's own count: the ACK that started it is a duplicate one (gVisor
+// enters recovery only on one), and the sender counted the ones before it
+// as its TCP probe last reported. The sender then zeroes its count, so the
+// observation itself cannot say.
+func (c *conn) recoveryRule(t *Tracker, o *snap) string {
+	n := c.stackDupAcks + 1
+	switch {
+	case n >= 3 && !o.sackOK:
+		return fmt.Sprintf("fast retransmit (RFC 5681: duplicate ACK #%d reached the threshold of 3)", n)
+	case n >= 3:
+		return fmt.Sprintf("SACK recovery (RFC 5681/6675: duplicate ACK #%d reached the threshold of 3)", n)
+	case t.opts.ClassicRecovery:
+		return fmt.Sprintf("SACK recovery (RFC 6675: at duplicate ACK #%d the SACK scoreboard already counted the segment lost, with enough data SACKed above it)", n)
+	}
+	return fmt.Sprintf("SACK recovery (RACK, RFC 8985: the segment was judged lost by time, at duplicate ACK #%d)", n)
 }
 
 // rtoCause says which timer fired and how many times in a row.

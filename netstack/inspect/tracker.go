@@ -20,6 +20,10 @@ import (
 type Options struct {
 	// TimeWait is the stack's TIME-WAIT duration (for ss's timer column).
 	TimeWait time.Duration
+	// ClassicRecovery says the stack runs without RACK (netstack's
+	// Options.ClassicRecovery): then only duplicate ACKs and the SACK
+	// scoreboard start fast recovery, which the events say.
+	ClassicRecovery bool
 	// QueueLen is how many packet summaries, probe snapshots and
 	// observations may wait for the tracker (default 16384).
 	QueueLen int
@@ -122,6 +126,7 @@ type snap struct {
 	srttKnown        bool
 	sndBufUsed, mss  int
 	recoveryFirst    uint32
+	dupAcks          int // the sender's duplicate-ACK count (probe snapshots only)
 }
 
 // observeKind mirrors tcp.TCPObserveKind, which pristine gVisor lacks.
@@ -245,6 +250,7 @@ func (t *Tracker) Probe(s *tcp.TCPEndpointState) {
 	p.srtt, p.srttKnown, p.rto = s.Sender.RTTState.SRTT, s.Sender.RTTState.SRTTInited, s.Sender.RTO
 	p.sndBufUsed = s.SndBufState.SndBufUsed
 	p.mss = s.Sender.MaxPayloadSize
+	p.dupAcks = s.Sender.DupAckCount
 	t.enqueue(it)
 }
 
@@ -262,9 +268,13 @@ func addr4(b []byte) netip.Addr {
 	return netip.AddrFrom4([4]byte(b))
 }
 
-// Sync brings the tracker up to date now: what is queued (packets,
-// probe snapshots, the stack's events, such as a TIME-WAIT whose timer just
-// ran out) is handled and reported.
+// Sync is the tracker's barrier: it returns once every event caused by
+// what the stack did before the call (its observe hook and TCP probe, the
+// packets that crossed the trace layer, the faults injected, a TIME-WAIT
+// whose timer ran out) is in every subscription's channel, or counted in
+// its Dropped if that channel was full. A subscriber that then takes what
+// its channel holds, without waiting, has all of them. After Close it
+// returns at once.
 func (t *Tracker) Sync() {
 	t.do(func() { t.poll(time.Now()) })
 }
@@ -276,9 +286,10 @@ func (t *Tracker) Inject(ev Event) {
 
 // Subscription receives events.
 type Subscription struct {
-	ch      chan Event
-	t       *Tracker
-	dropped atomic.Uint64
+	ch        chan Event
+	t         *Tracker
+	dropped   atomic.Uint64
+	delivered atomic.Uint64
 }
 
 // C delivers the events; it is closed when the subscription or the
@@ -287,6 +298,11 @@ func (s *Subscription) C() <-chan Event { return s.ch }
 
 // Dropped is how many events this subscriber was too slow to take.
 func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
+
+// Delivered is how many events have been put in C so far. After the
+// tracker's Sync, a subscriber that has taken this many has every event
+// caused by what the stack did before the Sync.
+func (s *Subscription) Delivered() uint64 { return s.delivered.Load() }
 
 // Close ends the subscription.
 func (s *Subscription) Close() {
@@ -322,6 +338,7 @@ func (t *Tracker) emit(ev Event) {
 	for s := range t.subs {
 		select {
 		case s.ch <- ev:
+			s.delivered.Add(1)
 		default:
 			s.dropped.Add(1)
 			t.stats.EventsDropped.Add(1)
@@ -379,6 +396,7 @@ func (t *Tracker) handle(it *item) {
 		if c := t.conns[it.snap.id]; c != nil {
 			c.snap, c.haveSnap = it.snap, true
 			c.snap.rcvWnd = c.rcvWnd // the window on our latest segment
+			c.stackDupAcks = it.snap.dupAcks
 		}
 	case itemObserve:
 		t.onObserve(it)

@@ -1,6 +1,10 @@
-// Package pcap writes packet captures in the classic libpcap format with
+// Package pcap writes packet captures in the pcapng format with
 // LINKTYPE_RAW (bare IPv4/IPv6 packets, as on a TUN), readable by tcpdump,
-// tshark and Wireshark.
+// tshark and Wireshark. pcapng, not the classic libpcap format, because a
+// packet may carry a comment: the fault layer's marks ("dropped by rule 1:
+// out ack drop"), which Wireshark shows with the packet and tshark prints
+// with -T fields -e frame.comment (tcpdump reads the file and ignores
+// them).
 //
 // A Writer never panics and never leaves half a record behind: each record
 // goes to the file in one write, and if a write fails (disk full, I/O
@@ -21,16 +25,22 @@ import (
 )
 
 const (
-	magicMicroseconds = 0xa1b2c3d4
-	versionMajor      = 2
-	versionMinor      = 4
+	// pcapng block types and the section's byte-order magic.
+	blockSection   = 0x0a0d0d0a
+	blockInterface = 0x00000001
+	blockPacket    = 0x00000006 // Enhanced Packet Block
+	byteOrderMagic = 0x1a2b3c4d
+	optComment     = 1
 	// LinkTypeRaw is LINKTYPE_RAW: the packet begins with an IP header.
 	LinkTypeRaw = 101
 	// DefaultSnapLen is tcpdump's default snapshot length.
 	DefaultSnapLen = 262144
 
-	fileHeaderLen   = 24
-	recordHeaderLen = 16
+	sectionLen      = 28 // a Section Header Block without options
+	interfaceLen    = 20 // an Interface Description Block without options
+	fileHeaderLen   = sectionLen + interfaceLen
+	recordHeaderLen = 28 // an Enhanced Packet Block's fields before the packet
+	recordTrailLen  = 4  // its closing length (no options)
 )
 
 // File is what a Writer writes to: an *os.File in practice.
@@ -77,13 +87,21 @@ func NewWriter(f File, name string, snapLen int, onError func(error)) (*Writer, 
 	if snapLen <= 0 {
 		snapLen = DefaultSnapLen
 	}
+	le := binary.LittleEndian
 	h := make([]byte, fileHeaderLen)
-	binary.LittleEndian.PutUint32(h[0:], magicMicroseconds)
-	binary.LittleEndian.PutUint16(h[4:], versionMajor)
-	binary.LittleEndian.PutUint16(h[6:], versionMinor)
-	// thiszone and sigfigs stay zero.
-	binary.LittleEndian.PutUint32(h[16:], uint32(snapLen))
-	binary.LittleEndian.PutUint32(h[20:], LinkTypeRaw)
+	le.PutUint32(h[0:], blockSection)
+	le.PutUint32(h[4:], sectionLen)
+	le.PutUint32(h[8:], byteOrderMagic)
+	le.PutUint16(h[12:], 1) // version 1.0
+	le.PutUint16(h[14:], 0)
+	le.PutUint64(h[16:], ^uint64(0)) // section length not given
+	le.PutUint32(h[24:], sectionLen)
+	i := h[sectionLen:]
+	le.PutUint32(i[0:], blockInterface)
+	le.PutUint32(i[4:], interfaceLen)
+	le.PutUint16(i[8:], LinkTypeRaw)
+	le.PutUint32(i[12:], uint32(snapLen)) // timestamps in microseconds, the default
+	le.PutUint32(i[16:], interfaceLen)
 	if _, err := f.Write(h); err != nil {
 		return nil, fmt.Errorf("pcap %s: write header: %w", name, err)
 	}
@@ -99,6 +117,12 @@ func (w *Writer) SnapLen() int { return w.snapLen }
 // at a record boundary. It returns the first write error on every call
 // after it, having recorded nothing.
 func (w *Writer) WritePacket(t time.Time, pkt []byte, origLen int) error {
+	return w.WritePacketComment(t, pkt, origLen, "")
+}
+
+// WritePacketComment is WritePacket with a comment on the packet (none if
+// comment is empty).
+func (w *Writer) WritePacketComment(t time.Time, pkt []byte, origLen int, comment string) error {
 	if len(pkt) > w.snapLen {
 		pkt = pkt[:w.snapLen]
 	}
@@ -108,20 +132,40 @@ func (w *Writer) WritePacket(t time.Time, pkt []byte, origLen int) error {
 		w.lost.Add(1)
 		return w.failed
 	}
+	le := binary.LittleEndian
+	total := recordHeaderLen + pad4(len(pkt)) + recordTrailLen
+	if comment != "" {
+		total += 4 + pad4(len(comment)) + 4 // the comment, then the end of options
+	}
 	var h [recordHeaderLen]byte
-	usec := t.UnixMicro()
-	binary.LittleEndian.PutUint32(h[0:], uint32(usec/1e6))
-	binary.LittleEndian.PutUint32(h[4:], uint32(usec%1e6))
-	binary.LittleEndian.PutUint32(h[8:], uint32(len(pkt)))
-	binary.LittleEndian.PutUint32(h[12:], uint32(origLen))
+	usec := uint64(t.UnixMicro())
+	le.PutUint32(h[0:], blockPacket)
+	le.PutUint32(h[4:], uint32(total))
+	// h[8:12]: interface 0.
+	le.PutUint32(h[12:], uint32(usec>>32))
+	le.PutUint32(h[16:], uint32(usec))
+	le.PutUint32(h[20:], uint32(len(pkt)))
+	le.PutUint32(h[24:], uint32(origLen))
 	w.buf = append(w.buf, h[:]...)
 	w.buf = append(w.buf, pkt...)
+	w.buf = append(w.buf, make([]byte, pad4(len(pkt))-len(pkt))...)
+	if comment != "" {
+		w.buf = le.AppendUint16(w.buf, optComment)
+		w.buf = le.AppendUint16(w.buf, uint16(len(comment)))
+		w.buf = append(w.buf, comment...)
+		w.buf = append(w.buf, make([]byte, pad4(len(comment))-len(comment))...)
+		w.buf = le.AppendUint32(w.buf, 0) // opt_endofopt
+	}
+	w.buf = le.AppendUint32(w.buf, uint32(total))
 	w.buffered++
 	if len(w.buf) >= FlushSize {
 		return w.flushLocked()
 	}
 	return nil
 }
+
+// pad4 rounds n up to a multiple of 4, as pcapng aligns its fields.
+func pad4(n int) int { return (n + 3) &^ 3 }
 
 // FlushSize is how many bytes of records the Writer gathers before it
 // writes them out in one call.

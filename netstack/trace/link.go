@@ -14,6 +14,7 @@ import (
 	"bufio"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,17 +93,29 @@ type Link struct {
 	closed  atomic.Bool
 	done    chan struct{}
 	stopped chan struct{}
-	pending atomic.Int64 // queued or being handled
+	flushes chan chan struct{} // Flush's requests to the recorder
 	stats   Stats
+
+	// Comments for outgoing packets the layer below (the fault layer)
+	// acted on during a WritePackets call, by packet (see Mark).
+	marksMu sync.Mutex
+	marks   map[*stack.PacketBuffer]string
+	nmarks  atomic.Int64
 	printer *Printer
 }
 
 type record struct {
-	t    time.Time
-	dir  Direction
-	data []byte
-	n    int    // original length
-	note string // a line of text instead of a packet (Note)
+	t       time.Time
+	dir     Direction
+	data    []byte
+	n       int    // original length
+	note    string // a line of text instead of a packet (Note)
+	comment string // the packet's comment in the capture (Mark)
+	capOnly bool   // a packet the stack never received: in the capture only
+	// busy: an outgoing packet's record queued (in order) while the
+	// layers below still handle the packet; the recorder waits for them
+	// to finish (and for its comment) before it writes the record.
+	busy atomic.Bool
 }
 
 var _ stack.LinkEndpoint = (*Link)(nil)
@@ -116,7 +129,7 @@ func New(lower stack.LinkEndpoint, opts Options, log *slog.Logger) *Link {
 	if opts.QueueLen <= 0 {
 		opts.QueueLen = 16384
 	}
-	l := &Link{opts: opts, log: log, done: make(chan struct{}), stopped: make(chan struct{})}
+	l := &Link{opts: opts, log: log, done: make(chan struct{}), stopped: make(chan struct{}), flushes: make(chan chan struct{})}
 	l.Endpoint.Init(lower, l)
 	l.record = opts.Out != nil || opts.Pcap != nil
 	l.copyLen = HeaderSnap
@@ -149,45 +162,128 @@ func (l *Link) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stac
 }
 
 // WritePackets implements stack.LinkWriter: packets on their way down.
+// Their records are queued first, in order with the packets coming in, and
+// written once the layers below have taken the packets, so that what the
+// fault layer did to one (Mark) is in its record.
 func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	for _, pkt := range pkts.AsSlice() {
-		l.observe(Out, pkt)
+	if !l.record {
+		for _, pkt := range pkts.AsSlice() {
+			l.observe(Out, pkt)
+		}
+		return l.Endpoint.WritePackets(pkts)
 	}
-	return l.Endpoint.WritePackets(pkts)
+	var small [8]*record
+	recs := small[:0]
+	for _, pkt := range pkts.AsSlice() {
+		r := l.capture(Out, pkt)
+		r.busy.Store(true)
+		if !l.queue.Push(r) {
+			l.stats.Dropped.Add(1)
+			r.busy.Store(false)
+			l.pool.Put(r)
+			r = nil
+		}
+		recs = append(recs, r)
+	}
+	n, err := l.Endpoint.WritePackets(pkts)
+	if l.nmarks.Load() > 0 {
+		l.marksMu.Lock()
+		for i, pkt := range pkts.AsSlice() {
+			if c, ok := l.marks[pkt]; ok {
+				if recs[i] != nil {
+					recs[i].comment = c
+				}
+				delete(l.marks, pkt)
+				l.nmarks.Add(-1)
+			}
+		}
+		l.marksMu.Unlock()
+	}
+	for _, r := range recs {
+		if r != nil {
+			r.busy.Store(false)
+		}
+	}
+	return n, err
+}
+
+// Mark notes in the capture what the layer below (the fault layer) did to
+// a packet, as the packet's comment ("dropped by rule 1: out ack drop"). It
+// must be called while that layer handles p: going out, within the
+// WritePackets call that handed p down, whose record then carries the
+// comment; coming in, for a packet the stack will never receive (dropped
+// below it), which is recorded now, in the capture only (not in the text
+// trace, which shows what the stack received). A mark on an incoming
+// packet that goes on up is not recorded: the capture shows the packet as
+// the stack received it. Without a capture it does nothing.
+func (l *Link) Mark(t time.Time, dir Direction, p *stack.PacketBuffer, dropped bool, comment string) {
+	if l.opts.Pcap == nil || l.closed.Load() {
+		return
+	}
+	if dir == Out {
+		l.marksMu.Lock()
+		if l.marks == nil {
+			l.marks = map[*stack.PacketBuffer]string{}
+		}
+		if old, ok := l.marks[p]; ok {
+			comment = old + "; " + comment // one segment of a super-segment each
+		} else {
+			l.nmarks.Add(1)
+		}
+		l.marks[p] = comment
+		l.marksMu.Unlock()
+		return
+	}
+	if !dropped {
+		return
+	}
+	r := l.newRecord(t, In, p)
+	r.comment, r.capOnly = comment, true
+	l.push(r)
 }
 
 func (l *Link) observe(dir Direction, p *stack.PacketBuffer) {
-	now := time.Now()
-	l.stats.Packets.Add(1)
-	size := p.Size()
 	if !l.record {
+		now := time.Now()
+		l.stats.Packets.Add(1)
 		if l.opts.Observer != nil {
 			var hdr [HeaderSnap]byte
 			n := pkt.Gather(hdr[:], p)
-			l.opts.Observer.ObservePacket(now, dir, hdr[:n], size)
+			l.opts.Observer.ObservePacket(now, dir, hdr[:n], p.Size())
 		}
 		return
 	}
+	l.push(l.capture(dir, p))
+}
+
+// capture copies p into a record for the recorder and tells the observer.
+func (l *Link) capture(dir Direction, p *stack.PacketBuffer) *record {
+	now := time.Now()
+	l.stats.Packets.Add(1)
+	r := l.newRecord(now, dir, p)
+	if l.opts.Observer != nil {
+		l.opts.Observer.ObservePacket(now, dir, r.data[:min(len(r.data), HeaderSnap)], r.n)
+	}
+	return r
+}
+
+func (l *Link) newRecord(t time.Time, dir Direction, p *stack.PacketBuffer) *record {
 	r := l.pool.Get().(*record)
+	size := p.Size()
 	want := min(size, l.copyLen)
 	if cap(r.data) < want {
 		r.data = make([]byte, want)
 	}
 	r.data = r.data[:want]
 	pkt.Gather(r.data, p)
-	if l.opts.Observer != nil {
-		l.opts.Observer.ObservePacket(now, dir, r.data[:min(len(r.data), HeaderSnap)], size)
-	}
-	r.t, r.dir, r.n = now, dir, size
-	l.push(r)
+	r.t, r.dir, r.n = t, dir, size
+	return r
 }
 
 // push hands r to the recorder, or drops and counts it if the recorder is
 // that far behind.
 func (l *Link) push(r *record) {
-	l.pending.Add(1)
 	if !l.queue.Push(r) {
-		l.pending.Add(-1)
 		l.stats.Dropped.Add(1)
 		l.pool.Put(r)
 	}
@@ -204,6 +300,9 @@ func (l *Link) recorder() {
 	batch := func() {
 		rs := l.queue.Take()
 		for _, r := range rs {
+			for r.busy.Load() {
+				runtime.Gosched() // the layers below are still at it: microseconds
+			}
 			if r.note != "" {
 				if out != nil {
 					line = r.t.AppendFormat(line[:0], "15:04:05.000000")
@@ -218,13 +317,14 @@ func (l *Link) recorder() {
 			}
 			if l.opts.Pcap != nil {
 				// An error is reported once by the writer and counted there.
-				l.opts.Pcap.WritePacket(r.t, r.data, r.n)
+				l.opts.Pcap.WritePacketComment(r.t, r.data, r.n, r.comment)
 			}
-			if out != nil {
+			if out != nil && !r.capOnly {
 				line = l.printer.AppendFormat(line[:0], r.t, r.data)
 				line = append(line, '\n')
 				out.Write(line)
 			}
+			r.comment, r.capOnly = "", false
 			l.pool.Put(r)
 		}
 		// Caught up: make the output current (an interactive trace, a pcap
@@ -235,7 +335,6 @@ func (l *Link) recorder() {
 		if l.opts.Pcap != nil {
 			l.opts.Pcap.Flush()
 		}
-		l.pending.Add(-int64(len(rs)))
 	}
 	for {
 		select {
@@ -243,6 +342,9 @@ func (l *Link) recorder() {
 			// Let a batch gather: one wake-up per batch, not per packet.
 			time.Sleep(handoff.Linger)
 			batch()
+		case done := <-l.flushes:
+			batch()
+			close(done)
 		case <-l.done:
 			batch()
 			return
@@ -262,11 +364,18 @@ func (l *Link) Note(t time.Time, text string) {
 	l.push(r)
 }
 
-// Flush waits (up to a second) until every packet queued so far has been
-// printed and captured.
+// Flush returns once every packet that crossed the layer before the call
+// (and every Note) has been printed and captured, and the outputs flushed.
+// After Close it returns at once: Close has written everything.
 func (l *Link) Flush() {
-	for i := 0; i < 500 && l.pending.Load() > 0; i++ {
-		time.Sleep(2 * time.Millisecond)
+	if !l.record {
+		return
+	}
+	done := make(chan struct{})
+	select {
+	case l.flushes <- done:
+		<-done
+	case <-l.stopped:
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
@@ -148,8 +149,10 @@ type Observer struct {
 	ctrl   *control.Server
 	st     *netstack.Stack
 
-	sub     *inspect.Subscription
-	printed chan struct{}
+	sub      *inspect.Subscription
+	printed  chan struct{} // closed when the printer ends
+	nPrinted atomic.Uint64 // events the printer has written
+	progress chan struct{} // a token after each event printed
 }
 
 // New opens what must exist before the stack is built (the pcap file) and
@@ -207,6 +210,7 @@ func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
 	if o.f.Events {
 		o.sub = st.Tracker().Subscribe(control.StreamBuffer)
 		o.printed = make(chan struct{})
+		o.progress = make(chan struct{}, 1)
 		go o.printEvents()
 	}
 	return nil
@@ -214,12 +218,18 @@ func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
 
 func (o *Observer) printEvents() {
 	defer close(o.printed)
-	PrintEvents(o.sub.C(), o.f.EventsFormat, o.stderr)
+	PrintEvents(o.sub.C(), o.f.EventsFormat, o.stderr, func() {
+		o.nPrinted.Add(1)
+		select {
+		case o.progress <- struct{}{}:
+		default:
+		}
+	})
 }
 
 // PrintEvents prints each event from evs as a line of w, in format, until
-// evs is closed.
-func PrintEvents(evs <-chan inspect.Event, format inspect.Format, w *cli.SyncWriter) {
+// evs is closed; printed, if not nil, is called after each line.
+func PrintEvents(evs <-chan inspect.Event, format inspect.Format, w *cli.SyncWriter, printed func()) {
 	var buf bytes.Buffer
 	for ev := range evs {
 		buf.Reset()
@@ -230,6 +240,60 @@ func PrintEvents(evs <-chan inspect.Event, format inspect.Format, w *cli.SyncWri
 			buf.WriteString(ev.Text())
 		}
 		w.Line(buf.String())
+		if printed != nil {
+			printed()
+		}
+	}
+}
+
+// Ordered wraps the program's own output (the server's "PEER connected"
+// and "PEER disconnected" lines) so that each line comes after what
+// caused it: before a line is written, every packet the trace layer saw
+// so far is printed and every event the stack has caused so far is
+// printed (the trace's Flush and the tracker's Sync, then the event
+// printer catching up, for at most a second). Without --trace and
+// --events it is w itself.
+func (o *Observer) Ordered(w io.Writer) io.Writer {
+	if !o.f.Trace && !o.f.Events {
+		return w
+	}
+	return orderedWriter{o: o, w: w}
+}
+
+type orderedWriter struct {
+	o *Observer
+	w io.Writer
+}
+
+func (ow orderedWriter) Write(p []byte) (int, error) {
+	ow.o.catchUp(time.Second)
+	return ow.w.Write(p)
+}
+
+// catchUp returns once the trace and the events printed cover everything
+// the stack did before the call, or after timeout.
+func (o *Observer) catchUp(timeout time.Duration) {
+	if o.st == nil {
+		return
+	}
+	if tr := o.st.Trace(); tr != nil {
+		tr.Flush()
+	}
+	if o.sub == nil {
+		return
+	}
+	o.st.Tracker().Sync()
+	want := o.sub.Delivered()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for o.nPrinted.Load() < want {
+		select {
+		case <-o.progress:
+		case <-o.printed:
+			return
+		case <-deadline.C:
+			return
+		}
 	}
 }
 
