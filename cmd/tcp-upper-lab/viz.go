@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/viz"
+)
+
+// parseInterleaved parses flags that may come before or after the
+// positional arguments (ladder DIR --explain), returning the positionals.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		if f := fs.Lookup(name); f != nil && i+1 < len(args) {
+			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !b.IsBoolFlag() {
+				i++
+				flags = append(flags, args[i])
+			}
+		}
+	}
+	return pos, cli.Parse(fs, flags)
+}
+
+// loadSession reads DIR (an experiment's output) or --pcap FILE [--events FILE].
+func loadSession(pos []string, pcapPath, eventsPath string) (*viz.Session, error) {
+	switch {
+	case len(pos) > 1:
+		return nil, cli.Usagef("one directory or capture, not %d (%s)", len(pos), strings.Join(pos, " "))
+	case len(pos) == 1 && pcapPath != "":
+		return nil, cli.Usagef("give a directory or --pcap FILE, not both")
+	case len(pos) == 0 && pcapPath == "":
+		return nil, cli.Usagef("give an experiment's output directory (tcp-upper-lab run NAME --out DIR) or --pcap FILE")
+	}
+	var s *viz.Session
+	var err error
+	if pcapPath != "" {
+		s, err = viz.LoadFiles(pcapPath, eventsPath)
+	} else if st, serr := os.Stat(pos[0]); serr == nil && !st.IsDir() {
+		s, err = viz.LoadFiles(pos[0], eventsPath)
+	} else {
+		if eventsPath != "" {
+			return nil, cli.Usagef("--events goes with --pcap FILE; a directory brings its own events.jsonl")
+		}
+		s, err = viz.Load(pos[0])
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%v: give a pcap or pcapng capture (and --events-format json events)", err)
+	}
+	if len(s.Conns) == 0 {
+		return nil, errors.New("no TCP segments in the capture: nothing to draw")
+	}
+	return s, nil
+}
+
+func cmdLadder(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	usage := prog + " ladder DIR | --pcap FILE [--events FILE] [--width N] [--abs] [--explain]"
+	fs := cli.NewFlagSet(prog+" ladder", stderr, usage)
+	pcapPath := fs.String("pcap", "", "a capture (pcap or pcapng; tcpdump -w, the server's --pcap)")
+	events := fs.String("events", "", "the stack's events as JSON lines (--events --events-format json), with --pcap")
+	width := fs.Int("width", 80, "columns")
+	abs := fs.Bool("abs", false, "wall-clock times in the margin (default: seconds from the start)")
+	explain := fs.Bool("explain", false, "under each state change, timer and notable segment: the rule that caused it")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if *width < viz.MinWidth {
+		return cli.Usagef("--width %d: the ladder needs at least %d columns", *width, viz.MinWidth)
+	}
+	s, err := loadSession(pos, *pcapPath, *events)
+	if err != nil {
+		return err
+	}
+	return viz.Ladder(stdout, s, viz.LadderOptions{Width: *width, Absolute: *abs, Explain: *explain})
+}
+
+func cmdPlot(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	usage := prog + " plot DIR | FILE.pcap | --pcap FILE [--events FILE] [--out DIR]"
+	fs := cli.NewFlagSet(prog+" plot", stderr, usage)
+	pcapPath := fs.String("pcap", "", "a capture (pcap or pcapng; tcpdump -w, the server's --pcap)")
+	events := fs.String("events", "", "the stack's events as JSON lines (--events --events-format json)")
+	out := fs.String("out", "", "where the SVG files go (default: DIR itself, or the capture's directory)")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	s, err := loadSession(pos, *pcapPath, *events)
+	if err != nil {
+		return err
+	}
+	dir := *out
+	if dir == "" {
+		src := *pcapPath
+		if src == "" {
+			src = pos[0]
+		}
+		if st, err := os.Stat(src); err == nil && st.IsDir() {
+			dir = src
+		} else {
+			dir = filepath.Dir(src)
+		}
+	}
+	paths, err := viz.WriteFigures(dir, viz.Figures(s))
+	if err != nil {
+		return fmt.Errorf("write the graphs: %w: pick another --out", err)
+	}
+	for _, p := range paths {
+		fmt.Fprintln(stdout, p)
+	}
+	return nil
+}
