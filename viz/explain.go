@@ -103,6 +103,8 @@ func explainState(ev *inspect.Event) (Rule, bool) {
 func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 	syn, ack := s.Flags&header.TCPFlagSyn != 0, s.Flags&header.TCPFlagAck != 0
 	switch {
+	case s.Dropped && syn && !ack && !s.Captured:
+		return Rule{"fault layer; RFC 6298 5.5, RFC 9293 3.8.1", "dropped by " + s.DropRule + " on its way into our stack (the capture never saw it): the client's SYN timer will send it again, doubling the timeout", 6}, true
 	case s.Dropped:
 		where := "on its way into our stack: the capture (taken inside the fault layer) never saw it"
 		if s.Captured {

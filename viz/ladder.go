@@ -86,22 +86,27 @@ func Rows(c *Conn) []Row {
 	return rows
 }
 
-// SegmentLabel is an arrow's label: flags, relative seq:end, ack, len,
-// win, SACK blocks, and "retx" for a retransmission.
+// SegmentLabel is an arrow's label: flags, relative seq:end(len), ack,
+// win, SYN options, SACK blocks, and "retx" for a retransmission:
+// "P. 1:34(33) ack 1 win 64512".
 func SegmentLabel(s *Segment) string {
 	var b strings.Builder
 	b.WriteString(s.FlagString())
 	if s.Len > 0 || s.Flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
 		fmt.Fprintf(&b, " %d", s.Seq)
 		if s.Len > 0 {
-			fmt.Fprintf(&b, ":%d", s.Seq+uint32(s.Len))
+			fmt.Fprintf(&b, ":%d(%d)", s.Seq+uint32(s.Len), s.Len)
 		}
 	}
 	if s.Flags&header.TCPFlagAck != 0 {
 		fmt.Fprintf(&b, " ack %d", s.Ack)
 	}
-	if s.Len > 0 {
-		fmt.Fprintf(&b, " len %d", s.Len)
+	if !s.Captured && s.Dropped {
+		// Known from the fault event only: no window, no options.
+		if s.Retransmit {
+			b.WriteString(" retx")
+		}
+		return b.String()
 	}
 	fmt.Fprintf(&b, " win %d", s.Win)
 	if s.Flags&header.TCPFlagSyn != 0 {
@@ -187,8 +192,9 @@ type canvas struct {
 	cl, sl int // the lifelines' columns
 }
 
-func newCanvas(opts LadderOptions) canvas {
-	m := len("999.999999 ")
+func newCanvas(s *Session, opts LadderOptions) canvas {
+	// As wide as the latest relative time needs: 0.000123 or 123.456789.
+	m := len(fmt.Sprintf("%.6f ", s.Rel(s.End())))
 	if opts.Absolute {
 		m = len("15:04:05.000000 ")
 	}
@@ -212,7 +218,7 @@ func put(l []rune, col int, s string) {
 func line(l []rune) string { return strings.TrimRight(string(l), " ") }
 
 func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
-	cv := newCanvas(opts)
+	cv := newCanvas(s, opts)
 	inner := cv.sl - cv.cl - 1
 	// Header: who is where, and whose states we know.
 	h := []rune(strings.Repeat(" ", cv.w))
@@ -232,7 +238,7 @@ func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
 		if opts.Absolute {
 			return t.Format("15:04:05.000000")
 		}
-		return fmt.Sprintf("%10.6f", s.Rel(t))
+		return fmt.Sprintf("%*.6f", cv.margin-1, s.Rel(t))
 	}
 	for _, r := range Rows(c) {
 		l := cv.blank()
@@ -258,7 +264,7 @@ func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
 			if r.Seg.Dropped {
 				end = inner * 2 / 3
 			}
-			fits := len(label)+6 <= end
+			fits := len(label)+4 <= end
 			if !fits {
 				// The label on a line of its own above the arrow.
 				a := cv.blank()

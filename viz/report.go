@@ -106,7 +106,7 @@ func ladderHTML(b *strings.Builder, s *Session, c *Conn) {
 	// stamp.
 	ri := 0
 	for i, l := range lines {
-		if i >= 3 && ri < len(rows) && strings.HasPrefix(l, fmt.Sprintf("%10.6f", s.Rel(rows[ri].Time))) {
+		if i >= 3 && ri < len(rows) && strings.HasPrefix(strings.TrimSpace(l), fmt.Sprintf("%.6f ", s.Rel(rows[ri].Time))) {
 			r := rows[ri]
 			ri++
 			if r.Explained {

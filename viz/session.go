@@ -360,10 +360,11 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		matched := false
 		if m[2] == "out" {
 			// The capture saw it on its way to the fault layer: the latest
-			// such segment at or before the event.
+			// such segment before the event (a retransmission of it comes
+			// after).
 			for i := len(segs) - 1; i >= 0; i-- {
 				r := &segs[i]
-				if r.captured && r.src == src && r.seq == uint32(seq) && r.flags == flags && r.len == n && !r.t.After(ev.Time.Add(time.Millisecond)) && (!r.dropped || r.rule != "" && !strings.HasPrefix(r.rule, "rule #")) {
+				if r.captured && r.src == src && r.seq == uint32(seq) && r.flags == flags && r.len == n && !r.t.After(ev.Time) && (!r.dropped || r.rule != "" && !strings.HasPrefix(r.rule, "rule #")) {
 					r.dropped, r.rule, matched = true, rule, true
 					break
 				}
@@ -532,6 +533,20 @@ func (c *Conn) relativize() {
 			}
 		}
 	}
+}
+
+// End is the latest packet or event.
+func (s *Session) End() time.Time {
+	end := s.Start
+	for _, c := range s.Conns {
+		if n := len(c.Segs); n > 0 && c.Segs[n-1].Time.After(end) {
+			end = c.Segs[n-1].Time
+		}
+		if n := len(c.Events); n > 0 && c.Events[n-1].Time.After(end) {
+			end = c.Events[n-1].Time
+		}
+	}
+	return end
 }
 
 // Rel is a time relative to the session's start, in seconds.
