@@ -28,8 +28,9 @@ type narrator struct {
 
 	mu      sync.Mutex
 	partial []byte
-	lines   []string // trace lines not yet printed
-	all     []string // every trace line, for comparing with tcpdump
+	lines   []string        // trace lines not yet printed
+	all     []string        // every trace line, for comparing with tcpdump
+	events  []inspect.Event // every event printed, for the ladder
 
 	ann annotator
 }
@@ -88,6 +89,7 @@ func (n *narrator) checkpoint() {
 				break
 			}
 			items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: ev.Text()})
+			n.events = append(n.events, ev)
 		default:
 			done = true
 		}
