@@ -129,7 +129,7 @@ func markText(ev *inspect.Event) string {
 	switch ev.Kind {
 	case inspect.KindRTO:
 		if n.Known {
-			return fmt.Sprintf("RTO fired, rto now %s", fmtDur(n.RTO))
+			return fmt.Sprintf("RTO fired (rto=%s)", fmtDur(n.RTO))
 		}
 		return "RTO fired"
 	case inspect.KindTailLossProbe:
@@ -267,8 +267,14 @@ func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
 			fits := len(label)+4 <= end
 			if !fits {
 				// The label on a line of its own above the arrow.
+				// Above the arrow, from its sender's side.
 				a := cv.blank()
-				put(a, cv.cl+2, truncate(label, inner-3))
+				text := truncate(label, inner-3)
+				if n := len([]rune(text)); r.Seg.From == Server && n <= inner-2 {
+					put(a, cv.sl-1-n, text)
+				} else {
+					put(a, cv.cl+2, text)
+				}
 				fmt.Fprintln(w, line(a))
 			}
 			drawArrow(l, cv, r.Seg.From, end, r.Seg.Dropped)

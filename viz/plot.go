@@ -118,9 +118,27 @@ func timeSeq(s *Session, c *Conn, d Side) *plot {
 			p.addLegend("sack", colSack, "SACK block")
 		}
 	}
+	// A window far above the data would squash it to the axis: the
+	// window line is cut at a quarter above the highest data or ACK.
+	top := 0.0
+	for i := range c.Segs {
+		if g := &c.Segs[i]; g.From == d {
+			top = math.Max(top, float64(g.Seq+uint32(g.Len)))
+		}
+	}
+	for _, a := range acks {
+		top = math.Max(top, a[1])
+	}
+	label := d.Other().String() + "'s window (ACK + win)"
+	for i := range rwnd {
+		if rwnd[i][1] > top*1.25 {
+			rwnd[i][1] = top * 1.25
+			label = d.Other().String() + "'s window (ACK + win, cut at the top)"
+		}
+	}
 	o := d.Other()
 	p.line("ack", dirColour(o), false, true, acks, o.String()+"'s ACK")
-	p.line("rwnd", dirColour(o), true, true, rwnd, o.String()+"'s window (ACK + win)")
+	p.line("rwnd", dirColour(o), true, true, rwnd, label)
 	return p
 }
 

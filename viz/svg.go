@@ -23,7 +23,7 @@ type chart struct {
 type legendItem struct{ class, colour, label string }
 
 const (
-	padL, padR, padT, padB = 70.0, 20.0, 40.0, 60.0
+	padL, padR, padT, padB = 70.0, 20.0, 40.0, 74.0
 )
 
 // Colours: one per direction, the stack's numbers in their own.
@@ -234,10 +234,14 @@ func (p *plot) SVG() string {
 	}
 	b.WriteString("</g>\n")
 	// Legend, under the x label.
-	x := L
+	x, y := L, c.h-30
 	for _, l := range c.legend {
-		fmt.Fprintf(&b, `<g class="legend"><rect x="%.0f" y="%.0f" width="10" height="10" fill="%s"/><text x="%.0f" y="%.0f">%s</text></g>`+"\n", x, c.h-16, l.colour, x+14, c.h-7, html.EscapeString(l.label))
-		x += 24 + 6.5*float64(len(l.label))
+		w := 24 + 6.2*float64(len(l.label))
+		if x+w > c.w && x > L {
+			x, y = L, y+14
+		}
+		fmt.Fprintf(&b, `<g class="legend"><rect x="%.0f" y="%.0f" width="10" height="10" fill="%s"/><text x="%.0f" y="%.0f">%s</text></g>`+"\n", x, y, l.colour, x+14, y+9, html.EscapeString(l.label))
+		x += w
 	}
 	b.WriteString("</svg>\n")
 	return b.String()
