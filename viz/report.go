@@ -56,7 +56,7 @@ func Report(w io.Writer, s *Session, info ReportInfo) error {
 	for i, c := range s.Conns {
 		fmt.Fprintf(&b, "<h2>Connection %d: %s</h2>\n", i+1, e(c.Name()))
 		b.WriteString("<p>The ladder (hover a line for the rule behind it):</p>\n<pre class=\"ladder\">")
-		ladderHTML(&b, s, c)
+		ladderHTML(&b, s, c, 100)
 		b.WriteString("</pre>\n")
 		var ex strings.Builder
 		writeLadder(&ex, s, c, LadderOptions{Width: 100, Explain: true})
@@ -94,11 +94,17 @@ func Report(w io.Writer, s *Session, info ReportInfo) error {
 	return err
 }
 
-// ladderHTML writes the ladder with each explained line wrapped in a span
-// whose title is its rule.
-func ladderHTML(b *strings.Builder, s *Session, c *Conn) {
+// LadderHTML is c's ladder as HTML text for a <pre>, each explained line
+// a span whose title (tooltip) is its rule.
+func LadderHTML(s *Session, c *Conn, width int) string {
+	var b strings.Builder
+	ladderHTML(&b, s, c, width)
+	return b.String()
+}
+
+func ladderHTML(b *strings.Builder, s *Session, c *Conn, width int) {
 	var plain strings.Builder
-	writeLadder(&plain, s, c, LadderOptions{Width: 100})
+	writeLadder(&plain, s, c, LadderOptions{Width: width})
 	lines := strings.Split(strings.TrimRight(plain.String(), "\n"), "\n")
 	rows := Rows(c)
 	// The ladder prints 3 header lines, then per row one line (two when

@@ -138,8 +138,6 @@ type Session struct {
 	// Start is the earliest packet or event: times are shown relative to it.
 	Start time.Time
 	Conns []*Conn
-	// Orphans counts events about no connection in the capture.
-	Orphans int
 }
 
 // Load reads an experiment's output directory: capture.pcap (or the only
@@ -390,10 +388,29 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		}
 		s.Conns = append(s.Conns, c)
 	}
-	for k, evs := range evByKey {
+	// Connections the events know and the capture does not (a live view
+	// has no capture): the stack's own story, without arrows.
+	var evOnly []connKey
+	for k := range evByKey {
 		if _, ok := byKey[k]; !ok {
-			s.Orphans += len(evs)
+			evOnly = append(evOnly, k)
 		}
+	}
+	sort.Slice(evOnly, func(i, j int) bool {
+		return evByKey[evOnly[i]][0].Time.Before(evByKey[evOnly[j]][0].Time)
+	})
+	for _, k := range evOnly {
+		evs := evByKey[k]
+		sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+		c := &Conn{WScale: [2]int{-1, -1}, Events: evs, HasEvents: true, Stack: Server}
+		local, remote := evs[0].Conn.Local, evs[0].Conn.Remote
+		for _, ev := range evs {
+			if ev.Kind == inspect.KindState && ev.From == inspect.SynSent {
+				c.Stack = Client // it connected: it is the client
+			}
+		}
+		c.Addr[c.Stack], c.Addr[c.Stack.Other()] = local, remote
+		s.Conns = append(s.Conns, c)
 	}
 	for _, c := range s.Conns {
 		if t := firstTime(c); !t.IsZero() && (s.Start.IsZero() || t.Before(s.Start)) {

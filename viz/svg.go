@@ -201,6 +201,10 @@ func (p *plot) SVG() string {
 	if c.x1-c.x0 <= 0 {
 		c.x1 = c.x0 + 1e-3
 	}
+	// A little room at both ends: a mark at the first instant is not on
+	// the axis.
+	dx := (c.x1 - c.x0) * 0.02
+	c.x0, c.x1 = c.x0-dx, c.x1+dx
 	if c.y1-c.y0 <= 0 {
 		c.y1 = c.y0 + 1
 	}

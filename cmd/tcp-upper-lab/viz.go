@@ -6,12 +6,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/viz"
+	"github.com/tcp-upper/tcp-upper/viz/web"
 )
 
 // parseInterleaved parses flags that may come before or after the
@@ -128,6 +132,52 @@ func cmdPlot(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	for _, p := range paths {
 		fmt.Fprintln(stdout, p)
+	}
+	return nil
+}
+
+func cmdWeb(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	usage := prog + " web [--listen 127.0.0.1:8080] [--allow-control] [--control PATH | --name LAB]"
+	fs := cli.NewFlagSet(prog+" web", stderr, usage)
+	listen := fs.String("listen", "127.0.0.1:8080", "address to serve on (loopback unless you name another)")
+	allow := fs.Bool("allow-control", false, "let the page change fault rules (with the token printed at start)")
+	logLevel := fs.String("log-level", "info", "log level on stderr (refused requests are warnings)")
+	var t target
+	fs.StringVar(&t.path, "control", "", "the server's control socket (default: the only running server)")
+	fs.StringVar(&t.name, "name", "", "the lab whose server to watch")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if _, err := t.resolve(); err != nil {
+		return err
+	}
+	log, err := cli.Logger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %v: pick another --listen", *listen, err)
+	}
+	opts := web.Options{Resolve: t.resolve, AllowControl: *allow, Log: log}
+	if *allow {
+		opts.Token = web.NewToken()
+	}
+	v := web.New(opts)
+	go v.Run(ctx)
+	srv := &http.Server{Handler: v.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(stdout, "serving http://%s/ (Ctrl-C to stop)\n", ln.Addr())
+	if *allow {
+		fmt.Fprintf(stdout, "changes need the token %s (the page asks for it; X-Token header)\n", opts.Token)
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
 	}
 	return nil
 }
