@@ -107,8 +107,11 @@ func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 		return Rule{"fault layer; RFC 6298 5.5, RFC 9293 3.8.1", "dropped by " + s.DropRule + " on its way into our stack (the capture never saw it): the client's SYN timer will send it again, doubling the timeout", 6}, true
 	case s.Dropped:
 		where := "on its way into our stack: the capture (taken inside the fault layer) never saw it"
-		if s.Captured {
+		switch {
+		case s.Captured:
 			where = "after the capture saw it leave our stack: the peer never gets it"
+		case c.HasEvents && s.From == c.Stack:
+			where = "as it left our stack: the peer never gets it"
 		}
 		return Rule{"fault layer", "dropped by " + s.DropRule + ", " + where, 0}, true
 	case syn && s.Retransmit:

@@ -58,6 +58,12 @@ type Row struct {
 func Rows(c *Conn) []Row {
 	var rows []Row
 	last := [2]*Segment{}
+	// Without a capture (a live view) the stack's and the wire's events
+	// are all there is: a retransmission is a mark, not an arrow.
+	captured := false
+	for i := range c.Segs {
+		captured = captured || c.Segs[i].Captured
+	}
 	si, ei := 0, 0
 	for si < len(c.Segs) || ei < len(c.Events) {
 		if ei >= len(c.Events) || si < len(c.Segs) && !c.Segs[si].Time.After(c.Events[ei].Time) {
@@ -75,8 +81,13 @@ func Rows(c *Conn) []Row {
 		switch ev.Kind {
 		case inspect.KindState:
 			r.Kind, r.Text = RowState, ev.To.String()
-		case inspect.KindRetransmit, inspect.KindFault:
+		case inspect.KindFault:
 			continue // drawn as the arrow itself
+		case inspect.KindRetransmit:
+			if captured {
+				continue // drawn as the arrow itself
+			}
+			r.Kind, r.Text = RowMark, "sent again: "+ev.Cause
 		default:
 			r.Kind, r.Text = RowMark, markText(ev)
 		}

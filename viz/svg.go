@@ -182,6 +182,9 @@ func niceStep(span float64, n int) float64 {
 }
 
 func fmtTick(v, step float64) string {
+	if math.Abs(v) < step*1e-6 {
+		v = 0 // not -0.0
+	}
 	if step >= 1 {
 		return fmt.Sprintf("%.0f", v)
 	}

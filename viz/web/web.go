@@ -59,6 +59,8 @@ const (
 	// ClientQueue is how many messages a browser may fall behind before
 	// its messages are dropped (and counted on its page).
 	ClientQueue = 4096
+	// Recent is how many of the latest events a new page is sent first.
+	Recent = 200
 	// pollEvery is how often the table, counters and rules are fetched;
 	// a state change fetches the table sooner.
 	pollEvery = time.Second
@@ -81,6 +83,7 @@ type View struct {
 	clients map[*client]struct{}
 	status  statusMsg
 	last    map[string][]byte // latest ss/stats/faults message, for a new page
+	recent  [][]byte          // the latest events, for a new page
 
 	ssSoon   chan struct{}
 	upstream atomic.Uint64 // events the control socket dropped for us
@@ -267,6 +270,12 @@ func (v *View) broadcast(typ string, data any) {
 	if typ == "ss" || typ == "stats" || typ == "faults" || typ == "status" {
 		v.last[typ] = msg
 	}
+	if typ == "event" {
+		if len(v.recent) >= Recent {
+			v.recent = append(v.recent[:0], v.recent[1:]...)
+		}
+		v.recent = append(v.recent, msg)
+	}
 	for c := range v.clients {
 		select {
 		case c.ch <- msg:
@@ -329,6 +338,9 @@ func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	hello, _ := json.Marshal(map[string]any{"control": v.opts.AllowControl})
 	w.Write([]byte("event: hello\ndata: " + string(hello) + "\n\n"))
+	for _, m := range v.recent {
+		w.Write(m)
+	}
 	v.clients[c] = struct{}{}
 	v.mu.Unlock()
 	defer func() {

@@ -95,4 +95,8 @@ func TestSlowPageDrops(t *testing.T) {
 	if len(c.ch) != 4 || c.dropped.Load() != 6 {
 		t.Errorf("queued %d, dropped %d; want 4 and 6", len(c.ch), c.dropped.Load())
 	}
+	// A page that comes later is sent the latest events first.
+	if len(v.recent) != 10 || !strings.HasPrefix(string(v.recent[9]), "event: event\ndata: 9\n") {
+		t.Errorf("recent events %q", v.recent)
+	}
 }
