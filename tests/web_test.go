@@ -145,3 +145,35 @@ func TestWebView(t *testing.T) {
 		t.Fatalf("page did not reconnect: %v", err)
 	}
 }
+
+// TestLiveLadder: ladder --control draws a running server's connection as
+// it happens: its number, its states at the server's side, in order.
+func TestLiveLadder(t *testing.T) {
+	l := newLab(t)
+	ctl := t.TempDir() + "/ctl.sock"
+	startServer(t, l, "--control", ctl)
+	p := startIn(t, nil, "", bin("tcp-upper-lab"), "ladder", "--control", ctl, "--width", "72")
+	if !p.stderr.waitFor("attached to tcp-upper-server", 10*time.Second) {
+		t.Fatalf("ladder did not attach: %q", p.stderr.String())
+	}
+	c := dialAnt(t, l, serverAddr)
+	remote := fmt.Sprintf("%s:%d", lab.AntAddr.Addr(), c.LocalAddr().(*net.TCPAddr).Port)
+	for _, want := range []string{"#1 is " + remote + " (peer)", "#1 |", "| ESTABLISHED"} {
+		if !p.stdout.waitFor(want, 5*time.Second) {
+			t.Fatalf("no %q in:\n%s", want, p.stdout.String())
+		}
+	}
+	c.Close()
+	if !p.stdout.waitFor("| CLOSED", 5*time.Second) {
+		t.Fatalf("the close did not show:\n%s", p.stdout.String())
+	}
+	out := p.stdout.String()
+	if i, j := strings.Index(out, "| SYN-RCVD"), strings.Index(out, "| CLOSE-WAIT"); i < 0 || j < i {
+		t.Errorf("states out of order:\n%s", out)
+	}
+	for _, ln := range strings.Split(out, "\n") {
+		if len([]rune(ln)) > 72 {
+			t.Errorf("line wider than --width 72: %q", ln)
+		}
+	}
+}

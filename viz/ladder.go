@@ -87,7 +87,7 @@ func Rows(c *Conn) []Row {
 			if captured {
 				continue // drawn as the arrow itself
 			}
-			r.Kind, r.Text = RowMark, "sent again: "+ev.Cause
+			r.Kind, r.Text = RowMark, ev.Cause
 		default:
 			r.Kind, r.Text = RowMark, markText(ev)
 		}
@@ -209,7 +209,11 @@ func newCanvas(s *Session, opts LadderOptions) canvas {
 	if opts.Absolute {
 		m = len("15:04:05.000000 ")
 	}
-	return canvas{w: opts.Width, margin: m, cl: m + stateW + 1, sl: opts.Width - stateW - 2}
+	return canvasOf(m, opts.Width)
+}
+
+func canvasOf(margin, width int) canvas {
+	return canvas{w: width, margin: margin, cl: margin + stateW + 1, sl: width - stateW - 2}
 }
 
 func (cv canvas) blank() []rune {
@@ -230,7 +234,6 @@ func line(l []rune) string { return strings.TrimRight(string(l), " ") }
 
 func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
 	cv := newCanvas(s, opts)
-	inner := cv.sl - cv.cl - 1
 	// Header: who is where, and whose states we know.
 	h := []rune(strings.Repeat(" ", cv.w))
 	left := "client " + c.Addr[Client].String()
@@ -252,67 +255,78 @@ func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
 		return fmt.Sprintf("%*.6f", cv.margin-1, s.Rel(t))
 	}
 	for _, r := range Rows(c) {
-		l := cv.blank()
-		put(l, 0, stamp(r.Time))
-		switch r.Kind {
-		case RowState:
-			if r.Side == Client {
-				put(l, cv.cl-1-len(r.Text), r.Text)
-			} else {
-				put(l, cv.sl+2, r.Text)
-			}
-			if r.Ev.From == inspect.TimeWait && r.Ev.Held > 0 {
-				mark := "TIME-WAIT expired (" + fmtDur(r.Ev.Held) + ")"
-				putMark(l, cv, r.Side, mark)
-			}
-			fmt.Fprintln(w, line(l))
-		case RowMark:
-			putMark(l, cv, r.Side, "* "+r.Text)
-			fmt.Fprintln(w, line(l))
-		case RowSegment:
-			label := r.Text
-			end := inner // arrow length, the head included
-			if r.Seg.Dropped {
-				end = inner * 2 / 3
-			}
-			fits := len(label)+4 <= end
-			if !fits {
-				// The label on a line of its own above the arrow.
-				// Above the arrow, from its sender's side.
-				a := cv.blank()
-				text := truncate(label, inner-3)
-				if n := len([]rune(text)); r.Seg.From == Server && n <= inner-2 {
-					put(a, cv.sl-1-n, text)
-				} else {
-					put(a, cv.cl+2, text)
-				}
-				fmt.Fprintln(w, line(a))
-			}
-			drawArrow(l, cv, r.Seg.From, end, r.Seg.Dropped)
-			if fits {
-				w := len(label) + 2
-				start := cv.cl + 1 + (end-w)/2
-				if r.Seg.From == Server {
-					start = cv.sl - end + (end-w)/2
-				}
-				put(l, start, " "+label+" ")
-			}
-			if r.Seg.Dropped {
-				tag := "dropped"
-				if r.Seg.From == Client {
-					put(l, cv.cl+1+end+1, truncate(tag, inner-end-2))
-				} else {
-					put(l, cv.sl-end-len(tag)-1, tag)
-				}
-			}
-			fmt.Fprintln(w, line(l))
+		writeRow(w, cv, r, stamp(r.Time), "", opts.Explain)
+	}
+}
+
+// writeRow draws one row (with the line above for a long label and the
+// explanation under it); tag, if not empty, goes left of the client's
+// lifeline (the live ladder's connection number).
+func writeRow(w io.Writer, cv canvas, r Row, stamp, tag string, explain bool) {
+	inner := cv.sl - cv.cl - 1
+	l := cv.blank()
+	put(l, 0, stamp)
+	if tag != "" && !(r.Kind == RowState && r.Side == Client) {
+		put(l, cv.cl-1-len(tag), tag)
+	}
+	switch r.Kind {
+	case RowState:
+		if r.Side == Client {
+			put(l, cv.cl-1-len(r.Text), r.Text)
+		} else {
+			put(l, cv.sl+2, r.Text)
 		}
-		if opts.Explain && r.Explained {
-			for _, text := range wrap(r.Rule.String(), inner-4) {
-				e := cv.blank()
-				put(e, cv.cl+3, text)
-				fmt.Fprintln(w, line(e))
+		if r.Ev.From == inspect.TimeWait && r.Ev.Held > 0 {
+			mark := "TIME-WAIT expired (" + fmtDur(r.Ev.Held) + ")"
+			putMark(l, cv, r.Side, mark)
+		}
+		fmt.Fprintln(w, line(l))
+	case RowMark:
+		putMark(l, cv, r.Side, "* "+r.Text)
+		fmt.Fprintln(w, line(l))
+	case RowSegment:
+		label := r.Text
+		end := inner // arrow length, the head included
+		if r.Seg.Dropped {
+			end = inner * 2 / 3
+		}
+		fits := len(label)+4 <= end
+		if !fits {
+			// The label on a line of its own above the arrow.
+			// Above the arrow, from its sender's side.
+			a := cv.blank()
+			text := truncate(label, inner-3)
+			if n := len([]rune(text)); r.Seg.From == Server && n <= inner-2 {
+				put(a, cv.sl-1-n, text)
+			} else {
+				put(a, cv.cl+2, text)
 			}
+			fmt.Fprintln(w, line(a))
+		}
+		drawArrow(l, cv, r.Seg.From, end, r.Seg.Dropped)
+		if fits {
+			lw := len(label) + 2
+			start := cv.cl + 1 + (end-lw)/2
+			if r.Seg.From == Server {
+				start = cv.sl - end + (end-lw)/2
+			}
+			put(l, start, " "+label+" ")
+		}
+		if r.Seg.Dropped {
+			const dropped = "dropped"
+			if r.Seg.From == Client {
+				put(l, cv.cl+1+end+1, truncate(dropped, inner-end-2))
+			} else {
+				put(l, cv.sl-end-len(dropped)-1, dropped)
+			}
+		}
+		fmt.Fprintln(w, line(l))
+	}
+	if explain && r.Explained {
+		for _, text := range wrap(r.Rule.String(), inner-4) {
+			e := cv.blank()
+			put(e, cv.cl+3, text)
+			fmt.Fprintln(w, line(e))
 		}
 	}
 }

@@ -238,3 +238,34 @@ func TestReportSelfContained(t *testing.T) {
 		t.Errorf("index: %s", idx.String())
 	}
 }
+
+// The live ladder: rows as events come, each connection numbered.
+func TestLive(t *testing.T) {
+	evs, err := ReadEvents("testdata/data-loss-rto/events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	l, err := NewLive(&b, LadderOptions{Width: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Header("server 10.0.2.2:9999")
+	for _, ev := range evs {
+		l.Add(ev)
+	}
+	out := b.String()
+	var idx []int
+	for _, want := range []string{"#1 is 10.0.1.2:49004 (peer) and 10.0.2.2:9999", "| SYN-RCVD", "| ESTABLISHED", "dropped X-", "* RTO fired (rto=200ms)", "* seq 1:34 sent again", "| FIN-WAIT-1", "| CLOSED"} {
+		i := strings.Index(out, want)
+		if i < 0 || len(idx) > 0 && i < idx[len(idx)-1] {
+			t.Fatalf("%q missing or out of order in:\n%s", want, out)
+		}
+		idx = append(idx, i)
+	}
+	for _, ln := range strings.Split(out, "\n") {
+		if len([]rune(ln)) > 80 {
+			t.Errorf("line of %d columns: %q", len([]rune(ln)), ln)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/viz"
 	"github.com/tcp-upper/tcp-upper/viz/web"
 )
@@ -79,19 +80,28 @@ func loadSession(pos []string, pcapPath, eventsPath string) (*viz.Session, error
 }
 
 func cmdLadder(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	usage := prog + " ladder DIR | --pcap FILE [--events FILE] [--width N] [--abs] [--explain]"
+	usage := prog + " ladder DIR | --pcap FILE [--events FILE] | --name LAB | --control PATH   [--width N] [--abs] [--explain]"
 	fs := cli.NewFlagSet(prog+" ladder", stderr, usage)
 	pcapPath := fs.String("pcap", "", "a capture (pcap or pcapng; tcpdump -w, the server's --pcap)")
 	events := fs.String("events", "", "the stack's events as JSON lines (--events --events-format json), with --pcap")
 	width := fs.Int("width", 80, "columns")
 	abs := fs.Bool("abs", false, "wall-clock times in the margin (default: seconds from the start)")
 	explain := fs.Bool("explain", false, "under each state change, timer and notable segment: the rule that caused it")
+	var t target
+	fs.StringVar(&t.path, "control", "", "live: a running server's control socket")
+	fs.StringVar(&t.name, "name", "", "live: the server of this lab")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
 	if *width < viz.MinWidth {
 		return cli.Usagef("--width %d: the ladder needs at least %d columns", *width, viz.MinWidth)
+	}
+	if t.path != "" || t.name != "" {
+		if len(pos) > 0 || *pcapPath != "" || *events != "" {
+			return cli.Usagef("live (--name, --control) or from files (DIR, --pcap), not both")
+		}
+		return liveLadder(ctx, &t, viz.LadderOptions{Width: *width, Explain: *explain}, stdout, stderr)
 	}
 	s, err := loadSession(pos, *pcapPath, *events)
 	if err != nil {
@@ -180,4 +190,40 @@ func cmdWeb(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	return nil
+}
+
+// liveLadder draws a running server's ladder from its event stream until
+// Ctrl-C or the server exits.
+func liveLadder(ctx context.Context, t *target, opts viz.LadderOptions, stdout, stderr io.Writer) error {
+	live, err := viz.NewLive(stdout, opts)
+	if err != nil {
+		return cli.Usagef("%v", err)
+	}
+	c, err := dialTarget(t)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	h, err := c.Call("hello", nil)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "attached to %s (pid %d); the stack's states, timers, retransmissions and injected drops as they happen (segments need a capture: ladder --pcap); Ctrl-C to stop\n", h.Hello.Program, h.Hello.PID)
+	live.Header("this stack " + h.Hello.Addr)
+	var dropped uint64
+	err = c.Stream(ctx, "events", func(r *control.Response) error {
+		if r.Dropped > dropped {
+			fmt.Fprintf(stderr, "(%d events lost so far: this terminal reads too slowly)\n", r.Dropped)
+			dropped = r.Dropped
+		}
+		if r.Event != nil {
+			live.Add(*r.Event)
+		}
+		return nil
+	})
+	if err != nil && strings.Contains(err.Error(), "closed the connection") {
+		fmt.Fprintln(stderr, "the server exited")
+		return nil
+	}
+	return err
 }
