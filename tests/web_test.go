@@ -147,14 +147,16 @@ func TestWebView(t *testing.T) {
 }
 
 // TestLiveLadder: ladder --control draws a running server's connection as
-// it happens: its number, its states at the server's side, in order.
+// it happens: its number, its states at the server's side, in order; trace
+// --explain puts the rule under each event.
 func TestLiveLadder(t *testing.T) {
 	l := newLab(t)
 	ctl := t.TempDir() + "/ctl.sock"
 	startServer(t, l, "--control", ctl)
 	p := startIn(t, nil, "", bin("tcp-upper-lab"), "ladder", "--control", ctl, "--width", "72")
-	if !p.stderr.waitFor("attached to tcp-upper-server", 10*time.Second) {
-		t.Fatalf("ladder did not attach: %q", p.stderr.String())
+	tr := startIn(t, nil, "", bin("tcp-upper-lab"), "trace", "--control", ctl, "--explain")
+	if !p.stderr.waitFor("attached to tcp-upper-server", 10*time.Second) || !tr.stderr.waitFor("attached to", 10*time.Second) {
+		t.Fatalf("ladder or trace did not attach: %q %q", p.stderr.String(), tr.stderr.String())
 	}
 	c := dialAnt(t, l, serverAddr)
 	remote := fmt.Sprintf("%s:%d", lab.AntAddr.Addr(), c.LocalAddr().(*net.TCPAddr).Port)
@@ -166,6 +168,10 @@ func TestLiveLadder(t *testing.T) {
 	c.Close()
 	if !p.stdout.waitFor("| CLOSED", 5*time.Second) {
 		t.Fatalf("the close did not show:\n%s", p.stdout.String())
+	}
+	// trace --explain: each state change with its rule under it.
+	if !tr.stdout.waitFor("LISTEN -> SYN-RCVD", 5*time.Second) || !tr.stdout.waitFor("    why: RFC 9293 3.5, 3.10.7.2:", 5*time.Second) {
+		t.Errorf("trace --explain printed:\n%s", tr.stdout.String())
 	}
 	out := p.stdout.String()
 	if i, j := strings.Index(out, "| SYN-RCVD"), strings.Index(out, "| CLOSE-WAIT"); i < 0 || j < i {

@@ -38,6 +38,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	tw := fs.Duration("time-wait", 5*time.Second, "TIME-WAIT of the server's stack (Linux holds 60s; shorter so the demo can show it end)")
 	idle := fs.Duration("idle-close", time.Second, "the server closes a connection idle this long (part 2: our stack closes first)")
 	logLevel := fs.String("log-level", "warn", "log level on stderr")
+	explain := fs.Bool("explain", false, "under each state change, the rule behind it; the final ladder explained too")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -51,7 +52,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	d := &demo{out: stdout, log: log, timeWait: *tw, idle: *idle}
+	d := &demo{out: stdout, log: log, timeWait: *tw, idle: *idle, explain: *explain}
 	if *inMemory {
 		return d.inMemory(ctx)
 	}
@@ -75,6 +76,7 @@ type demo struct {
 	mu       sync.Mutex
 	timeWait time.Duration
 	idle     time.Duration
+	explain  bool
 }
 
 func (d *demo) printf(host, format string, args ...any) {
@@ -181,7 +183,7 @@ func (d *demo) ladder(s *server) {
 	d.section("the ladder of the session (tcp-upper-lab ladder draws it from any capture; --explain adds the rule behind each line)")
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	viz.Ladder(d.out, viz.Build(pkts, s.narr.events), viz.LadderOptions{Width: 80})
+	viz.Ladder(d.out, viz.Build(pkts, s.narr.events), viz.LadderOptions{Width: 80, Explain: d.explain})
 }
 
 // newServerStack builds the server's stack over dev with tracing into a

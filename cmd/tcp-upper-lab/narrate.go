@@ -13,6 +13,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/viz"
 )
 
 // narrator tells the demo's story from the server stack's own output: the
@@ -88,7 +89,11 @@ func (n *narrator) checkpoint() {
 				done = true
 				break
 			}
-			items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: ev.Text()})
+			text := ev.Text()
+			if rule, ok := viz.ExplainEvent(&ev); ok && n.d.explain && ev.Kind != inspect.KindFault {
+				text += "\n      why: " + rule.String()
+			}
+			items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: text})
 			n.events = append(n.events, ev)
 		default:
 			done = true
