@@ -34,6 +34,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
+	"github.com/tcp-upper/tcp-upper/viz"
 )
 
 // Experiment is one lesson.
@@ -466,7 +467,7 @@ func writeOutputs(e *Env, res *Result) error {
 		return err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Experiment %s\n\n%s\n\n- faults: %s\n- seed: %d (repeat: `tcp-upper-lab run %s --seed %d`)\n- files: capture.pcap (tcpdump -nr), events.jsonl\n\n",
+	fmt.Fprintf(&b, "# Experiment %s\n\n%s\n\n- faults: %s\n- seed: %d (repeat: `tcp-upper-lab run %s --seed %d`)\n- files: capture.pcap (tcpdump -nr), events.jsonl, report.html (ladder, graphs)\n\n",
 		e.exp.Name, e.exp.Summary, faultList(e.exp.Faults), res.Seed, e.exp.Name, res.Seed)
 	b.WriteString("## Verdicts\n\n")
 	for _, v := range res.Verdicts {
@@ -481,5 +482,30 @@ func writeOutputs(e *Env, res *Result) error {
 		fmt.Fprintf(&b, "%8.3f %s\n", evs[i].Time.Sub(e.Start).Seconds(), strings.SplitN(evs[i].Text(), " ", 2)[1])
 	}
 	b.WriteString("```\n")
-	return os.WriteFile(filepath.Join(res.Dir, "summary.md"), []byte(b.String()), 0o644)
+	if err := os.WriteFile(filepath.Join(res.Dir, "summary.md"), []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	return writeReport(e, res)
+}
+
+// writeReport writes report.html: the lesson, verdicts, ladder, graphs and
+// timeline in one self-contained page.
+func writeReport(e *Env, res *Result) error {
+	s, err := viz.Load(res.Dir)
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	info := viz.ReportInfo{Name: e.exp.Name, Lesson: e.exp.Summary, Faults: e.exp.Faults, Seed: res.Seed}
+	for _, v := range res.Verdicts {
+		info.Verdicts = append(info.Verdicts, viz.Verdict{Pass: v.Pass, Expect: v.Expect, Evidence: v.Evidence})
+	}
+	f, err := os.Create(filepath.Join(res.Dir, "report.html"))
+	if err != nil {
+		return err
+	}
+	if err := viz.Report(f, s, info); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

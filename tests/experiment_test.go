@@ -37,7 +37,7 @@ func testExperiments(t *testing.T, mode []string) {
 			if !res.Passed() {
 				t.Fatalf("failed:\n%s", out.String())
 			}
-			for _, f := range []string{"capture.pcap", "events.jsonl", "summary.md"} {
+			for _, f := range []string{"capture.pcap", "events.jsonl", "summary.md", "report.html"} {
 				if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
 					t.Errorf("%s: %v", f, err)
 				}
@@ -45,6 +45,19 @@ func testExperiments(t *testing.T, mode []string) {
 			sum, _ := os.ReadFile(filepath.Join(dir, "summary.md"))
 			if !strings.Contains(string(sum), "**PASS**") || strings.Contains(string(sum), "**FAIL**") {
 				t.Errorf("summary.md:\n%s", sum)
+			}
+			// report.html: the verdicts, a ladder with the server's states,
+			// graphs, and nothing fetched from outside.
+			rep, _ := os.ReadFile(filepath.Join(dir, "report.html"))
+			for _, want := range []string{x.Summary, "PASS", `<pre class="ladder">`, "ESTABLISHED", "<svg", `class="timeline"`} {
+				if !strings.Contains(string(rep), strings.ReplaceAll(want, "'", "&#39;")) {
+					t.Errorf("report.html lacks %q", want)
+				}
+			}
+			for _, bad := range []string{"src=", "<link", "@import", "url(", `href="http`} {
+				if strings.Contains(string(rep), bad) {
+					t.Errorf("report.html refers outside itself: %q", bad)
+				}
 			}
 		})
 	}

@@ -66,6 +66,9 @@ func TestDemo(t *testing.T) {
 		"packets: field for field the lines of our stack's trace above", // tcpdump on tun0 agrees with our trace
 		"10.0.2.2:9999", // the TIME-WAIT line in ant's ss
 		"lab " + strconv.Quote(name) + " torn down",
+		// The ladder at the end: arrows, the stack's states, TIME-WAIT's end.
+		"== the ladder of the session", "|<--- S. 0 ack 1 win 29184 mss 1460 ws 7", "| SYN-RCVD", "| LAST-ACK",
+		"TIME-WAIT expired (2.0s) | CLOSED",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q", want)

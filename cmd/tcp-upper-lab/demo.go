@@ -23,8 +23,10 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
 	"github.com/tcp-upper/tcp-upper/tun"
+	"github.com/tcp-upper/tcp-upper/viz"
 )
 
 // demoLines is the seed's client session.
@@ -37,6 +39,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	tw := fs.Duration("time-wait", 5*time.Second, "TIME-WAIT of the server's stack (Linux holds 60s; shorter so the demo can show it end)")
 	idle := fs.Duration("idle-close", time.Second, "the server closes a connection idle this long (part 2: our stack closes first)")
 	logLevel := fs.String("log-level", "warn", "log level on stderr")
+	explain := fs.Bool("explain", false, "under each state change, the rule behind it; the final ladder explained too")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -50,7 +53,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	d := &demo{out: stdout, log: log, timeWait: *tw, idle: *idle}
+	d := &demo{out: stdout, log: log, timeWait: *tw, idle: *idle, explain: *explain}
 	if *inMemory {
 		return d.inMemory(ctx)
 	}
@@ -74,6 +77,7 @@ type demo struct {
 	mu       sync.Mutex
 	timeWait time.Duration
 	idle     time.Duration
+	explain  bool
 }
 
 func (d *demo) printf(host, format string, args ...any) {
@@ -142,6 +146,45 @@ type server struct {
 	out   *lineWatch
 	narr  *narrator
 	stack *netstack.Stack
+	cap   *memFile
+	pcap  *pcap.Writer
+}
+
+// memFile keeps the demo's capture in memory, for its ladder.
+type memFile struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (m *memFile) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.buf.Write(p)
+}
+func (m *memFile) Close() error { return nil }
+func (m *memFile) Truncate(n int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.buf.Truncate(int(n))
+	return nil
+}
+
+// ladder prints the ladder of the session so far: the server's capture
+// and its stack's events.
+func (d *demo) ladder(s *server) {
+	if err := s.pcap.Flush(); err != nil {
+		return
+	}
+	s.cap.mu.Lock()
+	pkts, err := pcap.Read(bytes.NewReader(s.cap.buf.Bytes()))
+	s.cap.mu.Unlock()
+	if err != nil {
+		return
+	}
+	d.section("the ladder of the session (tcp-upper-lab ladder draws it from any capture; --explain adds the rule behind each line)")
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	viz.Ladder(d.out, viz.Build(pkts, s.narr.printed), viz.LadderOptions{Width: 80, Explain: d.explain})
 }
 
 // newServerStack builds the server's stack over dev with tracing into a
@@ -149,9 +192,14 @@ type server struct {
 func (d *demo) newServerStack(dev tun.Device) (*server, error) {
 	n := &narrator{d: d, host: "apple"}
 	n.ann.port, n.ann.idle = lab.Port, d.idle
+	mf := &memFile{}
+	pw, err := pcap.NewWriter(mf, "the demo's capture", 0, nil)
+	if err != nil {
+		return nil, err
+	}
 	st, err := netstack.New(dev, netstack.Options{
 		Addr: lab.ServerAddr, TimeWait: d.timeWait, Inspect: true, Host: lab.Apple,
-		Trace: trace.Options{Out: n},
+		Trace: trace.Options{Out: n, Pcap: pw},
 	}, d.log)
 	if err != nil {
 		return nil, err
@@ -171,7 +219,7 @@ func (d *demo) newServerStack(dev tun.Device) (*server, error) {
 		st.Close()
 		return nil, errors.New("server did not start")
 	}
-	return &server{app: srv, out: w, narr: n, stack: st}, nil
+	return &server{app: srv, out: w, narr: n, stack: st, cap: mf, pcap: pw}, nil
 }
 
 func (s *server) close() {
@@ -268,6 +316,7 @@ func (d *demo) inMemory(ctx context.Context) error {
 	if err := d.sessions(srv, dial); err != nil {
 		return err
 	}
+	d.ladder(srv)
 	fmt.Fprintf(d.out, "\ndone: both close orders seen from inside the stack; run with sudo to see the same over a real TUN with tcpdump and ss.\n")
 	return nil
 }
@@ -338,6 +387,7 @@ func (d *demo) inLab(ctx context.Context, l *lab.Lab) (err error) {
 	if out, err := d.runIn(l, lab.Apple, "ss", "-ntl"); err == nil {
 		d.printf("apple", "$ ss -ntl   # no kernel listener on %d: the server's TCP is ours\n%s", lab.Port, out)
 	}
+	d.ladder(srv)
 	fmt.Fprintf(d.out, "\ndone: lab %q torn down.\n", l.Name)
 	return nil
 }

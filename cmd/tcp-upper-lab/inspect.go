@@ -15,6 +15,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/viz"
 )
 
 // target is where the inspection commands find the server: --control PATH,
@@ -259,9 +260,10 @@ func cmdStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // cmdTrace attaches to a running server and prints its events until
 // Ctrl-C or the server exits.
 func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := cli.NewFlagSet(prog+" trace", stderr, prog+" trace [--format text|json] [--control PATH | --name LAB]")
+	fs := cli.NewFlagSet(prog+" trace", stderr, prog+" trace [--format text|json] [--explain] [--control PATH | --name LAB]")
 	var t target
 	format := fs.String("format", "text", "text, or json (one event per line)")
+	explain := fs.Bool("explain", false, "under each event, the rule behind it (text format)")
 	fs.StringVar(&t.path, "control", "", "the server's control socket (default: the only running server)")
 	fs.StringVar(&t.name, "name", "", "the lab whose server to watch")
 	if err := cli.Parse(fs, args); err != nil {
@@ -301,8 +303,16 @@ func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			_, err = fmt.Fprintf(stdout, "%s\n", b)
 			return err
 		}
-		_, err := fmt.Fprintln(stdout, r.Event.Text())
-		return err
+		if _, err := fmt.Fprintln(stdout, r.Event.Text()); err != nil {
+			return err
+		}
+		if *explain {
+			if rule, ok := viz.ExplainEvent(r.Event); ok {
+				_, err := fmt.Fprintf(stdout, "    why: %s\n", rule)
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil && strings.Contains(err.Error(), "closed the connection") {
 		fmt.Fprintln(stderr, "the server exited")

@@ -37,6 +37,9 @@ func commands() map[string]command {
 		"fault":   {"change a running server's faults: fault add RULE | list | del ID | clear", cmdFault},
 		"trace":   {"attach to a running server and stream its connection events live", cmdTrace},
 		"bench":   {"measure our server against the kernel's: bulk, rr, connrate, idle memory, overheads [--json]", cmdBench},
+		"ladder":  {"the ladder diagram of a capture and the stack's events: ladder DIR | --pcap FILE [--events FILE] [--explain]", cmdLadder},
+		"plot":    {"SVG graphs of a capture and the stack's events: plot DIR | FILE.pcap [--events FILE] [--out DIR]", cmdPlot},
+		"web":     {"a live page for a running server: connections, events, ladders, graphs [--listen 127.0.0.1:8080] [--name LAB]", cmdWeb},
 		"compare": {"probe the kernel's TCP and ours with scripted raw segments: a table of same/differs [--only NAME,...] [--json] [-v]", cmdCompare},
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/viz"
 )
 
 // narrator tells the demo's story from the server stack's own output: the
@@ -36,7 +37,8 @@ type narrator struct {
 	lines   []string // trace lines not yet printed
 	all     []string // every trace line, for comparing with tcpdump
 
-	events []inspect.Event // events not yet printed (the demo's goroutine only)
+	events  []inspect.Event // events not yet printed (the demo's goroutine only)
+	printed []inspect.Event // our stack's events printed so far, for the ladder
 
 	ann annotator
 }
@@ -134,7 +136,12 @@ func (n *narrator) checkpoint() {
 	n.lines = n.lines[:0]
 	n.mu.Unlock()
 	for _, ev := range n.events {
-		items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: ev.Text()})
+		text := ev.Text()
+		if rule, ok := viz.ExplainEvent(&ev); ok && n.d.explain && ev.Kind != inspect.KindFault {
+			text += "\n      why: " + rule.String()
+		}
+		items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: text})
+		n.printed = append(n.printed, ev)
 	}
 	n.events = n.events[:0]
 	if n.kernel != nil {

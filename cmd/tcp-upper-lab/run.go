@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strconv"
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/experiment"
 	"github.com/tcp-upper/tcp-upper/lab"
+	"github.com/tcp-upper/tcp-upper/viz"
 )
 
 // cmdRun runs canned fault-injection experiments.
@@ -77,6 +79,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	failed := 0
+	var index []viz.IndexEntry
 	for _, x := range xs {
 		dir := out
 		if dir != "" && len(xs) > 1 {
@@ -89,7 +92,23 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if !res.Passed() {
 			failed++
 		}
-		fmt.Fprintf(stdout, "   summary: %s\n\n", filepath.Join(res.Dir, "summary.md"))
+		fmt.Fprintf(stdout, "   summary: %s, report: %s\n\n", filepath.Join(res.Dir, "summary.md"), filepath.Join(res.Dir, "report.html"))
+		index = append(index, viz.IndexEntry{Name: x.Name, Lesson: x.Summary, Href: x.Name + "/report.html", Pass: res.Passed()})
+	}
+	if out != "" && len(xs) > 1 {
+		p := filepath.Join(out, "index.html")
+		f, err := os.Create(p)
+		if err != nil {
+			return err
+		}
+		if err := viz.Index(f, index); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "index of the reports: %s\n", p)
 	}
 	if failed > 0 {
 		return errors.New(strconv.Itoa(failed) + " experiment(s) failed")

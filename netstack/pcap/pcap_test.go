@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,8 +189,8 @@ func TestReadFileRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ps) != 2 || !ps[0].Time.Equal(t0) || len(ps[0].Data) != 41 || ps[0].OrigLen != 41 || ps[0].Comment != "" ||
-		!ps[1].Time.Equal(t0.Add(time.Millisecond)) || len(ps[1].Data) != 3 || ps[1].OrigLen != 60 || ps[1].Comment != "dropped by rule 2: out data drop" {
+	if len(ps) != 2 || !ps[0].Time.Equal(t0) || len(ps[0].Data) != 41 || ps[0].OrigLen != 41 || len(ps[0].Comments) != 0 ||
+		!ps[1].Time.Equal(t0.Add(time.Millisecond)) || len(ps[1].Data) != 3 || ps[1].OrigLen != 60 || fmt.Sprint(ps[1].Comments) != "[dropped by rule 2: out data drop]" {
 		t.Fatalf("read back %+v", ps)
 	}
 }

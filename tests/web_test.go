@@ -1,0 +1,185 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/tcp-upper/tcp-upper/lab"
+)
+
+// chromium is Debian's browser (apt-get install chromium); a missing one
+// fails the test under TCP_UPPER_REQUIRE_ROOT (CI), as any missing tool.
+func chromium(t *testing.T) string {
+	t.Helper()
+	requireTool(t, "chromium")
+	p, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestWebView drives tcp-upper-lab web in a real browser (headless
+// Chromium): a connection opened in the lab appears in the table with its
+// state; its state change shows within 1 s; its graphs have data; a change
+// request without the token is refused; the page says so when the server
+// goes away and picks it up again when it is back.
+func TestWebView(t *testing.T) {
+	browser := chromium(t)
+	l := newLab(t)
+	ctl := t.TempDir() + "/ctl.sock"
+	srv := startServer(t, l, "--control", ctl)
+	web := startIn(t, nil, "", bin("tcp-upper-lab"), "web", "--control", ctl, "--listen", "127.0.0.1:0", "--allow-control")
+	if !web.stdout.waitFor("serving http://", 10*time.Second) {
+		t.Fatalf("web did not start: %q %q", web.stdout.String(), web.stderr.String())
+	}
+	m := regexp.MustCompile(`serving (http://127\.0\.0\.1:\d+)/`).FindStringSubmatch(web.stdout.String())
+	if m == nil {
+		t.Fatalf("web printed %q: want a loopback address", web.stdout.String())
+	}
+	url := m[1]
+	if !web.stdout.waitFor("changes need the token ", 5*time.Second) {
+		t.Fatalf("no token printed: %q", web.stdout.String())
+	}
+
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU)...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate(url+"/"), chromedp.WaitVisible(chromedp.CSS(`#status.up`))); err != nil {
+		t.Fatalf("page did not connect: %v", err)
+	}
+
+	// A connection from ant: its row appears, ESTAB.
+	c := dialAnt(t, l, serverAddr)
+	port := c.LocalAddr().(*net.TCPAddr).Port
+	remote := fmt.Sprintf("%s:%d", lab.AntAddr.Addr(), port)
+	row := fmt.Sprintf(`#conns tr[data-remote=%q]`, remote)
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(row))); err != nil {
+		t.Fatalf("connection %s not in the table: %v", remote, err)
+	}
+	state, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(row+" td.state")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state != "ESTABLISHED" && state != "ESTAB" {
+		t.Errorf("state %q, want ESTABLISHED", state)
+	}
+	// Some data, so the graphs have points, then click the row.
+	if _, err := c.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(c, make([]byte, 6))
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row)), chromedp.WaitVisible(chromedp.CSS(`#graph-cwnd svg polyline.cwnd`))); err != nil {
+		t.Fatalf("graphs: %v", err)
+	}
+	lines, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#graphs polyline').length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines < 2 {
+		t.Errorf("%d lines in the graphs, want cwnd and srtt/rto at least", lines)
+	}
+	ladder, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#ladder`)))
+	if !strings.Contains(ladder, "ESTABLISHED") || !strings.Contains(ladder, "SYN-RCVD") {
+		t.Errorf("ladder %q lacks the states", ladder)
+	}
+
+	// A state change shows within 1 s: the client closes, the stack goes
+	// to CLOSE-WAIT.
+	closed := time.Now()
+	c.(interface{ CloseWrite() error }).CloseWrite()
+	var seen bool
+	for time.Since(closed) < 1500*time.Millisecond && !seen {
+		texts, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll('#events tr.ev-state')).map(r => r.textContent)`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range texts {
+			seen = seen || strings.Contains(s, remote) && strings.Contains(s, "ESTABLISHED → CLOSE-WAIT")
+		}
+	}
+	took := time.Since(closed)
+	t.Logf("ESTABLISHED → CLOSE-WAIT on the page %v after the client's FIN", took)
+	if !seen || took > time.Second {
+		t.Errorf("ESTABLISHED → CLOSE-WAIT on the page: seen %v after %v, want within 1s", seen, took)
+	}
+
+	// A change without the token is refused (403), with it accepted.
+	codes, err := chromedp.Run(ctx, chromedp.Evaluate[[]int](`Promise.all([
+		fetch('/fault', {method: 'POST', body: JSON.stringify({op: 'clear'})}).then(r => r.status),
+		fetch('/fault', {method: 'POST', headers: {'X-Token': 'wrong'}, body: JSON.stringify({op: 'clear'})}).then(r => r.status),
+		fetch('/fault', {method: 'GET'}).then(r => r.status),
+		fetch('/nothing-here').then(r => r.status)])`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(codes) != "[403 403 405 404]" {
+		t.Errorf("status codes %v, want [403 403 405 404]", codes)
+	}
+	if !web.stderr.waitFor(`status=403`, 2*time.Second) {
+		t.Errorf("no log line for the refused request: %q", web.stderr.String())
+	}
+
+	// The server goes away: the page says so; it comes back: the page
+	// connects again.
+	srv.stop(t, syscall.SIGTERM, 10*time.Second)
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#status.down`))); err != nil {
+		t.Fatalf("page did not notice the server going away: %v", err)
+	}
+	startServer(t, l, "--control", ctl)
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#status.up`))); err != nil {
+		t.Fatalf("page did not reconnect: %v", err)
+	}
+}
+
+// TestLiveLadder: ladder --control draws a running server's connection as
+// it happens: its number, its states at the server's side, in order; trace
+// --explain puts the rule under each event.
+func TestLiveLadder(t *testing.T) {
+	l := newLab(t)
+	ctl := t.TempDir() + "/ctl.sock"
+	startServer(t, l, "--control", ctl)
+	p := startIn(t, nil, "", bin("tcp-upper-lab"), "ladder", "--control", ctl, "--width", "72")
+	tr := startIn(t, nil, "", bin("tcp-upper-lab"), "trace", "--control", ctl, "--explain")
+	if !p.stderr.waitFor("attached to tcp-upper-server", 10*time.Second) || !tr.stderr.waitFor("attached to", 10*time.Second) {
+		t.Fatalf("ladder or trace did not attach: %q %q", p.stderr.String(), tr.stderr.String())
+	}
+	c := dialAnt(t, l, serverAddr)
+	remote := fmt.Sprintf("%s:%d", lab.AntAddr.Addr(), c.LocalAddr().(*net.TCPAddr).Port)
+	for _, want := range []string{"#1 is " + remote + " (peer)", "#1 |", "| ESTABLISHED"} {
+		if !p.stdout.waitFor(want, 5*time.Second) {
+			t.Fatalf("no %q in:\n%s", want, p.stdout.String())
+		}
+	}
+	c.Close()
+	if !p.stdout.waitFor("| CLOSED", 5*time.Second) {
+		t.Fatalf("the close did not show:\n%s", p.stdout.String())
+	}
+	// trace --explain: each state change with its rule under it.
+	if !tr.stdout.waitFor("LISTEN -> SYN-RCVD", 5*time.Second) || !tr.stdout.waitFor("    why: RFC 9293 3.5, 3.10.7.2:", 5*time.Second) {
+		t.Errorf("trace --explain printed:\n%s", tr.stdout.String())
+	}
+	out := p.stdout.String()
+	if i, j := strings.Index(out, "| SYN-RCVD"), strings.Index(out, "| CLOSE-WAIT"); i < 0 || j < i {
+		t.Errorf("states out of order:\n%s", out)
+	}
+	for _, ln := range strings.Split(out, "\n") {
+		if len([]rune(ln)) > 72 {
+			t.Errorf("line wider than --width 72: %q", ln)
+		}
+	}
+}

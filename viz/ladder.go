@@ -1,0 +1,399 @@
+package viz
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+)
+
+// LadderOptions shape the ladder.
+type LadderOptions struct {
+	// Width in columns (0: 80). At least MinWidth.
+	Width int
+	// Absolute prints wall-clock times in the margin (default: seconds
+	// from the start of the session).
+	Absolute bool
+	// Explain adds, under each state change, timer and notable segment,
+	// the rule that caused it.
+	Explain bool
+}
+
+// MinWidth is the narrowest ladder.
+const MinWidth = 64
+
+const stateW = len("ESTABLISHED")
+
+// RowKind says what a ladder row shows.
+type RowKind int
+
+// Row kinds.
+const (
+	RowSegment RowKind = iota // an arrow
+	RowState                  // a state change of one side's stack
+	RowMark                   // a timer or recovery event of one side's stack
+)
+
+// Row is one line of meaning in the ladder (a segment, a state change, a
+// mark), in time order: the ladder's structure, which tests check.
+type Row struct {
+	Kind RowKind
+	Time time.Time
+	Side Side // the sender (segments) or the stack (states, marks)
+	Seg  *Segment
+	Ev   *inspect.Event
+	// Text is the arrow's label, the new state or the mark.
+	Text string
+	Rule Rule
+	// Explained: Rule is set.
+	Explained bool
+}
+
+// Rows returns the ladder's rows for c, in time order (a segment before an
+// event at the same instant).
+func Rows(c *Conn) []Row {
+	var rows []Row
+	last := [2]*Segment{}
+	// Without a capture (a live view) the stack's and the wire's events
+	// are all there is: a retransmission is a mark, not an arrow.
+	captured := false
+	for i := range c.Segs {
+		captured = captured || c.Segs[i].Captured
+	}
+	si, ei := 0, 0
+	for si < len(c.Segs) || ei < len(c.Events) {
+		if ei >= len(c.Events) || si < len(c.Segs) && !c.Segs[si].Time.After(c.Events[ei].Time) {
+			s := &c.Segs[si]
+			si++
+			r := Row{Kind: RowSegment, Time: s.Time, Side: s.From, Seg: s, Text: SegmentLabel(s)}
+			r.Rule, r.Explained = ExplainSegment(c, s, last[s.From])
+			last[s.From] = s
+			rows = append(rows, r)
+			continue
+		}
+		ev := &c.Events[ei]
+		ei++
+		r := Row{Time: ev.Time, Side: c.Stack, Ev: ev}
+		switch ev.Kind {
+		case inspect.KindState:
+			r.Kind, r.Text = RowState, ev.To.String()
+		case inspect.KindFault:
+			continue // drawn as the arrow itself
+		case inspect.KindRetransmit:
+			if captured {
+				continue // drawn as the arrow itself
+			}
+			r.Kind, r.Text = RowMark, ev.Cause
+		default:
+			r.Kind, r.Text = RowMark, markText(ev)
+		}
+		r.Rule, r.Explained = ExplainEvent(ev)
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// SegmentLabel is an arrow's label: flags, relative seq:end(len), ack,
+// win, SYN options, SACK blocks, and "retx" for a retransmission:
+// "P. 1:34(33) ack 1 win 64512".
+func SegmentLabel(s *Segment) string {
+	var b strings.Builder
+	b.WriteString(s.FlagString())
+	if s.Len > 0 || s.Flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
+		fmt.Fprintf(&b, " %d", s.Seq)
+		if s.Len > 0 {
+			fmt.Fprintf(&b, ":%d(%d)", s.Seq+uint32(s.Len), s.Len)
+		}
+	}
+	if s.Flags&header.TCPFlagAck != 0 {
+		fmt.Fprintf(&b, " ack %d", s.Ack)
+	}
+	if !s.Captured && s.Dropped {
+		// Known from the fault event only: no window, no options.
+		if s.Retransmit {
+			b.WriteString(" retx")
+		}
+		return b.String()
+	}
+	fmt.Fprintf(&b, " win %d", s.Win)
+	if s.Flags&header.TCPFlagSyn != 0 {
+		fmt.Fprintf(&b, " mss %d", s.MSS)
+		if s.WScale >= 0 {
+			fmt.Fprintf(&b, " ws %d", s.WScale)
+		}
+	}
+	for _, blk := range s.SACK {
+		fmt.Fprintf(&b, " sack %d:%d", blk[0], blk[1])
+	}
+	if s.Retransmit {
+		b.WriteString(" retx")
+	}
+	return b.String()
+}
+
+func markText(ev *inspect.Event) string {
+	n := &ev.N
+	switch ev.Kind {
+	case inspect.KindRTO:
+		if n.Known {
+			return fmt.Sprintf("RTO fired (rto=%s)", fmtDur(n.RTO))
+		}
+		return "RTO fired"
+	case inspect.KindTailLossProbe:
+		return "TLP: tail loss probe"
+	case inspect.KindFastRetransmit:
+		if n.Known {
+			return fmt.Sprintf("fast retransmit: cwnd %d ssthresh %s", n.Cwnd, ssthresh(n.Ssthresh))
+		}
+		return "fast retransmit"
+	case inspect.KindRecovery:
+		if n.Known {
+			return fmt.Sprintf("recovery over: cwnd %d", n.Cwnd)
+		}
+		return "recovery over"
+	case inspect.KindDupAck:
+		return "3rd duplicate ACK"
+	case inspect.KindWindow:
+		return ev.Cause
+	}
+	return string(ev.Kind) + ": " + ev.Cause
+}
+
+func ssthresh(v int) string {
+	if v <= 0 || v >= 1<<31-1 {
+		return "inf"
+	}
+	return fmt.Sprint(v)
+}
+
+func fmtDur(d time.Duration) string {
+	if d >= time.Second {
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	}
+	return fmt.Sprintf("%dms", d.Milliseconds())
+}
+
+// Ladder writes the ladder diagram of every connection in s.
+func Ladder(w io.Writer, s *Session, opts LadderOptions) error {
+	if opts.Width == 0 {
+		opts.Width = 80
+	}
+	if opts.Width < MinWidth {
+		return fmt.Errorf("--width %d is too narrow: the ladder needs at least %d columns", opts.Width, MinWidth)
+	}
+	if len(s.Conns) == 0 {
+		return ErrEmpty
+	}
+	for i, c := range s.Conns {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		writeLadder(w, s, c, opts)
+	}
+	return nil
+}
+
+type canvas struct {
+	w      int
+	margin int
+	cl, sl int // the lifelines' columns
+}
+
+func newCanvas(s *Session, opts LadderOptions) canvas {
+	// As wide as the latest relative time needs: 0.000123 or 123.456789.
+	m := len(fmt.Sprintf("%.6f ", s.Rel(s.End())))
+	if opts.Absolute {
+		m = len("15:04:05.000000 ")
+	}
+	return canvasOf(m, opts.Width)
+}
+
+func canvasOf(margin, width int) canvas {
+	return canvas{w: width, margin: margin, cl: margin + stateW + 1, sl: width - stateW - 2}
+}
+
+func (cv canvas) blank() []rune {
+	l := []rune(strings.Repeat(" ", cv.w))
+	l[cv.cl], l[cv.sl] = '|', '|'
+	return l
+}
+
+func put(l []rune, col int, s string) {
+	for i, r := range []rune(s) {
+		if col+i >= 0 && col+i < len(l) {
+			l[col+i] = r
+		}
+	}
+}
+
+func line(l []rune) string { return strings.TrimRight(string(l), " ") }
+
+func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
+	cv := newCanvas(s, opts)
+	// Header: who is where, and whose states we know.
+	h := []rune(strings.Repeat(" ", cv.w))
+	left := "client " + c.Addr[Client].String()
+	right := "server " + c.Addr[Server].String()
+	put(h, max(cv.cl-len(left)/2, 0), left)
+	put(h, min(cv.sl-len(right)/2, cv.w-len(right)), right)
+	fmt.Fprintln(w, line(h))
+	note := "no stack events: the wire only"
+	if c.HasEvents {
+		note = "states and timers: the " + c.Stack.String() + "'s stack, from its own events"
+	}
+	fmt.Fprintln(w, strings.Repeat(" ", cv.margin)+note)
+	fmt.Fprintln(w, line(cv.blank()))
+
+	stamp := func(t time.Time) string {
+		if opts.Absolute {
+			return t.Format("15:04:05.000000")
+		}
+		return fmt.Sprintf("%*.6f", cv.margin-1, s.Rel(t))
+	}
+	for _, r := range Rows(c) {
+		writeRow(w, cv, r, stamp(r.Time), "", opts.Explain)
+	}
+}
+
+// writeRow draws one row (with the line above for a long label and the
+// explanation under it); tag, if not empty, goes left of the client's
+// lifeline (the live ladder's connection number).
+func writeRow(w io.Writer, cv canvas, r Row, stamp, tag string, explain bool) {
+	inner := cv.sl - cv.cl - 1
+	l := cv.blank()
+	put(l, 0, stamp)
+	if tag != "" && !(r.Kind == RowState && r.Side == Client) {
+		put(l, cv.cl-1-len(tag), tag)
+	}
+	switch r.Kind {
+	case RowState:
+		if r.Side == Client {
+			put(l, cv.cl-1-len(r.Text), r.Text)
+		} else {
+			put(l, cv.sl+2, r.Text)
+		}
+		if r.Ev.From == inspect.TimeWait && r.Ev.Held > 0 {
+			mark := "TIME-WAIT expired (" + fmtDur(r.Ev.Held) + ")"
+			putMark(l, cv, r.Side, mark)
+		}
+		fmt.Fprintln(w, line(l))
+	case RowMark:
+		putMark(l, cv, r.Side, "* "+r.Text)
+		fmt.Fprintln(w, line(l))
+	case RowSegment:
+		label := r.Text
+		end := inner // arrow length, the head included
+		if r.Seg.Dropped {
+			end = inner * 2 / 3
+		}
+		fits := len(label)+4 <= end
+		if !fits {
+			// The label on a line of its own above the arrow.
+			// Above the arrow, from its sender's side.
+			a := cv.blank()
+			text := truncate(label, inner-3)
+			if n := len([]rune(text)); r.Seg.From == Server && n <= inner-2 {
+				put(a, cv.sl-1-n, text)
+			} else {
+				put(a, cv.cl+2, text)
+			}
+			fmt.Fprintln(w, line(a))
+		}
+		drawArrow(l, cv, r.Seg.From, end, r.Seg.Dropped)
+		if fits {
+			lw := len(label) + 2
+			start := cv.cl + 1 + (end-lw)/2
+			if r.Seg.From == Server {
+				start = cv.sl - end + (end-lw)/2
+			}
+			put(l, start, " "+label+" ")
+		}
+		if r.Seg.Dropped {
+			const dropped = "dropped"
+			if r.Seg.From == Client {
+				put(l, cv.cl+1+end+1, truncate(dropped, inner-end-2))
+			} else {
+				put(l, cv.sl-end-len(dropped)-1, dropped)
+			}
+		}
+		fmt.Fprintln(w, line(l))
+	}
+	if explain && r.Explained {
+		for _, text := range wrap(r.Rule.String(), inner-4) {
+			e := cv.blank()
+			put(e, cv.cl+3, text)
+			fmt.Fprintln(w, line(e))
+		}
+	}
+}
+
+// drawArrow draws an arrow of length n (the head included) from side's
+// lifeline toward the other; a dropped one ends in an X.
+func drawArrow(l []rune, cv canvas, from Side, n int, dropped bool) {
+	if from == Client {
+		for i := 0; i < n; i++ {
+			l[cv.cl+1+i] = '-'
+		}
+		if dropped {
+			l[cv.cl+n] = 'X'
+		} else {
+			l[cv.cl+n] = '>'
+		}
+		return
+	}
+	for i := 0; i < n; i++ {
+		l[cv.sl-1-i] = '-'
+	}
+	if dropped {
+		l[cv.sl-n] = 'X'
+	} else {
+		l[cv.sl-n] = '<'
+	}
+}
+
+func putMark(l []rune, cv canvas, side Side, text string) {
+	inner := cv.sl - cv.cl - 1
+	text = truncate(text, inner-2)
+	if side == Client {
+		put(l, cv.cl+2, text)
+	} else {
+		put(l, cv.sl-1-len([]rune(text)), text)
+	}
+}
+
+func truncate(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n || n < 1 {
+		return s
+	}
+	return string(r[:n-1]) + "~"
+}
+
+// wrap cuts text into lines of at most n columns, at spaces.
+func wrap(text string, n int) []string {
+	var out []string
+	var cur string
+	for _, word := range strings.Fields(text) {
+		switch {
+		case cur == "":
+			cur = word
+		case len(cur)+1+len(word) <= n:
+			cur += " " + word
+		default:
+			out = append(out, cur)
+			cur = word
+		}
+		for len(cur) > n {
+			out = append(out, cur[:n])
+			cur = cur[n:]
+		}
+	}
+	if cur != "" {
+		out = append(out, cur)
+	}
+	return out
+}

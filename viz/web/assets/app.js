@@ -1,0 +1,114 @@
+// tcp-upper-lab web: the page. Everything comes from /events (server-sent
+// events); a connection's ladder and graphs from /conn.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const MAX_EVENT_ROWS = 500;
+let selected = null;      // {local, remote}
+let detailTimer = null;
+let canControl = false;
+
+function esc(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+}
+function ms(ns) { return (ns / 1e6).toFixed(ns < 1e7 ? 3 : 0); }
+
+function setStatus(s) {
+  const el = $("status");
+  el.className = s.up ? "up" : "down";
+  el.textContent = s.up ? "connected: " + s.server : "not connected: " + (s.error || "") + " (since " + s.since + ")";
+}
+
+function renderSS(socks) {
+  const rows = [];
+  for (const so of socks || []) {
+    const i = so.info;
+    const timer = so.time_wait_left ? "timewait," + Math.ceil(so.time_wait_left / 1e9) + "sec" : "";
+    rows.push("<tr data-local=\"" + esc(so.local) + "\" data-remote=\"" + esc(so.remote) + "\"" +
+      (selected && selected.local === so.local && selected.remote === so.remote ? " class=\"sel\"" : "") + ">" +
+      "<td class=\"state\">" + esc(so.state) + "</td><td>" + so.recv_q + "</td><td>" + so.send_q + "</td><td>" + esc(so.local) + "</td><td>" + esc(so.remote) + "</td>" +
+      (i ? "<td>" + ms(i.rto) + "</td><td>" + ms(i.rtt) + "/" + ms(i.rttvar) + "</td><td>" + i.mss + "</td><td>" + i.cwnd + "</td><td>" + (i.ssthresh > 0 && i.ssthresh < 2147483647 ? i.ssthresh : "") +
+        "</td><td>" + i.bytes_sent + "</td><td>" + i.bytes_acked + "</td><td>" + i.bytes_received + "</td><td>" + i.segs_out + "</td><td>" + i.segs_in + "</td><td>" + i.retrans + "</td>"
+        : "<td></td><td></td><td></td><td></td><td></td><td></td><td></td><td></td><td></td><td></td><td></td>") +
+      "<td>" + timer + "</td></tr>");
+  }
+  $("conns").tBodies[0].innerHTML = rows.join("");
+  $("conncount").textContent = (socks || []).length + " sockets";
+}
+
+function eventRow(ev) {
+  const what = ev.kind === "state" ? ev.from + " → " + ev.to : ev.kind;
+  const nums = ev.cwnd === null || ev.cwnd === undefined ? "" :
+    "snd.una=" + ev.snd_una + " snd.nxt=" + ev.snd_nxt + " rcv.nxt=" + ev.rcv_nxt + " cwnd=" + ev.cwnd +
+    " srtt=" + (ev.srtt_ms === null ? "-" : ev.srtt_ms.toFixed(3) + "ms") + " rto=" + (ev.rto_ms === null ? "-" : ev.rto_ms + "ms");
+  const tr = document.createElement("tr");
+  tr.className = "ev-" + ev.kind;
+  tr.innerHTML = "<td>" + esc(ev.time.slice(11, 26)) + "</td><td>" + esc(ev.remote) + "</td><td class=\"what\">" + esc(what) +
+    "</td><td>" + esc(ev.cause || "") + "</td><td><code>" + esc(nums) + "</code></td>";
+  return tr;
+}
+
+function addEvent(ev) {
+  const body = $("events").tBodies[0];
+  body.insertBefore(eventRow(ev), body.firstChild);
+  while (body.rows.length > MAX_EVENT_ROWS) body.deleteRow(body.rows.length - 1);
+  if (selected && ev.local === selected.local && ev.remote === selected.remote) scheduleDetail();
+}
+
+function renderStats(st) {
+  const rows = [];
+  for (const c of st.counters || []) rows.push("<tr><td>" + esc(c.name) + "</td><td>" + c.value + "</td></tr>");
+  if (st.events_lost_upstream) rows.push("<tr><td>events the server dropped for this view</td><td>" + st.events_lost_upstream + "</td></tr>");
+  $("counters").tBodies[0].innerHTML = rows.join("");
+}
+
+function renderFaults(f) {
+  const items = (f.rules || []).map((r) => "<li>#" + r.id + " <code>" + esc(r.rule) + "</code>: matched " + r.matched + ", applied " + r.applied + "</li>");
+  $("faults").innerHTML = items.length ? items.join("") : "<li>none</li>";
+}
+
+function scheduleDetail() {
+  if (detailTimer) return;
+  detailTimer = setTimeout(() => { detailTimer = null; loadDetail(); }, 300);
+}
+
+async function loadDetail() {
+  if (!selected) return;
+  $("detail").hidden = false;
+  $("detailname").textContent = selected.remote + " → " + selected.local;
+  const r = await fetch("/conn?local=" + encodeURIComponent(selected.local) + "&remote=" + encodeURIComponent(selected.remote));
+  if (!r.ok) { $("ladder").textContent = await r.text(); $("graphs").innerHTML = ""; return; }
+  const d = await r.json();
+  $("ladder").innerHTML = d.ladder;
+  $("graphs").innerHTML = ["cwnd", "rtt", "inflight"].filter((k) => d.graphs[k]).map((k) => "<div class=\"graph\" id=\"graph-" + k + "\">" + d.graphs[k] + "</div>").join("");
+}
+
+$("conns").addEventListener("click", (e) => {
+  const tr = e.target.closest("tr[data-local]");
+  if (!tr) return;
+  selected = {local: tr.dataset.local, remote: tr.dataset.remote};
+  for (const r of $("conns").tBodies[0].rows) r.classList.toggle("sel", r === tr);
+  loadDetail();
+});
+
+async function changeFaults(body) {
+  const r = await fetch("/fault", {method: "POST", headers: {"Content-Type": "application/json", "X-Token": $("token").value}, body: JSON.stringify(body)});
+  $("faultmsg").textContent = r.ok ? "done" : r.status + ": " + (await r.text());
+}
+$("faultform").addEventListener("submit", (e) => { e.preventDefault(); changeFaults({op: "add", rule: $("faultrule").value}); });
+$("faultclear").addEventListener("click", () => changeFaults({op: "clear"}));
+
+function connect() {
+  const es = new EventSource("/events");
+  es.addEventListener("status", (m) => setStatus(JSON.parse(m.data)));
+  es.addEventListener("hello", (m) => { canControl = JSON.parse(m.data).control; $("faultform").hidden = !canControl; });
+  es.addEventListener("ss", (m) => renderSS(JSON.parse(m.data)));
+  es.addEventListener("stats", (m) => renderStats(JSON.parse(m.data)));
+  es.addEventListener("faults", (m) => renderFaults(JSON.parse(m.data)));
+  es.addEventListener("event", (m) => addEvent(JSON.parse(m.data)));
+  es.addEventListener("dropped", (m) => { const el = $("dropped"); el.hidden = false; el.textContent = m.data + " updates dropped: this page read too slowly"; });
+  es.onerror = () => {
+    // EventSource retries by itself; say so meanwhile.
+    setStatus({up: false, error: "lost the web view's server; reconnecting", since: new Date().toISOString()});
+  };
+}
+connect();

@@ -1,0 +1,102 @@
+package web
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/tcp-upper/tcp-upper/viz"
+)
+
+func events(t *testing.T) *View {
+	t.Helper()
+	v := New(Options{Resolve: func() (string, error) { return "", errors.New("no server in this test") }, AllowControl: true, Token: "secret"})
+	evs, err := viz.ReadEvents("../testdata/data-loss-rto/events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range evs {
+		v.addEvent(&evs[i])
+	}
+	return v
+}
+
+// Requests that change nothing or are malformed get a 4xx; the page, its
+// assets and a connection's ladder and graphs are served.
+func TestHandler(t *testing.T) {
+	v := events(t)
+	h := v.Handler()
+	do := func(method, url, token, body string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, url, strings.NewReader(body))
+		if token != "" {
+			r.Header.Set("X-Token", token)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	for _, c := range []struct {
+		method, url, token, body string
+		code                     int
+	}{
+		{"GET", "/", "", "", 200},
+		{"GET", "/app.js", "", "", 200},
+		{"GET", "/nope", "", "", 404},
+		{"POST", "/", "", "", 405},
+		{"POST", "/fault", "", `{"op":"clear"}`, 403},
+		{"POST", "/fault", "wrong", `{"op":"clear"}`, 403},
+		{"POST", "/fault", "secret", `not json`, 400},
+		{"POST", "/fault", "secret", `{"op":"explode"}`, 400},
+		{"GET", "/fault", "secret", "", 405},
+		{"GET", "/conn?local=x", "", "", 400},
+		{"GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:1", "", "", 404},
+	} {
+		if w := do(c.method, c.url, c.token, c.body); w.Code != c.code {
+			t.Errorf("%s %s (token %q): %d, want %d", c.method, c.url, c.token, w.Code, c.code)
+		}
+	}
+	w := do("GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:49004", "", "")
+	var out struct {
+		Ladder string            `json:"ladder"`
+		Graphs map[string]string `json:"graphs"`
+	}
+	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &out) != nil {
+		t.Fatalf("/conn: %d %s", w.Code, w.Body.String())
+	}
+	for _, want := range []string{"SYN-RCVD", "ESTABLISHED", "RTO fired", "title=\"RFC 6298"} {
+		if !strings.Contains(out.Ladder, want) {
+			t.Errorf("ladder lacks %q:\n%s", want, out.Ladder)
+		}
+	}
+	if !strings.Contains(out.Graphs["cwnd"], `class="cwnd"`) || !strings.Contains(out.Graphs["rtt"], `class="srtt"`) {
+		t.Errorf("graphs %v", out.Graphs)
+	}
+	// Read-only without --allow-control, whatever the token.
+	ro := New(Options{Resolve: v.opts.Resolve, Token: "secret"}).Handler()
+	r := httptest.NewRequest("POST", "/fault", strings.NewReader(`{"op":"clear"}`))
+	r.Header.Set("X-Token", "secret")
+	rw := httptest.NewRecorder()
+	ro.ServeHTTP(rw, r)
+	if rw.Code != 403 {
+		t.Errorf("read-only view took a change: %d", rw.Code)
+	}
+}
+
+// A page that does not read loses messages, counted; the view never waits.
+func TestSlowPageDrops(t *testing.T) {
+	v := New(Options{Resolve: func() (string, error) { return "", errors.New("none") }})
+	c := &client{ch: make(chan []byte, 4)}
+	v.clients[c] = struct{}{}
+	for i := 0; i < 10; i++ {
+		v.broadcast("event", i)
+	}
+	if len(c.ch) != 4 || c.dropped.Load() != 6 {
+		t.Errorf("queued %d, dropped %d; want 4 and 6", len(c.ch), c.dropped.Load())
+	}
+	// A page that comes later is sent the latest events first.
+	if len(v.recent) != 10 || !strings.HasPrefix(string(v.recent[9]), "event: event\ndata: 9\n") {
+		t.Errorf("recent events %q", v.recent)
+	}
+}
