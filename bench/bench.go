@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,6 +51,12 @@ type Config struct {
 	NetstackFlags []string
 	// ServerBin is the tcp-upper-server program.
 	ServerBin string
+	// Reflector is the program (and its first arguments) that runs
+	// Reflect for tun-floor: tcp-upper-lab tun-reflector.
+	Reflector []string
+	// Pin puts the client (this process) on CPU 0 and every server on
+	// CPU 1.
+	Pin bool
 	// Progress receives a progress line per measurement (nil: none);
 	// with ProgressTTY each line overwrites the previous one.
 	Progress    io.Writer
@@ -78,6 +85,7 @@ const (
 	BulkOneway    = "bulk-oneway"
 	BulkParallel  = "bulk-parallel"
 	RR            = "rr"
+	TunFloor      = "tun-floor"
 	ConnRate      = "connrate"
 	IdleMemory    = "idle-memory"
 	TraceOverhead = "trace-overhead"
@@ -86,7 +94,7 @@ const (
 
 // Names lists every figure.
 func Names() []string {
-	return []string{Bulk, BulkOneway, BulkParallel, RR, ConnRate, IdleMemory, TraceOverhead, FaultOverhead}
+	return []string{Bulk, BulkOneway, BulkParallel, RR, TunFloor, ConnRate, IdleMemory, TraceOverhead, FaultOverhead}
 }
 
 // Flags of the overhead figures' "on" side.
@@ -173,8 +181,10 @@ type Report struct {
 	BulkBytes     int64     `json:"bulk_bytes"`
 	IdleConns     int       `json:"idle_conns"`
 	NetstackFlags []string  `json:"netstack_flags"`
-	Elapsed       string    `json:"elapsed"`
-	Figures       []*Figure `json:"figures"`
+	// Pinned says where client and servers ran with --pin ("" without).
+	Pinned  string    `json:"pinned"`
+	Elapsed string    `json:"elapsed"`
+	Figures []*Figure `json:"figures"`
 }
 
 // row is one figure's definition: it produces one or more Figures.
@@ -188,50 +198,86 @@ type spec struct {
 	name     string
 	rows     []row
 	overhead []string // the on side's extra flags; nil: kernel vs netstack
-	// measure runs one measurement against srv through t and returns one
-	// value per row.
-	measure func(ctx context.Context, cfg *Config, t target, srv *server, seed uint64) ([]float64, error)
+	// measure runs one measurement against srv (nil for a side without a
+	// server) through t and returns one value per row.
+	measure func(ctx context.Context, cfg *Config, t target, srv *server, m meas) (result, error)
+}
+
+// meas is which measurement of a figure this is: i of n (2 per round),
+// which also seeds its payload.
+type meas struct{ i, n int }
+
+// result is a measurement's values, one per row, and a note for the
+// progress line.
+type result struct {
+	vals []float64
+	note string
 }
 
 func specs() []spec {
-	bulkRow := func(name string, tgt *Target) []row { return []row{{name, "MB/s", tgt}} }
-	bulkMeasure := func(ctx context.Context, cfg *Config, t target, _ *server, seed uint64) ([]float64, error) {
-		v, err := bulk(ctx, t, cfg.BulkBytes, cfg.Duration, seed)
-		return []float64{v}, err
+	bulkRows := func(name string, tgt, cpuTgt *Target) []row {
+		return []row{{name, "MB/s", tgt}, {name + "-cpu", "CPU-s/GB", cpuTgt}, {name + "-client-cpu", "% of a CPU", nil}}
+	}
+	bulkResult := func(r bulkResult, err error) (result, error) { return result{vals: r.values()}, err }
+	// The overheads compare our stack with itself: its bulk rate only.
+	overheadMeasure := func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+		r, err := bulk(ctx, t, cfg.BulkBytes, cfg.Duration, uint64(m.i))
+		return result{vals: []float64{r.mbps}}, err
 	}
 	return []spec{
-		{name: Bulk, rows: bulkRow(Bulk, &Target{Of: "ratio", Op: ">=", Value: 1.0}), measure: bulkMeasure},
-		{name: BulkOneway, rows: bulkRow(BulkOneway, nil), measure: func(ctx context.Context, cfg *Config, t target, _ *server, _ uint64) ([]float64, error) {
-			v, err := bulkOneway(ctx, t, cfg.BulkBytes, cfg.Duration)
-			return []float64{v}, err
-		}},
-		{name: BulkParallel, rows: bulkRow(BulkParallel, nil), measure: func(ctx context.Context, cfg *Config, t target, _ *server, seed uint64) ([]float64, error) {
-			v, err := bulkParallel(ctx, t, cfg.Parallel, cfg.BulkBytes, cfg.Duration, seed)
-			return []float64{v}, err
-		}},
-		{name: RR, rows: []row{{"rr-p50", "µs", &Target{Of: "ratio", Op: "<=", Value: 1.5}}, {"rr-p99", "µs", nil}},
-			measure: func(ctx context.Context, cfg *Config, t target, _ *server, _ uint64) ([]float64, error) {
-				p50, p99, err := rr(ctx, t, cfg.RRCount, cfg.Duration)
-				return []float64{p50, p99}, err
+		{name: Bulk, rows: bulkRows(Bulk, &Target{Of: "ratio", Op: ">=", Value: 1.0}, &Target{Of: "ratio", Op: "<=", Value: 1.2}),
+			measure: func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+				return bulkResult(bulk(ctx, t, cfg.BulkBytes, cfg.Duration, uint64(m.i)))
 			}},
-		{name: ConnRate, rows: []row{{ConnRate, "conn/s", &Target{Of: "ratio", Op: ">=", Value: 1.0}}},
-			measure: func(ctx context.Context, cfg *Config, t target, _ *server, _ uint64) ([]float64, error) {
-				v, err := connrate(ctx, t, cfg.ConnCount, cfg.Duration)
-				return []float64{v}, err
+		{name: BulkOneway, rows: bulkRows(BulkOneway, nil, nil),
+			measure: func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+				return bulkResult(bulkOneway(ctx, t, cfg.BulkBytes, cfg.Duration, uint64(m.i)))
+			}},
+		{name: BulkParallel, rows: bulkRows(BulkParallel, &Target{Of: "ratio", Op: ">=", Value: 0.9}, nil),
+			measure: func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+				return bulkResult(bulkParallel(ctx, t, cfg.Parallel, cfg.BulkBytes, cfg.Duration, uint64(m.i)))
+			}},
+		{name: RR, rows: []row{{"rr-p50", "µs", &Target{Of: "ratio", Op: "<=", Value: 1.2}}, {"rr-p99", "µs", &Target{Of: "ratio", Op: "<=", Value: 1.0}}},
+			measure: func(ctx context.Context, cfg *Config, t target, _ *server, _ meas) (result, error) {
+				p50, p99, err := rr(ctx, t, cfg.RRCount, cfg.Duration)
+				return result{vals: []float64{p50, p99}}, err
+			}},
+		{name: TunFloor, rows: []row{{"tun-floor-p50", "µs", nil}, {"tun-floor-p99", "µs", nil}},
+			measure: func(ctx context.Context, cfg *Config, t target, _ *server, _ meas) (result, error) {
+				host, _, err := net.SplitHostPort(t.addr)
+				if err != nil {
+					return result{}, err
+				}
+				a, err := netip.ParseAddr(host)
+				if err != nil {
+					return result{}, err
+				}
+				p50, p99, err := ping(ctx, t, a, cfg.RRCount, cfg.Duration)
+				return result{vals: []float64{p50, p99}}, err
+			}},
+		{name: ConnRate, rows: []row{{ConnRate, "conn/s", &Target{Of: "ratio", Op: ">=", Value: 1.0}}, {"connrate-p50", "µs", nil}, {"connrate-p99", "µs", nil}},
+			measure: func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+				var ports *portSlice
+				if t.ownNS {
+					s := connSlice(m.i, m.n)
+					ports = &s
+				}
+				r, err := connrate(ctx, t, cfg.ConnCount, cfg.Duration, ports)
+				return result{vals: []float64{r.rate, r.p50, r.p99}, note: r.note}, err
 			}},
 		{name: IdleMemory, rows: []row{{IdleMemory, "KiB/conn", &Target{Of: "test", Op: "<=", Value: 12}}},
-			measure: func(ctx context.Context, cfg *Config, t target, srv *server, _ uint64) ([]float64, error) {
+			measure: func(ctx context.Context, cfg *Config, t target, srv *server, _ meas) (result, error) {
 				need := uint64(cfg.IdleConns) + 256
 				if lim, err := openFilesLimit(srv.pid()); err != nil {
-					return nil, err
+					return result{}, err
 				} else if lim < need {
-					return nil, fmt.Errorf("idle-memory: the server may open %d files, %d connections need %d: raise the hard limit (ulimit -Hn) or lower the count", lim, cfg.IdleConns, need)
+					return result{}, fmt.Errorf("idle-memory: the server may open %d files, %d connections need %d: raise the hard limit (ulimit -Hn) or lower the count", lim, cfg.IdleConns, need)
 				}
 				v, err := idleMemory(ctx, t, cfg.IdleConns, 500*time.Millisecond, func() (int64, error) { return vmRSS(srv.pid()) })
-				return []float64{v}, err
+				return result{vals: []float64{v}}, err
 			}},
-		{name: TraceOverhead, rows: bulkRow(TraceOverhead, &Target{Of: "ratio", Op: ">=", Value: 0.9}), overhead: traceFlags, measure: bulkMeasure},
-		{name: FaultOverhead, rows: bulkRow(FaultOverhead, nil), overhead: idleFault, measure: bulkMeasure},
+		{name: TraceOverhead, rows: []row{{TraceOverhead, "MB/s", &Target{Of: "ratio", Op: ">=", Value: 0.9}}}, overhead: traceFlags, measure: overheadMeasure},
+		{name: FaultOverhead, rows: []row{{FaultOverhead, "MB/s", nil}}, overhead: idleFault, measure: overheadMeasure},
 	}
 }
 
@@ -264,6 +310,12 @@ type Env struct {
 	KernelAddr, NetstackAddr string
 	// KernelArgs and NetstackArgs are the servers' base flags.
 	KernelArgs, NetstackArgs []string
+	// ReflectorArgs are tun-floor's reflector's flags: it answers at
+	// NetstackAddr's address, the kernel at KernelAddr's.
+	ReflectorArgs []string
+	// OwnClientNS says the client's namespace is the bench's own, so
+	// connrate may set its ephemeral port range.
+	OwnClientNS bool
 }
 
 // LabEnv is the Env of lab l, which must be up: servers in apple, the
@@ -271,24 +323,22 @@ type Env struct {
 func LabEnv(l *lab.Lab, dir string) Env {
 	port := fmt.Sprint(lab.Port)
 	return Env{
-		Start:        func(cmd *exec.Cmd) error { return l.Start(lab.Apple, cmd) },
-		Do:           func(fn func() error) error { return l.Do(lab.Ant, fn) },
-		KernelAddr:   net.JoinHostPort(lab.AppleAddr.Addr().String(), port),
-		NetstackAddr: net.JoinHostPort(lab.ServerAddr.Addr().String(), port),
-		KernelArgs:   []string{"--stack", "kernel", "--port", port},
-		NetstackArgs: []string{"--tun", "tun0", "--addr", lab.ServerAddr.String(), "--port", port, "--control", filepath.Join(dir, "ctl.sock")},
+		Start:         func(cmd *exec.Cmd) error { return l.Start(lab.Apple, cmd) },
+		Do:            func(fn func() error) error { return l.Do(lab.Ant, fn) },
+		KernelAddr:    net.JoinHostPort(lab.AppleAddr.Addr().String(), port),
+		NetstackAddr:  net.JoinHostPort(lab.ServerAddr.Addr().String(), port),
+		KernelArgs:    []string{"--stack", "kernel", "--port", port},
+		NetstackArgs:  []string{"--tun", "tun0", "--addr", lab.ServerAddr.String(), "--port", port, "--control", filepath.Join(dir, "ctl.sock")},
+		ReflectorArgs: []string{"--tun", "tun0", "--tun-addr", lab.TunAddr.String(), "--addr", lab.ServerAddr.Addr().String()},
+		OwnClientNS:   true,
 	}
 }
 
 // PrepareClient sets what the client's namespace needs for many
-// connections: the whole ephemeral port range (in that namespace only).
+// connections (in that namespace only): the ephemeral ports 1024-33023;
+// connrate gives each of its measurements a slice of its own above them.
 func PrepareClient(do func(fn func() error) error) error {
-	return do(func() error {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65535\n"), 0o644); err != nil {
-			return fmt.Errorf("client namespace: widen the ephemeral port range: %w", err)
-		}
-		return nil
-	})
+	return do(func() error { return setPortRange(firstPort, connPorts-1) })
 }
 
 // RaiseOpenFiles raises this process's RLIMIT_NOFILE to at least n (the
@@ -331,11 +381,25 @@ func Run(ctx context.Context, env Env, cfg Config) (*Report, error) {
 			return nil, err
 		}
 	}
+	if slices.ContainsFunc(run, func(s spec) bool { return s.name == TunFloor }) && len(cfg.Reflector) == 0 {
+		return nil, fmt.Errorf("tun-floor needs the reflector program (Config.Reflector)")
+	}
+	var pin *pinning
+	if cfg.Pin {
+		var err error
+		if pin, err = pinClient(0, 1); err != nil {
+			return nil, err
+		}
+		defer pin.undo()
+	}
 	host, _ := os.Hostname()
 	rep := &Report{Date: time.Now().UTC(), Host: host, Kernel: kernelRelease(), CPUs: runtime.NumCPU(), Rounds: cfg.Rounds,
 		Duration: cfg.Duration.String(), BulkBytes: cfg.BulkBytes, IdleConns: cfg.IdleConns, NetstackFlags: cfg.NetstackFlags}
 	if rep.NetstackFlags == nil {
 		rep.NetstackFlags = []string{}
+	}
+	if pin != nil {
+		rep.Pinned = fmt.Sprintf("client on CPU %d, servers on CPU %d", pin.clientCPU, pin.serverCPU)
 	}
 	// values[row][side] over the rounds
 	type key struct {
@@ -352,9 +416,11 @@ func Run(ctx context.Context, env Env, cfg Config) (*Report, error) {
 				sides = []int{1, 0}
 			}
 			for _, side := range sides {
-				label, args, addr, quiet := sideSetup(env, &cfg, s, side)
+				sd := sideSetup(env, &cfg, s, side)
+				label := sd.label
 				p.start("bench: round %d/%d %s %s ...", r+1, cfg.Rounds, s.name, label)
-				vals, err := measureOnce(ctx, env, &cfg, s, args, addr, quiet, uint64(r*2+side))
+				res, err := measureOnce(ctx, env, &cfg, pin, s, sd, meas{r*2 + side, cfg.Rounds * 2})
+				vals := res.vals
 				if err != nil {
 					return nil, fmt.Errorf("round %d, %s on %s: %w", r+1, s.name, label, err)
 				}
@@ -362,6 +428,9 @@ func Run(ctx context.Context, env Env, cfg Config) (*Report, error) {
 				for i, row := range s.rows {
 					values[key{row.name, side}] = append(values[key{row.name, side}], vals[i])
 					parts = append(parts, fmt.Sprintf("%s %s %s", row.name, format(vals[i]), row.unit))
+				}
+				if res.note != "" {
+					parts = append(parts, "("+res.note+")")
 				}
 				p.printf("bench: round %d/%d %s %s: %s", r+1, cfg.Rounds, s.name, label, strings.Join(parts, ", "))
 			}
@@ -375,6 +444,9 @@ func Run(ctx context.Context, env Env, cfg Config) (*Report, error) {
 				ratios[i] = ratio(test[i], base[i])
 			}
 			bl, tl := "kernel", "netstack"
+			if s.name == TunFloor {
+				tl = "tun-reflector"
+			}
 			if s.overhead != nil {
 				bl, tl = "off", "on"
 			}
@@ -398,29 +470,67 @@ func ratio(a, b float64) float64 {
 	return a / b
 }
 
-// sideSetup is a side's label, server flags, address and whether its
-// stderr is thrown away (a trace).
-func sideSetup(env Env, cfg *Config, s spec, side int) (label string, args []string, addr string, quiet bool) {
-	netstack := append(slices.Clone(env.NetstackArgs), cfg.NetstackFlags...)
-	if s.overhead == nil {
-		if side == 0 {
-			return "kernel", env.KernelArgs, env.KernelAddr, false
-		}
-		return "netstack", netstack, env.NetstackAddr, false
-	}
-	if side == 0 {
-		return "off", netstack, env.NetstackAddr, false
-	}
-	return "on", append(netstack, s.overhead...), env.NetstackAddr, slices.Equal(s.overhead, traceFlags)
+// side is how one side of a figure runs: its label, its server program
+// (none for tun-floor's kernel side: the kernel answers ICMP itself) with
+// its flags and the line that says it is ready, where its clients go, and
+// whether its stderr is thrown away (a trace).
+type side struct {
+	label      string
+	bin        string
+	args       []string
+	ready      string
+	addr       string
+	quiet      bool
+	serverless bool
 }
 
-// measureOnce starts a server, runs one measurement and stops the server.
-func measureOnce(ctx context.Context, env Env, cfg *Config, s spec, args []string, addr string, quiet bool, seed uint64) ([]float64, error) {
-	srv, err := startServer(ctx, env.Start, cfg.ServerBin, args, quiet)
-	if err != nil {
-		return nil, err
+// listening is what tcp-upper-server prints once it listens.
+const listening = "waiting for connections"
+
+func sideSetup(env Env, cfg *Config, s spec, n int) side {
+	netstack := append(slices.Clone(env.NetstackArgs), cfg.NetstackFlags...)
+	switch {
+	case s.name == TunFloor && n == 0:
+		return side{label: "kernel", addr: env.KernelAddr, serverless: true}
+	case s.name == TunFloor:
+		args := append(slices.Clone(cfg.Reflector[1:]), env.ReflectorArgs...)
+		return side{label: "tun-reflector", bin: cfg.Reflector[0], args: args, ready: ReflectorReady, addr: env.NetstackAddr}
+	case s.overhead == nil && n == 0:
+		return side{label: "kernel", bin: cfg.ServerBin, args: env.KernelArgs, ready: listening, addr: env.KernelAddr}
+	case s.overhead == nil:
+		return side{label: "netstack", bin: cfg.ServerBin, args: netstack, ready: listening, addr: env.NetstackAddr}
+	case n == 0:
+		return side{label: "off", bin: cfg.ServerBin, args: netstack, ready: listening, addr: env.NetstackAddr}
 	}
-	vals, err := s.measure(ctx, cfg, target{addr: addr, do: env.Do}, srv, seed)
+	return side{label: "on", bin: cfg.ServerBin, args: append(netstack, s.overhead...), ready: listening, addr: env.NetstackAddr, quiet: slices.Equal(s.overhead, traceFlags)}
+}
+
+// measureOnce starts the side's server (on the server CPU with pin),
+// runs one measurement and stops the server.
+func measureOnce(ctx context.Context, env Env, cfg *Config, pin *pinning, s spec, sd side, m meas) (result, error) {
+	t := target{addr: sd.addr, do: env.Do, ownNS: env.OwnClientNS}
+	if sd.serverless {
+		res, err := s.measure(ctx, cfg, t, nil, m)
+		if err == nil {
+			err = checkValues(s, res.vals)
+		}
+		return res, err
+	}
+	start := env.Start
+	if pin != nil {
+		start = pin.start(start)
+	}
+	srv, err := startServer(ctx, start, sd.bin, sd.args, sd.ready, sd.quiet)
+	if err != nil {
+		return result{}, err
+	}
+	if pin != nil {
+		if err := pin.check(srv.pid()); err != nil {
+			srv.stop()
+			return result{}, err
+		}
+	}
+	res, err := s.measure(ctx, cfg, t, srv, m)
 	if err == nil {
 		err = srv.exited()
 	}
@@ -430,17 +540,25 @@ func measureOnce(ctx context.Context, env Env, cfg *Config, s spec, args []strin
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
 	}
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = checkValues(s, res.vals)
+	}
+	return res, err
+}
+
+// checkValues rejects a value no measurement can give.
+func checkValues(s spec, vals []float64) error {
+	if len(vals) != len(s.rows) {
+		return fmt.Errorf("%s: %d values for %d rows", s.name, len(vals), len(s.rows))
 	}
 	for i, v := range vals {
 		// RSS may even shrink (a collection during the measurement); the
 		// other figures are rates and times.
 		if math.IsNaN(v) || (v <= 0 && s.name != IdleMemory) {
-			return nil, fmt.Errorf("%s: implausible value %v", s.rows[i].name, v)
+			return fmt.Errorf("%s: implausible value %v", s.rows[i].name, v)
 		}
 	}
-	return vals, nil
+	return nil
 }
 
 func kernelRelease() string {

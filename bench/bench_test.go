@@ -3,7 +3,9 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -37,21 +39,22 @@ func TestMeasurementsOnLoopback(t *testing.T) {
 	tg := loopback(t)
 	ctx := context.Background()
 	d := 300 * time.Millisecond
-	if v, err := bulk(ctx, tg, 8<<20, d, 1); err != nil || v <= 0 {
-		t.Errorf("bulk = %v, %v", v, err)
+	okBulk := func(r bulkResult) bool { return r.mbps > 0 && r.cpuPerGB > 0 && r.clientCPU > 0 }
+	if v, err := bulk(ctx, tg, 8<<20, d, 1); err != nil || !okBulk(v) {
+		t.Errorf("bulk = %+v, %v", v, err)
 	}
-	if v, err := bulkOneway(ctx, tg, 8<<20, d); err != nil || v <= 0 {
-		t.Errorf("bulk-oneway = %v, %v", v, err)
+	if v, err := bulkOneway(ctx, tg, 8<<20, d, 1); err != nil || !okBulk(v) {
+		t.Errorf("bulk-oneway = %+v, %v", v, err)
 	}
-	if v, err := bulkParallel(ctx, tg, 4, 8<<20, d, 1); err != nil || v <= 0 {
-		t.Errorf("bulk-parallel = %v, %v", v, err)
+	if v, err := bulkParallel(ctx, tg, 4, 8<<20, d, 1); err != nil || !okBulk(v) {
+		t.Errorf("bulk-parallel = %+v, %v", v, err)
 	}
 	p50, p99, err := rr(ctx, tg, 500, d)
 	if err != nil || p50 <= 0 || p99 < p50 {
 		t.Errorf("rr = %v, %v, %v", p50, p99, err)
 	}
-	if v, err := connrate(ctx, tg, 50, d); err != nil || v <= 0 {
-		t.Errorf("connrate = %v, %v", v, err)
+	if v, err := connrate(ctx, tg, 50, d, nil); err != nil || v.rate <= 0 || v.p50 <= 0 || v.p99 < v.p50 {
+		t.Errorf("connrate = %+v, %v", v, err)
 	}
 	// A fake RSS that grows 10 KiB per connection opened.
 	var conns int64
@@ -76,7 +79,7 @@ func TestBulkTimeCap(t *testing.T) {
 	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("a 200ms cap took %v", el)
 	}
-	if _, err := bulkOneway(context.Background(), tg, 1<<40, 200*time.Millisecond); err != nil {
+	if _, err := bulkOneway(context.Background(), tg, 1<<40, 200*time.Millisecond, 1); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -85,7 +88,7 @@ func TestCanceled(t *testing.T) {
 	tg := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := connrate(ctx, tg, 10, time.Second); err == nil {
+	if _, err := connrate(ctx, tg, 10, time.Second, nil); err == nil {
 		t.Error("connrate on a canceled context succeeded")
 	}
 	if _, err := bulk(ctx, tg, 1<<20, time.Second, 1); err == nil {
@@ -139,7 +142,7 @@ func TestReport(t *testing.T) {
 	if err := r.WriteTable(&b); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"netstack/kernel", "20.0 / 25.0 / 30.0", "<= 1.5: met", "on/off", ">= 0.9: missed", "0.80"} {
+	for _, want := range []string{"not pinned", "netstack/kernel", "20.0 / 25.0 / 30.0", "<= 1.5: met", "on/off", ">= 0.9: missed", "0.80"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
@@ -151,5 +154,115 @@ func TestReport(t *testing.T) {
 	var back Report
 	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != 2 || back.Figures[0].Test.Median != 35 {
 		t.Errorf("JSON round trip: %v %+v", err, back.Figures)
+	}
+}
+
+// A wrong byte anywhere in the echo fails bulk, naming its offset; the
+// same server with the byte right passes.
+func TestBulkChecksEveryByte(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const bad = 3<<20 + 12345 // in the fourth period
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		var off int64
+		for {
+			n, err := c.Read(buf)
+			app.Upper(buf[:n])
+			if off <= bad && bad < off+int64(n) {
+				buf[bad-off] ^= 0x40
+			}
+			off += int64(n)
+			if _, werr := c.Write(buf[:n]); werr != nil || err != nil {
+				return
+			}
+		}
+	}()
+	tg := target{addr: ln.Addr().String(), do: func(fn func() error) error { return fn() }}
+	_, err = bulk(context.Background(), tg, 8<<20, 5*time.Second, 7)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("echo byte %d ", bad)) {
+		t.Fatalf("bulk with byte %d flipped: %v", bad, err)
+	}
+	if _, err := bulk(context.Background(), loopback(t), 8<<20, 5*time.Second, 7); err != nil {
+		t.Fatalf("bulk on a correct server: %v", err)
+	}
+}
+
+func TestPayload(t *testing.T) {
+	p := newPayload(1)
+	if !bytes.Equal(p.data[:p.period], p.data[p.period:]) || bytes.Equal(p.data, newPayload(2).data) {
+		t.Error("payload: not two copies of one period, or not seeded")
+	}
+	w := bytes.Clone(p.data)
+	app.Upper(w)
+	if !bytes.Equal(w, p.want) {
+		t.Error("want is not the uppercased data")
+	}
+}
+
+// The reflector's turn-around: a request from the kernel's ping becomes a
+// reply whose checksums verify.
+func TestReflect(t *testing.T) {
+	req := make([]byte, 8+16)
+	req[0] = 8
+	binary.BigEndian.PutUint16(req[4:], 0x1234)
+	binary.BigEndian.PutUint16(req[6:], 7)
+	copy(req[8:], rrMsg)
+	binary.BigEndian.PutUint16(req[2:], checksum(req))
+	ip := []byte{0x45, 0, 0, byte(20 + len(req)), 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 0, 1, 2, 10, 0, 2, 2}
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	p := append(ip, req...)
+	if !echoRequestTo(p, [4]byte{10, 0, 2, 2}) || echoRequestTo(p, [4]byte{10, 0, 2, 3}) {
+		t.Fatal("echoRequestTo: wrong verdict")
+	}
+	reflect(p)
+	if checksum(p[:20]) != 0 || checksum(p[20:]) != 0 {
+		t.Errorf("reply checksums do not verify: % x", p)
+	}
+	if [4]byte(p[12:16]) != [4]byte{10, 0, 2, 2} || [4]byte(p[16:20]) != [4]byte{10, 0, 1, 2} || p[20] != 0 {
+		t.Errorf("reply: % x", p)
+	}
+	if echoRequestTo(p, [4]byte{10, 0, 1, 2}) {
+		t.Error("a reply taken for a request")
+	}
+}
+
+func TestConnSlices(t *testing.T) {
+	n := 6
+	prev := connPorts - 1
+	for i := range n {
+		s := connSlice(i, n)
+		if s.lo != prev+1 || s.hi < s.lo || s.hi > lastPort {
+			t.Errorf("slice %d of %d: %+v after %d", i, n, s, prev)
+		}
+		prev = s.hi
+	}
+}
+
+// The CPU meter sees this process burn CPU: its share and the machine's
+// busy time both grow.
+func TestCPUMeter(t *testing.T) {
+	m, err := startCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := 1
+	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+		x = x*31 + 7
+	}
+	u, err := m.stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.selfShare() < 30 || u.Machine < 50*time.Millisecond || u.perGB(1e9) != u.Machine.Seconds() {
+		t.Errorf("spinning 200ms: %+v (self %.0f%%) x=%d", u, u.selfShare(), x)
 	}
 }

@@ -3,11 +3,16 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +25,8 @@ type target struct {
 	// do runs fn with the calling thread in the client's network
 	// namespace: sockets fn creates live there for good.
 	do func(fn func() error) error
+	// ownNS says that namespace is the bench's own (Env.OwnClientNS).
+	ownNS bool
 }
 
 // dialTimeout bounds each connection attempt.
@@ -54,39 +61,159 @@ func mb(n int64, d time.Duration) float64 {
 	return float64(n) / d.Seconds() / 1e6
 }
 
-// timeCapped runs app.Bulk until total bytes have echoed or d has passed,
-// whichever comes first. A run cut by d counts what was checked by then.
-func timeCapped(ctx context.Context, c net.Conn, total int64, d time.Duration, seed uint64) (app.BulkResult, error) {
-	bctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	res, err := app.Bulk(bctx, c, app.BulkOptions{Total: total, Seed: seed, StallAfter: 10 * time.Second})
-	if err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		err = nil
-	}
-	if err == nil && res.Received == 0 {
-		err = fmt.Errorf("nothing echoed in %v", d)
-	}
-	return res, err
+// payload is what a bulk client writes: a block of pseudo-random bytes sent
+// over and over, and its uppercased echo. Both are stored twice in a row, so
+// any window of up to one period starting inside the first copy is
+// contiguous: checking a read is one bytes.Equal at memory speed.
+type payload struct {
+	period     int
+	data, want []byte
 }
 
-// bulk is one connection's bidirectional echo (app.Bulk: pseudo-random
-// payload written in 1 MiB chunks while the uppercased echo is read back
-// and checked byte for byte), in MB/s each way.
-func bulk(ctx context.Context, t target, total int64, d time.Duration, seed uint64) (float64, error) {
-	c, err := t.dial(ctx)
-	if err != nil {
-		return 0, err
+// payloadPeriod is not a power of two, so a window misplaced by a power
+// of two in the echo would not line up with the expected bytes.
+const payloadPeriod = 1<<20 - 13
+
+func newPayload(seed uint64) *payload {
+	var s [32]byte
+	binary.LittleEndian.PutUint64(s[:], seed)
+	src := rand.NewChaCha8(s)
+	p := &payload{period: payloadPeriod, data: make([]byte, 2*payloadPeriod)}
+	src.Read(p.data[:payloadPeriod])
+	copy(p.data[payloadPeriod:], p.data[:payloadPeriod])
+	p.want = bytes.Clone(p.data)
+	app.Upper(p.want)
+	return p
+}
+
+// echoResult is one connection's bulk echo.
+type echoResult struct {
+	sent    int64
+	elapsed time.Duration
+}
+
+// echo writes p's data to c in writes of up to one period until total
+// bytes or d, then half-closes, while reading the echo back at once until
+// the server closes after our EOF; with check, every byte read is compared
+// with the uppercased data (one bytes.Equal per read). Every byte sent must
+// come back. elapsed runs until the last byte of the echo.
+func echo(ctx context.Context, c net.Conn, total int64, d time.Duration, p *payload, check bool) (echoResult, error) {
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	// The watchdog: nothing may take much longer than d.
+	c.SetDeadline(time.Now().Add(d + 15*time.Second))
+	start := time.Now()
+	end := start.Add(d)
+	var sent int64
+	werr := make(chan error, 1)
+	go func() {
+		off := 0
+		for sent < total && time.Now().Before(end) {
+			n := int(min(int64(p.period), total-sent))
+			m, err := c.Write(p.data[off : off+n])
+			sent += int64(m)
+			off = (off + m) % p.period
+			if err != nil {
+				werr <- fmt.Errorf("write after %d bytes: %w", sent, err)
+				return
+			}
+		}
+		werr <- c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	var got int64
+	var rerr error
+	buf := make([]byte, 256<<10)
+	off := 0
+	for {
+		n, err := c.Read(buf)
+		if n > 0 && check && !bytes.Equal(buf[:n], p.want[off:off+n]) {
+			i := 0
+			for buf[i] == p.want[off+i] {
+				i++
+			}
+			rerr = fmt.Errorf("echo byte %d is %#02x, want %#02x", got+int64(i), buf[i], p.want[off+i])
+			c.SetDeadline(time.Now())
+			break
+		}
+		got += int64(n)
+		off = (off + n) % p.period
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			rerr = fmt.Errorf("read the echo after %d bytes: %w", got, err)
+			break
+		}
 	}
-	res, err := timeCapped(ctx, c, total, d, seed)
-	if err != nil {
-		return 0, fmt.Errorf("bulk: %w", err)
+	elapsed := time.Since(start)
+	if err := <-werr; err != nil && rerr == nil {
+		rerr = err
 	}
-	return mb(res.Received, res.Elapsed), nil
+	if rerr == nil && got != sent {
+		rerr = fmt.Errorf("sent %d bytes, %d came back", sent, got)
+	}
+	if rerr == nil && got == 0 {
+		rerr = fmt.Errorf("nothing echoed in %v", d)
+	}
+	if rerr == nil && ctx.Err() != nil {
+		rerr = ctx.Err()
+	}
+	return echoResult{sent, elapsed}, rerr
+}
+
+// bulkResult is a bulk figure: payload rate, the machine's CPU per GB
+// moved and the client's CPU share.
+type bulkResult struct {
+	mbps, cpuPerGB, clientCPU float64
+}
+
+func (r bulkResult) values() []float64 { return []float64{r.mbps, r.cpuPerGB, r.clientCPU} }
+
+// measureBulk runs fn (n connections' echoes) between CPU readings.
+func measureBulk(fn func() (bytes int64, longest time.Duration, err error)) (bulkResult, error) {
+	m, err := startCPU()
+	if err != nil {
+		return bulkResult{}, err
+	}
+	n, longest, err := fn()
+	if err != nil {
+		return bulkResult{}, err
+	}
+	u, err := m.stop()
+	if err != nil {
+		return bulkResult{}, err
+	}
+	return bulkResult{mbps: mb(n, longest), cpuPerGB: u.perGB(n), clientCPU: u.selfShare()}, nil
+}
+
+// bulk is one connection's echo: pseudo-random payload written in writes
+// of up to 1 MiB while the uppercased echo is read back and checked byte
+// for byte at memory speed. MB/s of payload (each byte goes both ways).
+func bulk(ctx context.Context, t target, total int64, d time.Duration, seed uint64) (bulkResult, error) {
+	return bulkParallel(ctx, t, 1, total, d, seed)
+}
+
+// bulkOneway is bulk without the check: the client's least work.
+func bulkOneway(ctx context.Context, t target, total int64, d time.Duration, seed uint64) (bulkResult, error) {
+	return bulkConns(ctx, t, 1, total, d, seed, false)
 }
 
 // bulkParallel runs n bulk connections at once, total/n bytes each, and
-// returns their aggregate MB/s each way.
-func bulkParallel(ctx context.Context, t target, n int, total int64, d time.Duration, seed uint64) (float64, error) {
+// returns their aggregate: the payload of all over the longest's time.
+func bulkParallel(ctx context.Context, t target, n int, total int64, d time.Duration, seed uint64) (bulkResult, error) {
+	return bulkConns(ctx, t, n, total, d, seed, true)
+}
+
+func bulkConns(ctx context.Context, t target, n int, total int64, d time.Duration, seed uint64, check bool) (bulkResult, error) {
+	name := "bulk"
+	switch {
+	case n > 1:
+		name = "bulk-parallel"
+	case !check:
+		name = "bulk-oneway"
+	}
+	p := newPayload(seed)
 	conns := make([]net.Conn, 0, n)
 	err := t.do(func() error {
 		for range n {
@@ -102,83 +229,36 @@ func bulkParallel(ctx context.Context, t target, n int, total int64, d time.Dura
 		for _, c := range conns {
 			c.Close()
 		}
-		return 0, err
+		return bulkResult{}, fmt.Errorf("%s: %w", name, err)
 	}
-	var wg sync.WaitGroup
-	res := make([]app.BulkResult, n)
-	errs := make([]error, n)
-	for i, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res[i], errs[i] = timeCapped(ctx, c, total/int64(n), d, seed+uint64(i))
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return 0, fmt.Errorf("bulk-parallel: %w", err)
-	}
-	var sum int64
-	var longest time.Duration
-	for _, r := range res {
-		sum += r.Received
-		longest = max(longest, r.Elapsed)
-	}
-	return mb(sum, longest), nil
-}
-
-// bulkOneway is the server's receive path with the least client work: the
-// client writes one fixed 1 MiB buffer over and over (no payload to
-// generate or check) until total bytes or d, then half-closes; the server
-// echoes everything, so the client drains the echo into a discard buffer,
-// counting it, until the server closes after the EOF. The figure is the
-// payload sent per second, counted when its echo is back (every byte must
-// be).
-func bulkOneway(ctx context.Context, t target, total int64, d time.Duration) (float64, error) {
-	c, err := t.dial(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	// The watchdog: nothing may take much longer than d.
-	c.SetDeadline(time.Now().Add(d + 15*time.Second))
-	buf := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog 0123456789.\n"), (1<<20)/56+1)[:1<<20]
-	start := time.Now()
-	end := start.Add(d)
-	var sent int64
-	werr := make(chan error, 1)
-	go func() {
-		for sent < total && time.Now().Before(end) {
-			n, err := c.Write(buf[:min(int64(len(buf)), total-sent)])
-			sent += int64(n)
-			if err != nil {
-				werr <- fmt.Errorf("write after %d bytes: %w", sent, err)
-				return
-			}
+	r, err := measureBulk(func() (int64, time.Duration, error) {
+		var wg sync.WaitGroup
+		res := make([]echoResult, n)
+		errs := make([]error, n)
+		for i, c := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res[i], errs[i] = echo(ctx, c, total/int64(n), d, p, check)
+			}()
 		}
-		werr <- c.(interface{ CloseWrite() error }).CloseWrite()
-	}()
-	got, rerr := io.CopyBuffer(io.Discard, onlyReader{c}, make([]byte, 256<<10))
-	elapsed := time.Since(start)
-	if err := <-werr; err != nil {
-		return 0, fmt.Errorf("bulk-oneway: %w", err)
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return 0, 0, err
+		}
+		var sum int64
+		var longest time.Duration
+		for _, r := range res {
+			sum += r.sent
+			longest = max(longest, r.elapsed)
+		}
+		return sum, longest, nil
+	})
+	if err != nil {
+		return bulkResult{}, fmt.Errorf("%s: %w", name, err)
 	}
-	if rerr != nil {
-		return 0, fmt.Errorf("bulk-oneway: read the echo after %d bytes: %w", got, rerr)
-	}
-	if got != sent {
-		return 0, fmt.Errorf("bulk-oneway: sent %d bytes, %d came back", sent, got)
-	}
-	return mb(sent, elapsed), nil
+	return r, nil
 }
-
-// onlyReader hides a conn's WriteTo/ReadFrom so io.CopyBuffer uses the
-// given buffer.
-type onlyReader struct{ r io.Reader }
-
-func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 // rrMsg is the request of rr and connrate: 16 bytes.
 var rrMsg = []byte("ping pong 16b ok")
@@ -220,10 +300,7 @@ func rr(ctx context.Context, t target, count int, d time.Duration) (p50, p99 flo
 		return 0, 0, fmt.Errorf("rr: no exchange within %v", d)
 	}
 	slices.Sort(lat)
-	us := func(q float64) float64 {
-		return float64(lat[int(q*float64(len(lat)-1))].Nanoseconds()) / 1e3
-	}
-	return us(0.50), us(0.99), nil
+	return quantileUS(lat, 0.50), quantileUS(lat, 0.99), nil
 }
 
 // exchange sends rrMsg on c and checks the echo.
@@ -243,19 +320,94 @@ func exchange(c net.Conn) error {
 	return nil
 }
 
+// portSlice is the client's ephemeral port range for one connrate
+// measurement: a slice of its own, so its TIME-WAIT ports (the client
+// closes first) never meet another measurement's, and every round starts
+// from the same state.
+type portSlice struct{ lo, hi int }
+
+// Ephemeral ports of the client's namespace: the others' below connPorts,
+// connrate's slices from it up.
+const (
+	firstPort = 1024
+	connPorts = 33024
+	lastPort  = 65535
+)
+
+// connSlice is measurement i of n's slice of connrate's ports.
+func connSlice(i, n int) portSlice {
+	per := (lastPort - connPorts + 1) / n
+	lo := connPorts + i*per
+	return portSlice{lo, lo + per - 1}
+}
+
+// setPortRange writes the calling thread's namespace's ephemeral range.
+func setPortRange(lo, hi int) error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", fmt.Appendf(nil, "%d %d\n", lo, hi), 0o644); err != nil {
+		return fmt.Errorf("client namespace: set the ephemeral port range: %w", err)
+	}
+	return nil
+}
+
+// timeWait is the number of TIME-WAIT sockets in the calling thread's
+// namespace (/proc/thread-self/net/sockstat: /proc/self/net would show the
+// main thread's namespace).
+func timeWait() (int, error) {
+	b, err := os.ReadFile("/proc/thread-self/net/sockstat")
+	if err != nil {
+		return 0, fmt.Errorf("read sockstat: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "TCP: "); ok {
+			f := strings.Fields(rest)
+			for i := 0; i+1 < len(f); i += 2 {
+				if f[i] == "tw" {
+					return strconv.Atoi(f[i+1])
+				}
+			}
+		}
+	}
+	return 0, errors.New("no TCP tw in sockstat")
+}
+
+// connResult is connrate's figure: connections per second and each
+// connection's time (connect, exchange, close) at p50 and p99, in µs.
+type connResult struct {
+	rate, p50, p99 float64
+	note           string
+}
+
 // connrate opens a connection, makes one 16-byte exchange and closes it
 // (the client closes first), up to count times or for d, one after the
-// other: connections per second.
-func connrate(ctx context.Context, t target, count int, d time.Duration) (float64, error) {
-	n := 0
+// other. With ports (a namespace of the bench's own), the client's
+// ephemeral range is that slice during the measurement, count is capped at
+// half of it (so finding a free port stays as cheap in every round) and
+// the note says how many TIME-WAIT sockets the client had at the start.
+func connrate(ctx context.Context, t target, count int, d time.Duration, ports *portSlice) (connResult, error) {
+	var lat []time.Duration
 	var elapsed time.Duration
+	var note string
 	err := t.do(func() error {
+		if ports != nil {
+			tw, err := timeWait()
+			if err != nil {
+				return err
+			}
+			count = min(count, (ports.hi-ports.lo+1)/2)
+			if err := setPortRange(ports.lo, ports.hi); err != nil {
+				return err
+			}
+			defer setPortRange(firstPort, connPorts-1)
+			note = fmt.Sprintf("client ports %d-%d, none used before; %d TIME-WAIT in the client's namespace at the start", ports.lo, ports.hi, tw)
+		}
+		lat = make([]time.Duration, 0, count)
 		start := time.Now()
 		end := start.Add(d)
-		for n < count && time.Now().Before(end) {
+		for len(lat) < count && time.Now().Before(end) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
+			t0 := time.Now()
 			c, err := dialHere(ctx, t.addr)
 			if err != nil {
 				return err
@@ -264,17 +416,21 @@ func connrate(ctx context.Context, t target, count int, d time.Duration) (float6
 			err = exchange(c)
 			c.Close()
 			if err != nil {
-				return fmt.Errorf("connection %d: %w", n+1, err)
+				return fmt.Errorf("connection %d: %w", len(lat)+1, err)
 			}
-			n++
+			lat = append(lat, time.Since(t0))
 		}
 		elapsed = time.Since(start)
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("connrate: %w", err)
+		return connResult{}, fmt.Errorf("connrate: %w", err)
 	}
-	return float64(n) / elapsed.Seconds(), nil
+	if len(lat) == 0 {
+		return connResult{}, fmt.Errorf("connrate: no connection within %v", d)
+	}
+	slices.Sort(lat)
+	return connResult{rate: float64(len(lat)) / elapsed.Seconds(), p50: quantileUS(lat, 0.5), p99: quantileUS(lat, 0.99), note: note}, nil
 }
 
 // idleMemory opens n connections, checks each one's echo once, lets the

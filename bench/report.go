@@ -27,8 +27,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if flags == "" {
 		flags = "(none)"
 	}
-	fmt.Fprintf(w, "tcp-upper bench %s on %s (%s, %d CPUs): %d rounds, each measurement <= %s / %d MiB; netstack flags: %s; took %s\n",
-		r.Date.Format("2006-01-02 15:04 MST"), r.Host, r.Kernel, r.CPUs, r.Rounds, r.Duration, r.BulkBytes>>20, flags, r.Elapsed)
+	pinned := "not pinned"
+	if r.Pinned != "" {
+		pinned = "pinned: " + r.Pinned
+	}
+	fmt.Fprintf(w, "tcp-upper bench %s on %s (%s, %d CPUs): %d rounds, each measurement <= %s / %d MiB; netstack flags: %s; %s; took %s\n",
+		r.Date.Format("2006-01-02 15:04 MST"), r.Host, r.Kernel, r.CPUs, r.Rounds, r.Duration, r.BulkBytes>>20, flags, pinned, r.Elapsed)
 	fmt.Fprintln(w, "cells: min / median / max over rounds; ratio per round, target checked on the median")
 	for _, overhead := range []bool{false, true} {
 		var figs []*Figure

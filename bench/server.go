@@ -33,11 +33,11 @@ type server struct {
 // apple, tests one that starts it where we are.
 type startFn func(cmd *exec.Cmd) error
 
-// startServer starts bin with args and waits until it prints its listening
-// line. With quiet, its stderr goes to /dev/null (as a user redirecting a
+// startServer starts bin with args and waits until its stdout says ready
+// (tcp-upper-server's listening line). With quiet, its stderr goes to /dev/null (as a user redirecting a
 // --trace would); otherwise its last lines are kept for error messages.
-func startServer(ctx context.Context, start startFn, bin string, args []string, quiet bool) (*server, error) {
-	s := &server{stdout: newReadyWriter("waiting for connections"), stderr: &tailWriter{max: 4 << 10}, done: make(chan struct{})}
+func startServer(ctx context.Context, start startFn, bin string, args []string, ready string, quiet bool) (*server, error) {
+	s := &server{stdout: newReadyWriter(ready), stderr: &tailWriter{max: 4 << 10}, done: make(chan struct{})}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout = s.stdout
 	if !quiet {

@@ -12,14 +12,15 @@ import (
 	"github.com/tcp-upper/tcp-upper/lab"
 )
 
-// TestBench runs tcp-upper-lab bench briefly (rr and connrate, one round)
-// and checks its JSON: positive figures on both stacks, ratios and the
-// issue's targets, and no lab left behind.
+// TestBench runs tcp-upper-lab bench briefly (rr, tun-floor and connrate,
+// one round, pinned) and checks its JSON: positive figures on both sides,
+// ratios and the targets, connrate's own client ports, and no lab
+// left behind.
 func TestBench(t *testing.T) {
 	requireRoot(t)
 	name := labName("bench")
 	code, out, stderr := runCmd(t, 60*time.Second, nil, bin("tcp-upper-lab"), "bench", "--name", name,
-		"--only", "rr,connrate", "--rounds", "1", "--json", "--duration", "500ms", "--rr-count", "2000", "--conns", "300")
+		"--only", "rr,connrate,tun-floor", "--pin", "--rounds", "1", "--json", "--duration", "500ms", "--rr-count", "2000", "--conns", "300")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -31,27 +32,37 @@ func TestBench(t *testing.T) {
 	for _, f := range rep.Figures {
 		got[f.Name] = f
 	}
-	for _, name := range []string{"rr-p50", "rr-p99", "connrate"} {
+	names := []string{"rr-p50", "rr-p99", "tun-floor-p50", "tun-floor-p99", "connrate", "connrate-p50", "connrate-p99"}
+	for _, name := range names {
 		f := got[name]
 		if f == nil {
 			t.Errorf("no %s in %s", name, out)
 			continue
 		}
-		if f.Base.Label != "kernel" || f.Test.Label != "netstack" {
+		test := "netstack"
+		if strings.HasPrefix(name, "tun-floor") {
+			test = "tun-reflector"
+		}
+		if f.Base.Label != "kernel" || f.Test.Label != test {
 			t.Errorf("%s: sides %q/%q", name, f.Base.Label, f.Test.Label)
 		}
 		if len(f.Base.Values) != 1 || len(f.Test.Values) != 1 || f.Base.Median <= 0 || f.Test.Median <= 0 || f.Ratio.Median <= 0 {
 			t.Errorf("%s: want one positive value per stack and a ratio: %+v", name, f)
 		}
 	}
-	if f := got["rr-p50"]; f != nil && (f.Target == nil || f.Target.Op != "<=" || f.Target.Value != 1.5) {
-		t.Errorf("rr-p50 target %+v, want <= 1.5", f.Target)
+	if f := got["rr-p50"]; f != nil && (f.Target == nil || f.Target.Op != "<=" || f.Target.Value != 1.2) {
+		t.Errorf("rr-p50 target %+v, want <= 1.2", f.Target)
 	}
-	if len(rep.Figures) != 3 {
-		t.Errorf("%d figures, want only rr-p50, rr-p99, connrate", len(rep.Figures))
+	if len(rep.Figures) != len(names) {
+		t.Errorf("%d figures, want only %v", len(rep.Figures), names)
 	}
-	if !strings.Contains(stderr, "bench: round 1/1 connrate netstack:") {
-		t.Errorf("no progress line on stderr: %q", stderr)
+	if rep.Pinned != "client on CPU 0, servers on CPU 1" {
+		t.Errorf("pinned %q", rep.Pinned)
+	}
+	for _, want := range []string{"bench: round 1/1 connrate netstack:", "(client ports 33024-49279, none used before;", "(client ports 49280-65535, none used before;"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("no %q on stderr: %q", want, stderr)
+		}
 	}
 	if l, _ := lab.New(name, nil); l.Exists() {
 		l.Down()

@@ -407,6 +407,10 @@ func (d *Linux) Write(pkt []byte) (int, error) {
 	return n, nil
 }
 
+// SyscallConn gives the device's file descriptor, for a program that
+// reads and writes it itself (bench's tun-floor reflector).
+func (d *Linux) SyscallConn() (syscall.RawConn, error) { return d.file.SyscallConn() }
+
 // Offloads implements OffloadDevice.
 func (d *Linux) Offloads() bool { return d.offload }
 

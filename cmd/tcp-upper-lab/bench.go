@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -21,29 +22,40 @@ import (
 const benchHelp = `Builds a lab of its own (removed at the end, also on Ctrl-C): the kernel's TCP
 as the client in ant, tcp-upper-server in apple on --stack kernel and on our
 stack, a fresh server for every measurement, kernel and netstack in
-alternating order. Figures (MB/s are 10^6 bytes/s of payload):
-  bulk            one connection, 1 MiB writes while the uppercased echo is
-                  read back and checked byte for byte (client does real work)
-  bulk-oneway     one connection, the client writes one fixed buffer and
-                  discards the echo unchecked, then half-closes: the server's
-                  echo path with the least client CPU
+alternating order. Figures (MB/s are 10^6 bytes/s of payload, each byte going
+both ways):
+  bulk            one connection, 1 MiB writes of pseudo-random bytes while
+                  the uppercased echo is read back and checked byte for byte
+                  against a precomputed block (memory speed); with
+                  bulk-cpu (the whole machine's CPU seconds, from
+                  /proc/stat, per GB) and bulk-client-cpu (this program's
+                  CPU time, % of one CPU: the client is not the bottleneck
+                  while it stays well below 100)
+  bulk-oneway     the same without the check
   bulk-parallel   8 bulk connections at once, aggregate
   rr              16-byte request/response on one connection: p50, p99
-  connrate        connect, one 16-byte exchange, close (client first), per s
+  tun-floor       ICMP echo from ant: answered by the kernel in apple, and by
+                  a minimal reflector behind tun0 (one read, one write, no
+                  stack): what the TUN crossing itself costs, p50, p99
+  connrate        connect, one 16-byte exchange, close (client first), per s;
+                  each measurement has client ports of its own (its
+                  TIME-WAITs meet no other's); each connection's time p50, p99
   idle-memory     server RSS growth per connection at 10,000 idle
                   connections (each echoed once), KiB; for the kernel stack
                   this is the program only (socket memory is the kernel's)
   trace-overhead  netstack bulk with --trace --events (stderr to /dev/null)
                   divided by plain netstack bulk
   fault-overhead  netstack bulk with a fault rule that never matches
-                  ("in rst drop port=1") divided by plain netstack bulk`
+                  ("in rst drop port=1") divided by plain netstack bulk
+--pin runs the client (this program) on CPU 0 and every server on CPU 1.`
 
 // cmdBench measures our server against the kernel's in a lab of its own,
 // which it always removes.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := bench.DefaultConfig()
-	fs := cli.NewFlagSet(prog+" bench", stderr, prog+" bench [--json] [--only NAME[,NAME]] [--name LAB] [--duration D] [--rounds N] [--netstack-flags \"...\"]\n\n"+benchHelp)
+	fs := cli.NewFlagSet(prog+" bench", stderr, prog+" bench [--json] [--only NAME[,NAME]] [--name LAB] [--duration D] [--rounds N] [--pin] [--netstack-flags \"...\"]\n\n"+benchHelp)
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
+	fs.BoolVar(&cfg.Pin, "pin", false, "client on CPU 0, every server on CPU 1")
 	only := fs.String("only", "", "run only these figures, comma-separated")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "cap of each timed measurement (bulk, rr, connrate)")
 	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "measurements of each figure on each side")
@@ -100,6 +112,11 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this program for tun-floor's reflector: %w", err)
+	}
+	cfg.Reflector = []string{exe, "tun-reflector"}
 	rep, err := benchInLab(ctx, l.Name, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -142,4 +159,25 @@ func benchInLab(ctx context.Context, name string, cfg bench.Config) (rep *bench.
 		return nil, err
 	}
 	return bench.Run(ctx, env, cfg)
+}
+
+// cmdTunReflector is bench's tun-floor reflector (bench.Reflect): it
+// answers ICMP echo requests to --addr from behind the TUN it opens.
+func cmdTunReflector(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := cli.NewFlagSet(prog+" tun-reflector", stderr, prog+" tun-reflector [--tun NAME] [--tun-addr CIDR] [--addr IP]\n\nbench's tun-floor: answers ICMP echo requests to --addr from behind a plain TUN, with no stack.")
+	name := fs.String("tun", "tun0", "TUN device to create")
+	tunAddr := fs.String("tun-addr", lab.TunAddr.String(), "address of the TUN's kernel side")
+	addr := fs.String("addr", lab.ServerAddr.Addr().String(), "address whose echo requests are answered")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	ta, err := netip.ParsePrefix(*tunAddr)
+	if err != nil {
+		return cli.Usagef("bad --tun-addr %q: want an IPv4 address/prefix such as 10.0.2.1/24", *tunAddr)
+	}
+	a, err := netip.ParseAddr(*addr)
+	if err != nil {
+		return cli.Usagef("bad --addr %q: want an IPv4 address such as 10.0.2.2", *addr)
+	}
+	return bench.Reflect(ctx, *name, ta, a, func() { fmt.Fprintf(stdout, "%s for %s on %s\n", bench.ReflectorReady, a, *name) })
 }

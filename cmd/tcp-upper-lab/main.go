@@ -27,20 +27,21 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"up":      {"build the lab (namespaces ant and apple) and start the server in apple", cmdUp},
-		"down":    {"stop the lab's server and remove its namespaces", cmdDown},
-		"exec":    {"run a command in a host: exec ant|apple CMD [ARGS...]", cmdExec},
-		"demo":    {"run the seed's whole session end to end, then tear everything down", cmdDemo},
-		"ss":      {"the server stack's sockets, as ss -tan shows the kernel's: ss [-tanlio] [--json]", cmdSS},
-		"stats":   {"the server stack's counters: segments, retransmits, resets, drops... [--json]", cmdStats},
-		"run":     {"fault-injection experiments with verdicts: run NAME [--out DIR] [--seed N] | --all | --list", cmdRun},
-		"fault":   {"change a running server's faults: fault add RULE | list | del ID | clear", cmdFault},
-		"trace":   {"attach to a running server and stream its connection events live", cmdTrace},
-		"bench":   {"measure our server against the kernel's: bulk, rr, connrate, idle memory, overheads [--json]", cmdBench},
-		"ladder":  {"the ladder diagram of a capture and the stack's events: ladder DIR | --pcap FILE [--events FILE] [--explain]", cmdLadder},
-		"plot":    {"SVG graphs of a capture and the stack's events: plot DIR | FILE.pcap [--events FILE] [--out DIR]", cmdPlot},
-		"web":     {"a live page for a running server: connections, events, ladders, graphs [--listen 127.0.0.1:8080] [--name LAB]", cmdWeb},
-		"compare": {"probe the kernel's TCP and ours with scripted raw segments: a table of same/differs [--only NAME,...] [--json] [-v]", cmdCompare},
+		"up":            {"build the lab (namespaces ant and apple) and start the server in apple", cmdUp},
+		"down":          {"stop the lab's server and remove its namespaces", cmdDown},
+		"exec":          {"run a command in a host: exec ant|apple CMD [ARGS...]", cmdExec},
+		"demo":          {"run the seed's whole session end to end, then tear everything down", cmdDemo},
+		"ss":            {"the server stack's sockets, as ss -tan shows the kernel's: ss [-tanlio] [--json]", cmdSS},
+		"stats":         {"the server stack's counters: segments, retransmits, resets, drops... [--json]", cmdStats},
+		"run":           {"fault-injection experiments with verdicts: run NAME [--out DIR] [--seed N] | --all | --list", cmdRun},
+		"fault":         {"change a running server's faults: fault add RULE | list | del ID | clear", cmdFault},
+		"trace":         {"attach to a running server and stream its connection events live", cmdTrace},
+		"bench":         {"measure our server against the kernel's: bulk, rr, connrate, idle memory, overheads [--json]", cmdBench},
+		"ladder":        {"the ladder diagram of a capture and the stack's events: ladder DIR | --pcap FILE [--events FILE] [--explain]", cmdLadder},
+		"plot":          {"SVG graphs of a capture and the stack's events: plot DIR | FILE.pcap [--events FILE] [--out DIR]", cmdPlot},
+		"web":           {"a live page for a running server: connections, events, ladders, graphs [--listen 127.0.0.1:8080] [--name LAB]", cmdWeb},
+		"tun-reflector": {"(for bench's tun-floor) answer ICMP echo requests from behind a TUN, with no stack", cmdTunReflector},
+		"compare":       {"probe the kernel's TCP and ours with scripted raw segments: a table of same/differs [--only NAME,...] [--json] [-v]", cmdCompare},
 	}
 }
 
@@ -91,7 +92,7 @@ func names(cmds map[string]command) []string {
 func usage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintf(w, "usage: %s COMMAND [flags]\n\ncommands:\n", prog)
 	for _, n := range names(cmds) {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-13s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintf(w, "\nRun %s COMMAND -h for a command's flags.\n", prog)
 }
