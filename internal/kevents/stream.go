@@ -122,9 +122,10 @@ func Start(opts Options, nsPath string) (*Stream, error) {
 func (s *Stream) C() <-chan inspect.Event { return s.ch }
 
 // Sync returns once every record the kernel stamped before the call has
-// been turned into events (records of other CPUs may come up to Window
-// later, so it waits that long) and TIME-WAIT entries have been looked up.
+// been turned into events (each CPU's buffer is read out first) and
+// TIME-WAIT entries have been looked up.
 func (s *Stream) Sync() {
+	s.sess.Flush()
 	done := make(chan struct{})
 	select {
 	case s.sync <- done:
@@ -141,6 +142,7 @@ func (s *Stream) Lost() uint64 { return s.sess.Lost() + s.dropped.Load() }
 func (s *Stream) Close() error {
 	var err error
 	s.once.Do(func() {
+		s.sess.Flush() // what the kernel holds still reaches C
 		close(s.done)
 		s.wg.Wait()
 		err = s.sess.Close()
@@ -190,19 +192,9 @@ func (s *Stream) run() {
 				s.send(s.f.Poll(now))
 			}
 		case done := <-s.sync:
+			// Sync read every CPU's buffer out before it asked: what the
+			// kernel stamped before now is in Records.
 			at := time.Now()
-			// Wait out the window for other CPUs' records.
-			timer := time.NewTimer(Window)
-		wait:
-			for {
-				select {
-				case r := <-s.sess.Records():
-					s.f.Arrived(r)
-					pending = append(pending, r)
-				case <-timer.C:
-					break wait
-				}
-			}
 			drain()
 			flush(at.Add(time.Nanosecond))
 			if s.f.Waiting() {

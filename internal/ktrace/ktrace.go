@@ -149,6 +149,8 @@ type Session struct {
 	// reader of Records fell behind.
 	lost    atomic.Uint64
 	files   []*os.File // each CPU's trace_pipe_raw
+	flush   []chan chan struct{}
+	closed  chan struct{}
 	wg      sync.WaitGroup
 	closeMu sync.Once
 	monoOff time.Duration // wall clock minus CLOCK_MONOTONIC
@@ -177,7 +179,7 @@ func Start(opts Options) (*Session, error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: create trace instance: %v", ErrUnavailable, err)
 	}
-	s := &Session{dir: dir, formats: map[uint16]*eventFormat{}, records: make(chan Record, 4096), port: opts.Port}
+	s := &Session{dir: dir, formats: map[uint16]*eventFormat{}, records: make(chan Record, 4096), closed: make(chan struct{}), port: opts.Port}
 	if err := s.setup(opts); err != nil {
 		s.remove()
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -200,9 +202,11 @@ func Start(opts Options) (*Session, error) {
 		files = append(files, f)
 	}
 	s.files = files
-	for _, f := range files {
+	s.flush = make([]chan chan struct{}, len(files))
+	for i, f := range files {
+		s.flush[i] = make(chan chan struct{}, 1)
 		s.wg.Add(1)
-		go s.read(f)
+		go s.read(f, s.flush[i])
 	}
 	return s, nil
 }
@@ -268,7 +272,9 @@ func (s *Session) Lost() uint64 { return s.lost.Load() }
 
 // read takes f's pages as the kernel fills them (the runtime's poller
 // waits; buffer_percent 0 wakes it at every record) until Close closes f.
-func (s *Session) read(f *os.File) {
+// Flush interrupts its wait with a read deadline: it then reads what the
+// kernel holds, without waiting, and answers on the request's channel.
+func (s *Session) read(f *os.File, flush <-chan chan struct{}) {
 	defer s.wg.Done()
 	page := make([]byte, os.Getpagesize())
 	for {
@@ -276,7 +282,58 @@ func (s *Session) read(f *os.File) {
 		if n > 0 {
 			s.page(page[:n])
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			f.SetReadDeadline(time.Time{})
+			select {
+			case ack := <-flush:
+				s.drain(f, page)
+				close(ack)
+			default:
+			}
+		case err != nil && !errors.Is(err, io.EOF):
+			return
+		}
+	}
+}
+
+// drain reads f's pages until the kernel has none, without waiting.
+func (s *Session) drain(f *os.File, page []byte) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	for {
+		var n int
+		var rerr error
+		if err := raw.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), page)
+			return true // never wait
+		}); err != nil || rerr != nil || n <= 0 {
+			return
+		}
+		s.page(page[:n])
+	}
+}
+
+// Flush returns once every record the kernel wrote before the call is in
+// Records (or counted as lost): each CPU's reader takes what its buffer
+// holds now instead of waiting for the kernel to wake it.
+func (s *Session) Flush() {
+	acks := make([]chan struct{}, len(s.files))
+	for i, f := range s.files {
+		acks[i] = make(chan struct{})
+		select {
+		case s.flush[i] <- acks[i]:
+		case <-s.closed:
+			return
+		}
+		f.SetReadDeadline(time.Now())
+	}
+	for _, ack := range acks {
+		select {
+		case <-ack:
+		case <-s.closed:
 			return
 		}
 	}
@@ -370,6 +427,7 @@ func sockaddr(b []byte) (netip.AddrPort, bool) {
 func (s *Session) Close() error {
 	var err error
 	s.closeMu.Do(func() {
+		close(s.closed)
 		for _, f := range s.files {
 			f.Close() // wakes its reader
 		}
