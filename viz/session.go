@@ -355,17 +355,18 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		flags := parseFlags(m[7])
 		rule := "rule #" + m[3] + " (" + m[4] + ")"
 		segs := byKey[keyOf(src, dst)]
+		// The captured segment it is: on the way out the capture sees a
+		// segment before the fault layer, so the latest such segment
+		// before the event (a retransmission comes after); on the way in
+		// only one a capture's comment already marks dropped.
 		matched := false
-		if m[2] == "out" {
-			// The capture saw it on its way to the fault layer: the latest
-			// such segment before the event (a retransmission of it comes
-			// after).
-			for i := len(segs) - 1; i >= 0; i-- {
-				r := &segs[i]
-				if r.captured && r.src == src && r.seq == uint32(seq) && r.flags == flags && r.len == n && !r.t.After(ev.Time) && (!r.dropped || r.rule != "" && !strings.HasPrefix(r.rule, "rule #")) {
-					r.dropped, r.rule, matched = true, rule, true
-					break
-				}
+		for i := len(segs) - 1; i >= 0; i-- {
+			r := &segs[i]
+			byComment := r.dropped && !strings.HasPrefix(r.rule, "rule #")
+			if r.captured && r.src == src && r.seq == uint32(seq) && r.flags == flags && r.len == n &&
+				(m[2] == "out" && !r.t.After(ev.Time) && (!r.dropped || byComment) || m[2] == "in" && byComment) {
+				r.dropped, r.rule, matched = true, rule, true
+				break
 			}
 		}
 		if !matched {
