@@ -64,6 +64,7 @@ const (
 	// pollEvery is how often the table, counters and rules are fetched;
 	// a state change fetches the table sooner.
 	pollEvery = time.Second
+	minPoll   = 200 * time.Millisecond
 )
 
 // NewToken returns a random token for --allow-control.
@@ -198,6 +199,13 @@ func (v *View) poller(ctx context.Context, c *control.Client) error {
 			return nil
 		case <-t.C:
 		case <-v.ssSoon:
+			// At most five tables a second however many states change:
+			// with a thousand connections a table is large.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(minPoll):
+			}
 		}
 	}
 }
