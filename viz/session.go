@@ -313,7 +313,10 @@ func decode(p *pcap.Packet) (rawSeg, bool) {
 	return r, true
 }
 
-// Build puts packets and events together into connections.
+// Build puts packets and events together into connections: one per
+// 4-tuple in the capture, in order of appearance, then one per 4-tuple
+// only the events know (a live view has no capture), with the stack's
+// events and the segments its fault layer dropped.
 func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 	s := &Session{}
 	byKey := map[connKey][]rawSeg{}
