@@ -105,6 +105,8 @@ func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 	switch {
 	case s.Dropped && syn && !ack && !s.Captured:
 		return Rule{"fault layer; RFC 6298 5.5, RFC 9293 3.8.1", "dropped by " + s.DropRule + " on its way into our stack (the capture never saw it): the client's SYN timer will send it again, doubling the timeout", 0}, true
+	case s.Dropped && (s.Fate == "corrupted" || s.Fate == "truncated"):
+		return Rule{"fault layer; RFC 9293 3.1, RFC 1122 4.2.2.7", s.Fate + " by " + s.DropRule + ": its TCP checksum fails, so the receiver MUST discard it without a word; to the sender it is lost", 0}, true
 	case s.Dropped:
 		where := "on its way into our stack: the capture (taken inside the fault layer) never saw it"
 		switch {
