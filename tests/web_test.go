@@ -183,3 +183,63 @@ func TestLiveLadder(t *testing.T) {
 		}
 	}
 }
+
+// TestWebViewThousandConnections: with 1,000 connections open the page's
+// table lists them all, ESTABLISHED, within 5 s and nothing was dropped on
+// the way.
+func TestWebViewThousandConnections(t *testing.T) {
+	browser := chromium(t)
+	l := newLab(t)
+	ctl := t.TempDir() + "/ctl.sock"
+	startServer(t, l, "--control", ctl)
+	web := startIn(t, nil, "", bin("tcp-upper-lab"), "web", "--control", ctl, "--listen", "127.0.0.1:0")
+	if !web.stdout.waitFor("serving http://", 10*time.Second) {
+		t.Fatalf("web did not start: %q", web.stderr.String())
+	}
+	url := regexp.MustCompile(`http://127\.0\.0\.1:\d+`).FindString(web.stdout.String())
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU)...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate(url+"/"), chromedp.WaitVisible(chromedp.CSS(`#status.up`))); err != nil {
+		t.Fatalf("page did not connect: %v", err)
+	}
+	const n = 1000
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		dialAnt(t, l, serverAddr)
+	}
+	opened := time.Since(start)
+	var rows int
+	for time.Since(start) < opened+5*time.Second {
+		var err error
+		rows, err = chromedp.Run(ctx, chromedp.Evaluate[int](`Array.from(document.querySelectorAll('#conns td.state')).filter(td => td.textContent === 'ESTABLISHED').length`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rows >= n {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("%d connections opened in %v; the page listed %d of them %v after the last", n, opened.Round(time.Millisecond), rows, (time.Since(start) - opened).Round(time.Millisecond))
+	if rows < n {
+		states, _ := chromedp.Run(ctx, chromedp.Evaluate[map[string]int](`Array.from(document.querySelectorAll('#conns td.state')).reduce((m, td) => (m[td.textContent] = (m[td.textContent] || 0) + 1, m), {})`))
+		t.Errorf("the page lists %d connections ESTABLISHED, want %d (states on the page: %v)", rows, n, states)
+	}
+	// What one table costs the server at this size.
+	ssStart := time.Now()
+	code, out, _ := runCmd(t, 10*time.Second, nil, bin("tcp-upper-lab"), "ss", "--control", ctl)
+	t.Logf("tcp-upper-lab ss with %d connections: %d lines in %v (exit %d)", n, strings.Count(out, "\n"), time.Since(ssStart).Round(time.Millisecond), code)
+	dropped, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`!document.getElementById('dropped').hidden`))
+	if err != nil || dropped {
+		t.Errorf("the page dropped updates (%v)", err)
+	}
+	events, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#events tbody tr').length`))
+	if events == 0 {
+		t.Error("no events on the page")
+	}
+}

@@ -37,7 +37,7 @@ func ExplainEvent(ev *inspect.Event) (Rule, bool) {
 	case inspect.KindState:
 		return explainState(ev)
 	case inspect.KindRTO:
-		return Rule{"RFC 6298 5.4-5.6, RFC 5681 3.1", "the retransmission timer ran out before the oldest unacknowledged segment was acknowledged: send it again, double the RTO (back off), restart the timer; the loss also cuts ssthresh to half the flight and cwnd to one segment", 6}, true
+		return Rule{"RFC 6298 5.4-5.6, RFC 5681 3.1", "the retransmission timer ran out before the oldest unacknowledged segment was acknowledged: send it again, double the RTO (back off), restart the timer; the loss also cuts ssthresh to half the flight and cwnd to one segment", 0}, true
 	case inspect.KindTailLossProbe:
 		return Rule{"RFC 8985 7", "nothing was acknowledged for about two smoothed RTTs after the last segment of a flight: a tail loss probe sends a segment so that the receiver's ACK (or SACK) reveals a lost tail without waiting for the RTO", 0}, true
 	case inspect.KindFastRetransmit:
@@ -85,7 +85,7 @@ func explainState(ev *inspect.Event) (Rule, bool) {
 	case f == inspect.LastAck && t == inspect.Closed:
 		return Rule{"RFC 9293 3.10.7.4 (LAST-ACK)", "the ACK of our FIN arrived: the connection is gone, no TIME-WAIT on this side", 0}, true
 	case f == inspect.TimeWait && t == inspect.Closed:
-		return Rule{"RFC 9293 3.6, RFC 6191, RFC 1337", fmt.Sprintf("TIME-WAIT expired (held %s): the 4-tuple is free again; while it lasted a RST did not end it", ev.Held.Round(1e6)), 7}, true
+		return Rule{"RFC 9293 3.6, RFC 6191, RFC 1337", fmt.Sprintf("TIME-WAIT expired after %s (2 MSL): the 4-tuple is free again. While it lasts our stack ignores a RST (RFC 1337; Linux lets one end it: %s #4)", ev.Held.Round(1e6), DifferencesDoc), 7}, true
 	case t == inspect.Closed && strings.Contains(ev.Cause, "we reset"):
 		return Rule{"RFC 9293 3.10.4 (ABORT), RFC 1122 4.2.2.13", "our side aborted: a RST goes out and the connection is dropped at once, without TIME-WAIT (here the server shut down before the close finished, or closed with data unread)", 0}, true
 	case t == inspect.Closed && strings.Contains(strings.ToLower(ev.Cause), "reset"):
@@ -104,7 +104,9 @@ func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 	syn, ack := s.Flags&header.TCPFlagSyn != 0, s.Flags&header.TCPFlagAck != 0
 	switch {
 	case s.Dropped && syn && !ack && !s.Captured:
-		return Rule{"fault layer; RFC 6298 5.5, RFC 9293 3.8.1", "dropped by " + s.DropRule + " on its way into our stack (the capture never saw it): the client's SYN timer will send it again, doubling the timeout", 6}, true
+		return Rule{"fault layer; RFC 6298 5.5, RFC 9293 3.8.1", "dropped by " + s.DropRule + " on its way into our stack (the capture never saw it): the client's SYN timer will send it again, doubling the timeout", 0}, true
+	case s.Dropped && (s.Fate == "corrupted" || s.Fate == "truncated"):
+		return Rule{"fault layer; RFC 9293 3.1, RFC 1122 4.2.2.7", s.Fate + " by " + s.DropRule + ": its TCP checksum fails, so the receiver MUST discard it without a word; to the sender it is lost", 0}, true
 	case s.Dropped:
 		where := "on its way into our stack: the capture (taken inside the fault layer) never saw it"
 		switch {
@@ -115,7 +117,7 @@ func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 		}
 		return Rule{"fault layer", "dropped by " + s.DropRule + ", " + where, 0}, true
 	case syn && s.Retransmit:
-		return Rule{"RFC 6298 5.5, RFC 9293 3.8.1", "the SYN was not answered within the RTO (1 s at first): sent again, the timer doubled", 6}, true
+		return Rule{"RFC 6298 5.5, RFC 9293 3.8.1", "the SYN (or SYN-ACK) was not answered within the RTO (1 s at first): sent again, the timer doubled", 0}, true
 	case s.Retransmit && s.Flags&header.TCPFlagFin != 0 && s.Len == 0:
 		return Rule{"RFC 9293 3.6, 3.10.7.4", "the FIN again: its ACK did not come in time (or the peer's FIN came again, and TIME-WAIT re-acknowledges it)", 0}, true
 	case s.Retransmit:

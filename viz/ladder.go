@@ -313,11 +313,14 @@ func writeRow(w io.Writer, cv canvas, r Row, stamp, tag string, explain bool) {
 			put(l, start, " "+label+" ")
 		}
 		if r.Seg.Dropped {
-			const dropped = "dropped"
+			fate := r.Seg.Fate
+			if fate == "" {
+				fate = "dropped"
+			}
 			if r.Seg.From == Client {
-				put(l, cv.cl+1+end+1, truncate(dropped, inner-end-2))
+				put(l, cv.cl+1+end+1, truncate(fate, inner-end-2))
 			} else {
-				put(l, cv.sl-end-len(dropped)-1, dropped)
+				put(l, cv.sl-end-len(fate)-1, fate)
 			}
 		}
 		fmt.Fprintln(w, line(l))

@@ -75,13 +75,15 @@ type Segment struct {
 	// Retransmit: this sequence space was on the wire before (seen on the
 	// wire).
 	Retransmit bool
-	// Dropped: the fault layer dropped it (DropRule says which rule).
-	// Captured is false for a segment dropped before the capture point
-	// (a client's segment dropped on the way in): it is known from the
-	// fault event only.
+	// Dropped: the fault layer dropped it (DropRule says which rule), or
+	// damaged it so that its receiver drops it (Fate "corrupted" or
+	// "truncated": the checksum fails). Captured is false for a segment
+	// dropped before the capture point (a client's segment dropped on the
+	// way in): it is known from the fault event only.
 	Dropped  bool
 	Captured bool
 	DropRule string
+	Fate     string // "dropped", "corrupted", "truncated"
 	Comments []string
 }
 
@@ -233,6 +235,7 @@ type rawSeg struct {
 	captured bool
 	dropped  bool
 	rule     string
+	fate     string
 	comments []string
 }
 
@@ -307,13 +310,16 @@ func decode(p *pcap.Packet) (rawSeg, bool) {
 	}
 	for _, c := range p.Comments {
 		if strings.Contains(strings.ToLower(c), "drop") {
-			r.dropped, r.rule = true, c
+			r.dropped, r.rule, r.fate = true, c, "dropped"
 		}
 	}
 	return r, true
 }
 
-// Build puts packets and events together into connections.
+// Build puts packets and events together into connections: one per
+// 4-tuple in the capture, in order of appearance, then one per 4-tuple
+// only the events know (a live view has no capture), with the stack's
+// events and the segments its fault layer dropped.
 func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 	s := &Session{}
 	byKey := map[connKey][]rawSeg{}
@@ -341,8 +347,19 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 			continue
 		}
 		m := faultRE.FindStringSubmatch(ev.Cause)
-		if m == nil || m[1] != "drop" && m[1] != "blackhole" {
+		if m == nil {
 			continue
+		}
+		var fate string
+		switch m[1] {
+		case "drop", "blackhole":
+			fate = "dropped"
+		case "corrupt":
+			fate = "corrupted"
+		case "truncate":
+			fate = "truncated"
+		default:
+			continue // delayed, duplicated, reordered: it still arrives
 		}
 		src, err1 := netip.ParseAddrPort(m[5])
 		dst, err2 := netip.ParseAddrPort(m[6])
@@ -355,21 +372,38 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		flags := parseFlags(m[7])
 		rule := "rule #" + m[3] + " (" + m[4] + ")"
 		segs := byKey[keyOf(src, dst)]
+		// The captured segment it is: on the way out the capture sees a
+		// segment before the fault layer, so the latest such segment
+		// before the event (a retransmission comes after); on the way in
+		// a dropped one only if a capture's comment marks it, a damaged
+		// one just after the event (its damaged fields may differ).
 		matched := false
-		if m[2] == "out" {
-			// The capture saw it on its way to the fault layer: the latest
-			// such segment before the event (a retransmission of it comes
-			// after).
-			for i := len(segs) - 1; i >= 0; i-- {
-				r := &segs[i]
-				if r.captured && r.src == src && r.seq == uint32(seq) && r.flags == flags && r.len == n && !r.t.After(ev.Time) && (!r.dropped || r.rule != "" && !strings.HasPrefix(r.rule, "rule #")) {
-					r.dropped, r.rule, matched = true, rule, true
-					break
+		best := -1
+		for i := len(segs) - 1; i >= 0; i-- {
+			r := &segs[i]
+			byComment := r.dropped && !strings.HasPrefix(r.rule, "rule #")
+			same := r.captured && r.src == src && r.seq == uint32(seq) && r.flags == flags && r.len == n
+			switch {
+			case m[2] == "out" && same && !r.t.After(ev.Time) && (!r.dropped || byComment),
+				m[2] == "in" && same && byComment:
+				best = i
+			case m[2] == "in" && fate != "dropped" && r.captured && r.src == src && !r.dropped &&
+				(r.seq == uint32(seq) || r.len == n) && r.t.Sub(ev.Time).Abs() < 5*time.Millisecond:
+				if best < 0 || r.t.Sub(ev.Time).Abs() < segs[best].t.Sub(ev.Time).Abs() {
+					best = i
 				}
+				continue
+			default:
+				continue
 			}
+			break
+		}
+		if best >= 0 {
+			r := &segs[best]
+			r.dropped, r.rule, r.fate, matched = true, rule, fate, true
 		}
 		if !matched {
-			add(rawSeg{t: ev.Time, src: src, dst: dst, flags: flags, seq: uint32(seq), ack: uint32(ack), len: n, mss: -1, ws: -1, dropped: true, rule: rule})
+			add(rawSeg{t: ev.Time, src: src, dst: dst, flags: flags, seq: uint32(seq), ack: uint32(ack), len: n, mss: -1, ws: -1, dropped: true, rule: rule, fate: fate})
 		}
 	}
 	for _, k := range order {
@@ -492,7 +526,7 @@ func buildConn(raw []rawSeg) *Conn {
 		}
 		c.Segs = append(c.Segs, Segment{
 			Time: r.t, From: from, Flags: r.flags, AbsSeq: r.seq, AbsAck: r.ack, Len: r.len, RawWin: r.win,
-			MSS: r.mss, WScale: r.ws, Dropped: r.dropped, Captured: r.captured, DropRule: r.rule, Comments: r.comments,
+			MSS: r.mss, WScale: r.ws, Dropped: r.dropped, Captured: r.captured, DropRule: r.rule, Fate: r.fate, Comments: r.comments,
 		})
 		for _, b := range r.sack {
 			c.Segs[len(c.Segs)-1].AbsSACK = append(c.Segs[len(c.Segs)-1].AbsSACK, [2]uint32{uint32(b.Start), uint32(b.End)})

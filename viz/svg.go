@@ -224,12 +224,21 @@ func (p *plot) SVG() string {
 	L, R, T, B := padL, c.w-padR, padT, c.h-padB
 	fmt.Fprintf(&b, `<g class="axes" stroke="#333333"><line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f"/><line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f"/></g>`+"\n", L, B, R, B, L, B, L, T)
 	xs := niceStep(c.x1-c.x0, 8)
-	for v := math.Ceil(c.x0/xs) * xs; v <= c.x1+xs*1e-9; v += xs {
+	for i, v0 := 0, math.Ceil(c.x0/xs)*xs; i <= 50; i++ {
+		// By index: v += xs would stall where xs is below v's precision.
+		v := v0 + float64(i)*xs
+		if v > c.x1+xs*1e-9 {
+			break
+		}
 		X := c.px(v)
 		fmt.Fprintf(&b, `<g class="xtick"><line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="#dddddd"/><text x="%.1f" y="%.0f" text-anchor="middle">%s</text></g>`+"\n", X, T, X, B, X, B+14, fmtTick(v, xs))
 	}
 	ys := niceStep(c.y1-c.y0, 6)
-	for v := math.Ceil(c.y0/ys) * ys; v <= c.y1+ys*1e-9; v += ys {
+	for i, v0 := 0, math.Ceil(c.y0/ys)*ys; i <= 50; i++ {
+		v := v0 + float64(i)*ys
+		if v > c.y1+ys*1e-9 {
+			break
+		}
 		Y := c.py(v)
 		fmt.Fprintf(&b, `<g class="ytick"><line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#dddddd"/><text x="%.0f" y="%.1f" text-anchor="end">%s</text></g>`+"\n", L, Y, R, Y, L-4, Y+4, fmtTick(v, ys))
 	}

@@ -13,9 +13,9 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files")
 
 // The committed experiments: capture.pcap and events.jsonl as
-// tcp-upper-lab run NAME --seed 7 left them (fast-retransmit's capture cut
-// to 96 bytes a packet with editcap -s 96).
-var experiments = []string{"handshake", "syn-loss", "syn-ack-loss", "data-loss-rto", "fast-retransmit", "time-wait"}
+// tcp-upper-lab run NAME --seed 7 left them (fast-retransmit's and
+// corruption's captures cut to 96 bytes a packet with editcap -s 96).
+var experiments = []string{"handshake", "syn-loss", "syn-ack-loss", "data-loss-rto", "fast-retransmit", "corruption", "time-wait"}
 
 func load(t *testing.T, name string) *Session {
 	t.Helper()
@@ -104,12 +104,30 @@ func TestLadderStructure(t *testing.T) {
 		"syn-ack-loss":    {"client>S", "server:SYN-RCVD", "server>S./X", "server>S./retx", "server:ESTABLISHED"},
 		"data-loss-rto":   {"server:ESTABLISHED", "server>P./X", "server:*RTO", "server>P./retx", "server:FIN-WAIT-1", "server>F."},
 		"fast-retransmit": {"server>./X", "client>.", "server:*3rd", "server:*fast", "server>./retx", "server:*recovery"},
+		"corruption":      {"server:ESTABLISHED", "client>./X", "client>./X", "client>./X", "client>./retx", "server>.", "client>./retx", "client>./retx"},
 		"time-wait":       {"server:FIN-WAIT-1", "server>F.", "client>F.", "server>./X", "server:TIME-WAIT", "client>F./retx", "server>.", "server:CLOSED"},
 	} {
 		got := rowSummary(load(t, name).Conns[0])
 		if !inOrder(got, want) {
 			t.Errorf("%s: want in order %v\ngot %v", name, want, got)
 		}
+	}
+}
+
+// Segments the fault layer corrupted on the way in are the captured ones
+// (the capture is taken after the fault layer), marked corrupted.
+func TestCorruptedSegments(t *testing.T) {
+	var fates []string
+	for _, g := range load(t, "corruption").Conns[0].Segs {
+		if g.Dropped {
+			if !g.Captured {
+				t.Errorf("a corrupted segment drawn from its event, not the capture: %+v", g)
+			}
+			fates = append(fates, g.Fate)
+		}
+	}
+	if strings.Join(fates, " ") != "corrupted corrupted corrupted" {
+		t.Errorf("fates %q, want three corrupted", fates)
 	}
 }
 

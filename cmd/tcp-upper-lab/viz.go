@@ -169,7 +169,7 @@ func cmdWeb(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("listen on %s: %v: pick another --listen", *listen, err)
 	}
-	opts := web.Options{Resolve: t.resolve, AllowControl: *allow, Log: log}
+	opts := web.Options{Resolve: t.resolve, AllowControl: *allow, Hosts: web.LocalHosts(ln.Addr().String()), Log: log}
 	if *allow {
 		opts.Token = web.NewToken()
 	}

@@ -2,6 +2,7 @@ package pcap
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -147,8 +148,8 @@ func readClassic(br *bufio.Reader) ([]Packet, error) {
 		if incl > 1<<26 {
 			return pkts, fmt.Errorf("record of %d bytes: the file is damaged", incl)
 		}
-		data := make([]byte, incl)
-		if _, err := io.ReadFull(br, data); err != nil {
+		data, err := readN(br, incl)
+		if err != nil {
 			return pkts, errors.New("the capture ends inside a record")
 		}
 		ns := int64(frac) * 1000
@@ -222,8 +223,8 @@ func readNG(br *bufio.Reader) ([]Packet, error) {
 		if n < 12 || n%4 != 0 || n > 1<<26 {
 			return pkts, fmt.Errorf("pcapng block of %d bytes: the file is damaged", n)
 		}
-		body := make([]byte, n-8)
-		if _, err := io.ReadFull(br, body); err != nil {
+		body, err := readN(br, n-8)
+		if err != nil {
 			return pkts, errors.New("the capture ends inside a block")
 		}
 		body = body[:len(body)-4] // the trailing length
@@ -310,4 +311,23 @@ func ngOptions(bo binary.ByteOrder, b []byte) []ngOption {
 		b = b[4+(n+3)&^3:]
 	}
 	return out
+}
+
+// readN reads n bytes, allocating as they arrive: a damaged length field
+// claiming 60 MB costs nothing when the file ends first.
+func readN(r io.Reader, n int) ([]byte, error) {
+	if n <= 64<<10 {
+		b := make([]byte, n)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	var buf bytes.Buffer
+	m, err := io.CopyN(&buf, r, int64(n))
+	if m != int64(n) {
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }

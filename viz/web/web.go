@@ -46,6 +46,10 @@ type Options struct {
 	AllowControl bool
 	// Token must come with every request that changes something.
 	Token string
+	// Hosts, if set, are the Host headers accepted (the address served
+	// and its localhost name): a page of another site that a rebinding
+	// DNS name points at this address is refused.
+	Hosts []string
 	Log   *slog.Logger
 }
 
@@ -64,6 +68,7 @@ const (
 	// pollEvery is how often the table, counters and rules are fetched;
 	// a state change fetches the table sooner.
 	pollEvery = time.Second
+	minPoll   = 200 * time.Millisecond
 )
 
 // NewToken returns a random token for --allow-control.
@@ -198,6 +203,13 @@ func (v *View) poller(ctx context.Context, c *control.Client) error {
 			return nil
 		case <-t.C:
 		case <-v.ssSoon:
+			// At most five tables a second however many states change:
+			// with a thousand connections a table is large.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(minPoll):
+			}
 		}
 	}
 }
@@ -306,7 +318,34 @@ func (v *View) Handler() http.Handler {
 	mux.HandleFunc("/events", v.serveEvents)
 	mux.HandleFunc("/conn", v.serveConn)
 	mux.HandleFunc("/fault", v.serveFault)
-	return mux
+	if len(v.opts.Hosts) == 0 {
+		return mux
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, h := range v.opts.Hosts {
+			if strings.EqualFold(r.Host, h) {
+				mux.ServeHTTP(w, r)
+				return
+			}
+		}
+		v.bad(w, r, http.StatusForbidden, "Host "+r.Host+" is not this server's address")
+	})
+}
+
+// LocalHosts are the Host headers a page served at addr (a listener's
+// address) arrives with: the address itself, and localhost with its port
+// for a loopback one. For an unspecified address (0.0.0.0) any host is
+// accepted: nil.
+func LocalHosts(addr string) []string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || ap.Addr().IsUnspecified() {
+		return nil
+	}
+	hosts := []string{ap.String()}
+	if ap.Addr().IsLoopback() {
+		hosts = append(hosts, fmt.Sprintf("localhost:%d", ap.Port()))
+	}
+	return hosts
 }
 
 // bad answers a bad request with a 4xx and logs one line.

@@ -100,3 +100,22 @@ func TestSlowPageDrops(t *testing.T) {
 		t.Errorf("recent events %q", v.recent)
 	}
 }
+
+// A Host header other than the address served (a rebinding DNS name) is
+// refused.
+func TestHostCheck(t *testing.T) {
+	hosts := LocalHosts("127.0.0.1:8080")
+	if len(hosts) != 2 || hosts[1] != "localhost:8080" || LocalHosts("0.0.0.0:8080") != nil {
+		t.Fatalf("hosts %q", hosts)
+	}
+	h := New(Options{Resolve: func() (string, error) { return "", errors.New("none") }, Hosts: hosts}).Handler()
+	for host, code := range map[string]int{"127.0.0.1:8080": 200, "localhost:8080": 200, "evil.example:8080": 403} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Host = host
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != code {
+			t.Errorf("Host %s: %d, want %d", host, w.Code, code)
+		}
+	}
+}

@@ -101,7 +101,13 @@ function connect() {
   const es = new EventSource("/events");
   es.addEventListener("status", (m) => setStatus(JSON.parse(m.data)));
   es.addEventListener("hello", (m) => { canControl = JSON.parse(m.data).control; $("faultform").hidden = !canControl; });
-  es.addEventListener("ss", (m) => renderSS(JSON.parse(m.data)));
+  // Draw the table once a frame at most, with the latest one.
+  let pendingSS = null;
+  es.addEventListener("ss", (m) => {
+    const first = pendingSS === null;
+    pendingSS = m.data;
+    if (first) requestAnimationFrame(() => { const d = pendingSS; pendingSS = null; renderSS(JSON.parse(d)); });
+  });
   es.addEventListener("stats", (m) => renderStats(JSON.parse(m.data)));
   es.addEventListener("faults", (m) => renderFaults(JSON.parse(m.data)));
   es.addEventListener("event", (m) => addEvent(JSON.parse(m.data)));
