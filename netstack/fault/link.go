@@ -16,7 +16,6 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/gso"
-	"github.com/tcp-upper/tcp-upper/netstack/trace"
 )
 
 // Applied describes one fault the layer injected.
@@ -601,7 +600,7 @@ func segString(s *seg) string {
 	if !s.tcp {
 		return "non-TCP packet"
 	}
-	out := fmt.Sprintf("Flags [%s], seq %d", trace.FlagString(s.flags), s.seq)
+	out := fmt.Sprintf("Flags [%s], seq %d", pkt.FlagString(s.flags), s.seq)
 	if s.payload > 0 {
 		out += fmt.Sprintf(":%d", s.seq+uint32(s.payload))
 	}

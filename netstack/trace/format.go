@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 )
 
 // Printer formats packets the way `tcpdump -n` prints them (tcpdump 4.99,
@@ -107,35 +109,6 @@ func (p *Printer) appendIP(b []byte, pkt []byte) []byte {
 	return fmt.Appendf(b, "%s > %s: ip-proto-%d %d", src, dst, ip.Protocol(), payLen)
 }
 
-// tcpFlagNames are tcpdump's tcp_flag_values, in its order.
-var tcpFlagNames = []struct {
-	bit  header.TCPFlags
-	name string
-}{
-	{header.TCPFlagFin, "F"},
-	{header.TCPFlagSyn, "S"},
-	{header.TCPFlagRst, "R"},
-	{header.TCPFlagPsh, "P"},
-	{header.TCPFlagAck, "."},
-	{header.TCPFlagUrg, "U"},
-	{header.TCPFlagEce, "E"},
-	{header.TCPFlagCwr, "W"},
-}
-
-// FlagString is tcpdump's rendering of TCP flags: "S", "S.", "P.", "F."...
-func FlagString(f header.TCPFlags) string {
-	var s []byte
-	for _, fl := range tcpFlagNames {
-		if f&fl.bit != 0 {
-			s = append(s, fl.name...)
-		}
-	}
-	if len(s) == 0 {
-		return "none"
-	}
-	return string(s)
-}
-
 func (p *Printer) appendTCP(b []byte, src, dst netip.Addr, seg []byte, segLen int) []byte {
 	if len(seg) < header.TCPMinimumSize {
 		return fmt.Appendf(b, "%s > %s: tcp %d [|tcp]", src, dst, segLen)
@@ -158,7 +131,7 @@ func (p *Printer) appendTCP(b []byte, src, dst netip.Addr, seg []byte, segLen in
 	seq, ack := t.SequenceNumber(), t.AckNumber()
 	win, urp := t.WindowSize(), t.UrgentPointer()
 	b = append(b, "Flags ["...)
-	b = append(b, FlagString(flags)...)
+	b = append(b, pkt.FlagString(flags)...)
 	b = append(b, ']')
 
 	var thseq, thack uint32
