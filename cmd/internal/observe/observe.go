@@ -243,7 +243,7 @@ func (o *Observer) Close(ctx context.Context) {
 	}
 	if tr := o.st.Trace(); tr != nil {
 		if d := tr.Stats().Dropped.Load(); d > 0 {
-			o.stderr.Line(fmt.Sprintf("trace: %d of %d packets not printed or captured (the recorder fell behind)", d, tr.Stats().Packets.Load()))
+			o.stderr.Line(fmt.Sprintf("trace: %d of %d packets not printed or captured (the recorder fell behind: its queue held its byte budget)", d, tr.Stats().Packets.Load()))
 		}
 	}
 	if t := o.st.Tracker(); t != nil {
