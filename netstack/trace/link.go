@@ -47,7 +47,7 @@ func (d Direction) String() string {
 
 // HeaderSnap is how many bytes of a packet an Observer sees: enough for
 // the longest IPv4 and TCP headers.
-const HeaderSnap = 120
+const HeaderSnap = pkt.MaxHeaders
 
 // Observer is told about every packet, synchronously, on the packet path.
 // It must copy what it needs from hdr (the packet's first bytes, at most
