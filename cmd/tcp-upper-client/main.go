@@ -22,7 +22,7 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
-	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/watch"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/tun"
@@ -48,7 +48,7 @@ type config struct {
 	offload  bool
 	timeout  time.Duration
 	logLevel string
-	obs      observe.Flags
+	obs      watch.Flags
 	linger   bool
 }
 
@@ -156,7 +156,7 @@ func session(ctx context.Context, c *config, stdin *os.File, stdout, stderr io.W
 		}
 		defer dev.Close()
 		opts := netstack.Options{Addr: c.addr.Prefix}
-		obs, err := observe.New(&c.obs, &opts, stderr, log)
+		obs, err := watch.New(&c.obs, &opts, stderr, log)
 		if err != nil {
 			return err
 		}

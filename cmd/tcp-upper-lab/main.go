@@ -35,7 +35,8 @@ func commands() map[string]command {
 		"stats":   {"the server stack's counters: segments, retransmits, resets, drops... [--json]", cmdStats},
 		"run":     {"fault-injection experiments with verdicts: run NAME [--out DIR] [--seed N] | --all | --list", cmdRun},
 		"fault":   {"change a running server's faults: fault add RULE | list | del ID | clear", cmdFault},
-		"trace":   {"attach to a running server and stream its connection events live", cmdTrace},
+		"events":  {"attach to a running server and stream its connection events live (--events' lines)", cmdEvents},
+		"trace":   {"the same as events (its first name; the server's --trace is the packet trace, not this)", cmdEvents},
 		"bench":   {"measure our server against the kernel's: bulk, rr, connrate, idle memory, overheads [--json]", cmdBench},
 		"compare": {"probe the kernel's TCP and ours with scripted raw segments: a table of same/differs [--only NAME,...] [--json] [-v]", cmdCompare},
 	}

@@ -22,7 +22,7 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
-	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/watch"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/tun"
@@ -52,7 +52,7 @@ type config struct {
 	maxConns int
 	backlog  int
 	userTO   time.Duration
-	obs      observe.Flags
+	obs      watch.Flags
 	cpuProf  string
 	user     *account // --user: whom to become once the device and files are open
 }
@@ -238,7 +238,7 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 		Backlog:     c.backlog,
 		UserTimeout: c.userTO,
 	}
-	obs, err := observe.New(&c.obs, &opts, stderr, log)
+	obs, err := watch.New(&c.obs, &opts, stderr, log)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,11 @@
-// Package observe holds the flags and plumbing the server and the
+// Package watch holds the flags and plumbing the server and the
 // netstack client share for watching their stack: --trace, --trace-x,
 // --pcap, --events, --events-format, --time-wait and --control.
-package observe
+//
+// It is neither gVisor's observe hook (netstack.Options.TCPObserve) nor
+// the trace layer's packet observer (trace.Observer): a Session is what
+// one program's flags opened to watch its stack.
+package watch
 
 import (
 	"bytes"
@@ -119,9 +123,9 @@ func (f *Flags) Validate(tun string) error {
 	return nil
 }
 
-// Observer is the running observation: the pcap file, the event printer
-// and the control socket of one stack.
-type Observer struct {
+// Session is what a program watches its stack through while it runs: the
+// pcap file, the event printer and the control socket of one stack.
+type Session struct {
 	f      *Flags
 	log    *slog.Logger
 	stderr *cli.SyncWriter
@@ -136,8 +140,8 @@ type Observer struct {
 // New opens what must exist before the stack is built (the pcap file) and
 // fills in opts' tracing fields. Call Start once the stack exists, and
 // Close at the end.
-func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (*Observer, error) {
-	o := &Observer{f: f, log: log, stderr: cli.NewSyncWriter(stderr)}
+func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (*Session, error) {
+	o := &Session{f: f, log: log, stderr: cli.NewSyncWriter(stderr)}
 	if f.Pcap != "" {
 		var once sync.Once
 		w, err := pcap.Create(f.Pcap, 0, func(err error) {
@@ -171,7 +175,7 @@ func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (
 
 // Start begins printing events and serving the control socket. hello
 // describes the program for tcp-upper-lab.
-func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
+func (o *Session) Start(st *netstack.Stack, hello control.Hello) error {
 	o.st = st
 	if o.f.Control != "none" {
 		srv, err := control.Listen(o.f.Control, o.log)
@@ -193,7 +197,7 @@ func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
 	return nil
 }
 
-func (o *Observer) printEvents() {
+func (o *Session) printEvents() {
 	defer close(o.printed)
 	var buf bytes.Buffer
 	for ev := range o.sub.C() {
@@ -209,7 +213,7 @@ func (o *Observer) printEvents() {
 }
 
 // ControlPath is the control socket's path, or "" without one.
-func (o *Observer) ControlPath() string {
+func (o *Session) ControlPath() string {
 	if o.ctrl == nil {
 		return ""
 	}
@@ -220,7 +224,7 @@ func (o *Observer) ControlPath() string {
 // recorder and the tracker have finished): it stops the control socket,
 // closes the pcap file, and reports on stderr anything that could not be
 // recorded. Nothing is lost silently.
-func (o *Observer) Close(ctx context.Context) {
+func (o *Session) Close(ctx context.Context) {
 	if o.ctrl != nil {
 		o.ctrl.Close()
 	}
