@@ -30,6 +30,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
+	"github.com/tcp-upper/tcp-upper/node"
 )
 
 // Experiment is one lesson.
@@ -251,24 +252,29 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 	if err != nil {
 		return nil, err
 	}
-	defer dev.Close()
 	pw, err := pcap.Create(filepath.Join(opts.Dir, "capture.pcap"), 0, nil)
 	if err != nil {
+		dev.Close()
 		return nil, err
 	}
 	tw := x.TimeWait
 	if tw == 0 {
 		tw = netstack.DefaultTimeWait
 	}
-	st, err := netstack.New(dev, netstack.Options{
-		Addr: lab.ServerAddr, TimeWait: tw, Inspect: true, ClassicRecovery: x.Classic,
-		Trace: trace.Options{Pcap: pw},
-		Fault: fault.Options{Seed: opts.Seed, Rules: rules},
-	}, opts.Log)
+	nd, err := node.Start(dev, node.Options{
+		Stack: netstack.Options{
+			Addr: lab.ServerAddr, TimeWait: tw, Inspect: true, ClassicRecovery: x.Classic,
+			Trace: trace.Options{Pcap: pw},
+			Fault: fault.Options{Seed: opts.Seed, Rules: rules},
+		},
+		Serve: true, Port: lab.Port, Server: app.ServerOptions{IdleClose: x.IdleClose},
+		Log: opts.Log,
+	})
 	if err != nil {
 		pw.Close()
 		return nil, err
 	}
+	st := nd.Stack
 	e := &Env{Lab: l, Stack: st, Out: out, Start: time.Now(), exp: x}
 	sub := st.Tracker().Subscribe(1 << 16)
 	collected := make(chan struct{})
@@ -280,14 +286,8 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 			e.mu.Unlock()
 		}
 	}()
-	ln, err := st.Listen(lab.Port)
-	if err != nil {
-		st.Close()
-		pw.Close()
-		return nil, err
-	}
-	e.server = app.NewServer(ln, app.ServerOptions{IdleClose: x.IdleClose}, opts.Log)
-	go e.server.Serve()
+	e.server = nd.Server
+	nd.Serve()
 
 	fmt.Fprintf(out, "== %s: %s\n   faults: %s; seed %d; output in %s\n", x.Name, x.Summary, faultList(x.Faults), opts.Seed, opts.Dir)
 	runErr := x.Run(e)
@@ -295,9 +295,8 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 		e.Expect(false, "the experiment runs to the end", "%v", runErr)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	e.server.Shutdown(sctx)
+	nd.Shutdown(sctx)
 	cancel()
-	st.Close()
 	<-collected
 	pw.Close()
 

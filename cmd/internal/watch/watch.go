@@ -26,6 +26,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
+	"github.com/tcp-upper/tcp-upper/node"
 )
 
 // Flags are the observation flags.
@@ -261,3 +262,17 @@ func (o *Session) Close(ctx context.Context) {
 		}
 	}
 }
+
+// Watcher is s as the node.Watcher of the node it watches; hello
+// describes the program for tcp-upper-lab.
+func (o *Session) Watcher(hello control.Hello) node.Watcher {
+	return sessionWatcher{o, hello}
+}
+
+type sessionWatcher struct {
+	s     *Session
+	hello control.Hello
+}
+
+func (w sessionWatcher) Start(st *netstack.Stack) error { return w.s.Start(st, w.hello) }
+func (w sessionWatcher) Close(ctx context.Context)      { w.s.Close(ctx) }
