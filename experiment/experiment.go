@@ -98,7 +98,6 @@ type Env struct {
 	mu       sync.Mutex
 	events   []inspect.Event
 	verdicts []Verdict
-	server   *app.Server
 }
 
 // Expect records an expectation and its evidence.
@@ -286,7 +285,6 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 			e.mu.Unlock()
 		}
 	}()
-	e.server = nd.Server
 	nd.Serve()
 
 	fmt.Fprintf(out, "== %s: %s\n   faults: %s; seed %d; output in %s\n", x.Name, x.Summary, faultList(x.Faults), opts.Seed, opts.Dir)

@@ -140,7 +140,7 @@ type Session struct {
 
 // New opens what must exist before the stack is built (the pcap file) and
 // fills in opts' tracing fields. Call Start once the stack exists, and
-// Close at the end.
+// Close at the end (a node does both, given Watcher).
 func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (*Session, error) {
 	o := &Session{f: f, log: log, stderr: cli.NewSyncWriter(stderr)}
 	if f.Pcap != "" {
