@@ -2,9 +2,37 @@
 // uppercases what clients send and the interactive client. Both are written
 // against net.Listener and net.Conn, so they run unchanged on the kernel's
 // TCP and on our user-space stack.
+//
+// The service is echo, below: read, uppercase, write back. What keeps
+// thousands of idle connections cheap (a small buffer, parking without a
+// goroutine) is conn's business, in conn.go; accepting and shutting down
+// are Server's, in server.go.
 package app
 
 import "encoding/binary"
+
+// echo is the service, for one connection: read what the client sent,
+// uppercase it, write it back, until the client closes (or IdleClose or
+// Shutdown ends it).
+func (s *Server) echo(c *conn) {
+	for {
+		buf := c.Buffer()
+		n, err := c.Read(buf)
+		if n > 0 {
+			Upper(buf[:n])
+			if _, err := c.Write(buf[:n]); err != nil {
+				break
+			}
+		}
+		if err == errResting {
+			return // c went quiet and rests; echo runs again when data comes
+		}
+		if err != nil {
+			break
+		}
+	}
+	s.finish(c)
+}
 
 // Upper uppercases the ASCII letters a-z of b in place and leaves every other
 // byte (digits, punctuation, UTF-8, binary, NUL) as it is. The length never

@@ -34,6 +34,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
+	"github.com/tcp-upper/tcp-upper/node"
 	"github.com/tcp-upper/tcp-upper/viz"
 )
 
@@ -104,7 +105,6 @@ type Env struct {
 	events   []inspect.Event
 	kernel   []inspect.Event // the kernel client's, from its tracepoints
 	verdicts []Verdict
-	server   *app.Server
 	ks       *kevents.Stream
 }
 
@@ -338,24 +338,29 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 	if err != nil {
 		return nil, err
 	}
-	defer dev.Close()
 	pw, err := pcap.Create(filepath.Join(opts.Dir, "capture.pcap"), 0, nil)
 	if err != nil {
+		dev.Close()
 		return nil, err
 	}
 	tw := x.TimeWait
 	if tw == 0 {
 		tw = netstack.DefaultTimeWait
 	}
-	st, err := netstack.New(dev, netstack.Options{
-		Addr: lab.ServerAddr, TimeWait: tw, Inspect: true, ClassicRecovery: x.Classic, Host: lab.Apple,
-		Trace: trace.Options{Pcap: pw},
-		Fault: fault.Options{Seed: opts.Seed, Rules: rules},
-	}, opts.Log)
+	nd, err := node.Start(dev, node.Options{
+		Stack: netstack.Options{
+			Addr: lab.ServerAddr, TimeWait: tw, Inspect: true, ClassicRecovery: x.Classic, Host: lab.Apple,
+			Trace: trace.Options{Pcap: pw},
+			Fault: fault.Options{Seed: opts.Seed, Rules: rules},
+		},
+		Serve: true, Port: lab.Port, Server: app.ServerOptions{IdleClose: x.IdleClose},
+		Log: opts.Log,
+	})
 	if err != nil {
 		pw.Close()
 		return nil, err
 	}
+	st := nd.Stack
 	e := &Env{Lab: l, Stack: st, Out: out, Start: time.Now(), exp: x, sub: st.Tracker().Subscribe(1 << 16)}
 	// The kernel client's side: the sockets this process connects from
 	// ant, from the kernel's tracepoints.
@@ -375,17 +380,7 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 			}
 		}()
 	}
-	ln, err := st.Listen(lab.Port)
-	if err != nil {
-		if e.ks != nil {
-			e.ks.Close()
-		}
-		st.Close()
-		pw.Close()
-		return nil, err
-	}
-	e.server = app.NewServer(ln, app.ServerOptions{IdleClose: x.IdleClose}, opts.Log)
-	go e.server.Serve()
+	nd.Serve()
 
 	fmt.Fprintf(out, "== %s: %s\n   faults: %s; seed %d; output in %s\n%s", x.Name, x.Summary, faultList(x.Faults), opts.Seed, opts.Dir, kernelNote)
 	runErr := x.Run(e)
@@ -394,9 +389,8 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 	}
 	e.finish()
 	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	e.server.Shutdown(sctx)
+	nd.Shutdown(sctx)
 	cancel()
-	st.Close()
 	e.take() // the tracker is closed: everything it emitted is here
 	if e.ks != nil {
 		e.ks.Sync()

@@ -75,7 +75,7 @@ func (st *Stack) Counters() []Counter {
 		Counter{"fault.rate_dropped", f.RateDrops.Load(), "packets dropped by a rate rule's full queue"},
 	)
 	if st.tr != nil {
-		c = append(c, Counter{"trace.dropped", st.tr.Stats().Dropped.Load(), "packets not printed or captured: the recorder was behind"})
+		c = append(c, Counter{"trace.dropped", st.tr.Stats().Dropped.Load(), "packets not printed or captured: the records waiting for the recorder held its byte budget"})
 	}
 	if st.tracker != nil {
 		ts := st.tracker.Stats()

@@ -366,28 +366,28 @@ func TestControlSocketRefusesOthers(t *testing.T) {
 	}
 }
 
-// TestLabTrace: tcp-upper-lab trace attaches to a running server and
+// TestLabEvents: tcp-upper-lab events attaches to a running server and
 // streams its events; when the server exits it says so and exits 0.
-func TestLabTrace(t *testing.T) {
+func TestLabEvents(t *testing.T) {
 	l := newLab(t)
 	ctl := filepath.Join(t.TempDir(), "ctl.sock")
 	srv := startServer(t, l, "--control", ctl)
-	tr := startIn(t, nil, "", bin("tcp-upper-lab"), "trace", "--control", ctl)
+	tr := startIn(t, nil, "", bin("tcp-upper-lab"), "events", "--control", ctl)
 	if !tr.stderr.waitFor("attached to tcp-upper-server", 5*time.Second) {
-		t.Fatalf("trace did not attach: %s", tr.stderr.String())
+		t.Fatalf("events did not attach: %s", tr.stderr.String())
 	}
 	seedSession(t, l)
 	if !tr.stdout.waitFor("LAST-ACK -> CLOSED (our FIN was acknowledged)", 5*time.Second) {
-		t.Fatalf("trace output:\n%s", tr.stdout.String())
+		t.Fatalf("events output:\n%s", tr.stdout.String())
 	}
 	for _, want := range []string{"LISTEN -> SYN-RCVD (received SYN, peer ISN ", "SYN-RCVD -> ESTABLISHED", "ESTABLISHED -> CLOSE-WAIT", "CLOSE-WAIT -> LAST-ACK"} {
 		if !strings.Contains(tr.stdout.String(), want) {
-			t.Errorf("trace lacks %q", want)
+			t.Errorf("events lacks %q", want)
 		}
 	}
 	srv.stop(t, syscall.SIGTERM, 10*time.Second)
 	if code := tr.wait(t, 5*time.Second); code != 0 || !strings.Contains(tr.stderr.String(), "the server exited") {
-		t.Fatalf("trace after server exit: %d %s", code, tr.stderr.String())
+		t.Fatalf("events after server exit: %d %s", code, tr.stderr.String())
 	}
 	if _, err := os.Stat(ctl); !os.IsNotExist(err) {
 		t.Fatalf("control socket left behind: %v", err)

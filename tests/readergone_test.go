@@ -74,8 +74,9 @@ func TestReaderGoneIsQuiet(t *testing.T) {
 		{"ss", "-a", "--control", ctl},
 		{"ss", "--json", "--control", ctl},
 		{"fault", "list", "--control", ctl},
-		{"trace", "--control", ctl},
-		{"trace", "--format", "json", "--control", ctl},
+		{"events", "--control", ctl},
+		{"events", "--format", "json", "--control", ctl},
+		{"trace", "--control", ctl}, // events' first name
 		{"run", "--list"},
 		{"ladder", "--control", ctl},
 		{"ladder", "../viz/testdata/fast-retransmit", "--explain"},
@@ -112,7 +113,7 @@ func TestReaderGoneIsQuiet(t *testing.T) {
 			if code := cmd.ProcessState.ExitCode(); code != 0 {
 				t.Errorf("%v: exit %d, want 0; stderr %q", args, code, stderr.String())
 			}
-			live := args[0] == "trace" || args[0] == "ladder" && args[1] == "--control" // they say "attached" on stderr
+			live := args[0] == "events" || args[0] == "trace" || args[0] == "ladder" && args[1] == "--control" // they say "attached" on stderr
 			if s := stderr.String(); strings.Contains(s, "broken pipe") || (!live && s != "") {
 				t.Errorf("%v: stderr %q, want nothing", args, s)
 			}

@@ -22,9 +22,10 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
-	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/watch"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
+	"github.com/tcp-upper/tcp-upper/node"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -48,7 +49,7 @@ type config struct {
 	offload  bool
 	timeout  time.Duration
 	logLevel string
-	obs      observe.Flags
+	obs      watch.Flags
 	linger   bool
 }
 
@@ -154,21 +155,19 @@ func session(ctx context.Context, c *config, stdin *os.File, stdout, stderr io.W
 		if err != nil {
 			return err
 		}
-		defer dev.Close()
 		opts := netstack.Options{Addr: c.addr.Prefix}
-		obs, err := observe.New(&c.obs, &opts, stderr, log)
+		obs, err := watch.New(&c.obs, &opts, stderr, log)
+		if err != nil {
+			dev.Close()
+			return err
+		}
+		n, err := node.Start(dev, node.Options{Stack: opts, Log: log,
+			Watch: obs.Watcher(control.Hello{Program: prog, TUN: dev.Name(), Addr: c.addr.String()})})
 		if err != nil {
 			return err
 		}
-		if st, err = netstack.New(dev, opts, log); err != nil {
-			obs.Close(context.Background())
-			return err
-		}
-		defer obs.Close(context.Background())
-		defer st.Close()
-		if err := obs.Start(st, control.Hello{Program: prog, TUN: dev.Name(), Addr: c.addr.String()}); err != nil {
-			return err
-		}
+		defer n.Close()
+		st = n.Stack
 		conn, err = st.Dial(dctx, target)
 		if err != nil {
 			return dialError(target, c.timeout, ctx, err, false)

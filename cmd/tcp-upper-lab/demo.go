@@ -25,6 +25,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
+	"github.com/tcp-upper/tcp-upper/node"
 	"github.com/tcp-upper/tcp-upper/tun"
 	"github.com/tcp-upper/tcp-upper/viz"
 )
@@ -142,7 +143,7 @@ func (e *typedLines) ReadLine() (string, error) {
 
 // server is the uppercase server on the demo's stack, with its narrator.
 type server struct {
-	app   *app.Server
+	node  *node.Node
 	out   *lineWatch
 	narr  *narrator
 	stack *netstack.Stack
@@ -197,36 +198,34 @@ func (d *demo) newServerStack(dev tun.Device) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := netstack.New(dev, netstack.Options{
-		Addr: lab.ServerAddr, TimeWait: d.timeWait, Inspect: true, Host: lab.Apple,
-		Trace: trace.Options{Out: n, Pcap: pw},
-	}, d.log)
+	w := &lineWatch{next: hostWriter{d, "apple"}}
+	nd, err := node.Start(dev, node.Options{
+		Stack: netstack.Options{
+			Addr: lab.ServerAddr, TimeWait: d.timeWait, Inspect: true, Host: lab.Apple,
+			Trace: trace.Options{Out: n, Pcap: pw},
+		},
+		Serve: true, Port: lab.Port, Server: app.ServerOptions{Out: w, IdleClose: d.idle},
+		Log: d.log,
+	})
 	if err != nil {
 		return nil, err
 	}
+	st := nd.Stack
 	n.st = st
 	n.sub = st.Tracker().Subscribe(4096)
-	ln, err := st.Listen(lab.Port)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	w := &lineWatch{next: hostWriter{d, "apple"}}
 	d.printf("apple", "$ tcp-upper-server --events --trace --idle-close %v --time-wait %v", d.idle, d.timeWait)
-	srv := app.NewServer(ln, app.ServerOptions{Out: w, IdleClose: d.idle}, d.log)
-	go srv.Serve()
+	nd.Serve()
 	if !w.waitFor("listening at port", 5*time.Second) {
-		st.Close()
+		nd.Close()
 		return nil, errors.New("server did not start")
 	}
-	return &server{app: srv, out: w, narr: n, stack: st, cap: mf, pcap: pw}, nil
+	return &server{node: nd, out: w, narr: n, stack: st, cap: mf, pcap: pw}, nil
 }
 
 func (s *server) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s.app.Shutdown(ctx)
-	s.stack.Close()
+	s.node.Shutdown(ctx)
 }
 
 // sessions runs the two parts of the story: the seed's session (the client
@@ -303,11 +302,12 @@ func (d *demo) inMemory(ctx context.Context) error {
 		return err
 	}
 	defer srv.close()
-	cliStack, err := netstack.New(b, netstack.Options{Addr: lab.AntAddr, Host: lab.Ant}, d.log)
+	cli, err := node.Start(b, node.Options{Stack: netstack.Options{Addr: lab.AntAddr, Host: lab.Ant}, Log: d.log})
 	if err != nil {
 		return err
 	}
-	defer cliStack.Close()
+	defer cli.Close()
+	cliStack := cli.Stack
 	dial := func() (net.Conn, error) {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
@@ -339,7 +339,6 @@ func (d *demo) inLab(ctx context.Context, l *lab.Lab) (err error) {
 	if err != nil {
 		return err
 	}
-	defer dev.Close()
 	dump := d.startTcpdump(l)
 	srv, err := d.newServerStack(dev)
 	if err != nil {

@@ -22,11 +22,12 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
-	"github.com/tcp-upper/tcp-upper/cmd/internal/observe"
+	"github.com/tcp-upper/tcp-upper/cmd/internal/watch"
 	"github.com/tcp-upper/tcp-upper/internal/kevents"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
+	"github.com/tcp-upper/tcp-upper/node"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -54,7 +55,7 @@ type config struct {
 	maxConns int
 	backlog  int
 	userTO   time.Duration
-	obs      observe.Flags
+	obs      watch.Flags
 	cpuProf  string
 	user     *account // --user: whom to become once the device and files are open
 }
@@ -115,7 +116,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	switch c.stack {
 	case "netstack":
 	case "kernel":
-		if err := cli.CheckStack(fs, c.stack, cli.Merge(netstackOnly, c.obs.NetstackOnly(observe.KernelEvents...))); err != nil {
+		if err := cli.CheckStack(fs, c.stack, cli.Merge(netstackOnly, c.obs.NetstackOnly(watch.KernelEvents...))); err != nil {
 			return nil, err
 		}
 		if err := c.obs.ValidateFormat(); err != nil {
@@ -229,7 +230,7 @@ func serveKernel(ctx context.Context, c *config, stdout, stderr io.Writer, log *
 			printed := make(chan struct{})
 			go func() {
 				defer close(printed)
-				observe.PrintEvents(ks.C(), c.obs.EventsFormat, w, nil)
+				watch.PrintEvents(ks.C(), c.obs.EventsFormat, w, nil)
 			}()
 			defer func() {
 				ks.Sync() // what the closing connections did
@@ -246,7 +247,7 @@ func serveKernel(ctx context.Context, c *config, stdout, stderr io.Writer, log *
 		return err
 	}
 	srv := app.NewServer(ln, app.ServerOptions{Out: stdout, IdleClose: c.idle, MaxConns: c.maxConns}, log)
-	return serve(ctx, srv, nil, nil, log)
+	return serve(ctx, srv, log)
 }
 
 func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log *slog.Logger) (err error) {
@@ -258,73 +259,72 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 	if err != nil {
 		return err
 	}
-	defer dev.Close()
-	linkErr := make(chan error, 1)
 	opts := netstack.Options{
 		Host:        lab.HostHere(),
 		Addr:        c.addr.Prefix,
-		OnLinkError: func(err error) { linkErr <- err },
 		Backlog:     c.backlog,
 		UserTimeout: c.userTO,
 	}
-	obs, err := observe.New(&c.obs, &opts, stderr, log)
+	obs, err := watch.New(&c.obs, &opts, stderr, log)
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	// The node closes the stack (flushing the trace and the tracker), the
+	// device, then the watcher, which reports what could not be recorded.
+	n, err := node.Start(dev, node.Options{
+		Stack: opts, Serve: true, Port: uint16(c.port),
+		Server: app.ServerOptions{Out: obs.Ordered(stdout), IdleClose: c.idle, MaxConns: c.maxConns},
+		Watch:  obs.Watcher(control.Hello{Program: prog, TUN: dev.Name(), Addr: c.addr.String()}),
+		Log:    log,
+	})
 	if err != nil {
 		return err
 	}
-	st, err := netstack.New(dev, opts, log)
-	if err != nil {
-		obs.Close(context.Background())
-		return err
-	}
-	// Last in, first out: the stack closes (flushing the trace and the
-	// tracker) before the observer reports what could not be recorded.
-	defer obs.Close(context.Background())
-	defer st.Close()
-	ln, err := st.Listen(uint16(c.port))
-	if err != nil {
-		return err
-	}
-	if err := obs.Start(st, control.Hello{Program: prog, TUN: dev.Name(), Addr: c.addr.String()}); err != nil {
-		return err
-	}
+	defer n.Close()
 	if err := c.user.drop(); err != nil {
 		return err
 	}
 	log.Info("serving", "tun", dev.Name(), "created", dev.Created(), "addr", c.addr, "mtu", dev.MTU(), "control", obs.ControlPath())
-	srv := app.NewServer(ln, app.ServerOptions{Out: obs.Ordered(stdout), IdleClose: c.idle, MaxConns: c.maxConns}, log)
-	return serve(ctx, srv, st, linkErr, log)
+	n.Serve()
+	select {
+	case err := <-n.Served():
+		return err
+	case err := <-n.LinkErr():
+		shutdown(n, log)
+		return err
+	case <-ctx.Done():
+	}
+	shutdown(n, log)
+	return nil
 }
 
-// serve runs srv until ctx ends (SIGINT/SIGTERM: a clean shutdown, exit 0),
-// the link fails, or accepting fails.
-func serve(ctx context.Context, srv *app.Server, st *netstack.Stack, linkErr <-chan error, log *slog.Logger) error {
+// serve runs srv (the kernel's stack) until ctx ends (SIGINT/SIGTERM: a
+// clean shutdown, exit 0) or accepting fails.
+func serve(ctx context.Context, srv *app.Server, log *slog.Logger) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	select {
 	case err := <-served:
 		return err
-	case err := <-linkErr:
-		shutdown(srv, nil, log)
-		return err
 	case <-ctx.Done():
 	}
-	shutdown(srv, st, log)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown", "err", err)
+	}
 	return nil
 }
 
-// shutdown stops accepting, closes every connection with a FIN and, on our
-// stack, waits (briefly) for the FINs to be acknowledged before the device
-// goes away. A signal asked for a clean exit, so what could not close in
-// time is logged, not failed on.
-func shutdown(srv *app.Server, st *netstack.Stack, log *slog.Logger) {
+// shutdown takes the node down (node.Shutdown: every connection closed
+// with a FIN, the FINs acknowledged unless the link is down, then the
+// stack and the device). A signal asked for a clean exit, so what could
+// not close in time is logged, not failed on.
+func shutdown(n *node.Node, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
+	if err := n.Shutdown(ctx); err != nil {
 		log.Warn("shutdown", "err", err)
-	}
-	if st != nil {
-		if err := st.Drain(ctx); err != nil {
-			log.Warn("waiting for FINs to be acknowledged", "err", err)
-		}
 	}
 }

@@ -1,6 +1,8 @@
-// Package pkt holds small helpers for gVisor packet buffers shared by our
-// link layers: reading a packet's first bytes without allocating, taking a
-// copy, and making a new packet from bytes.
+// Package pkt holds what our link layers share about packets: the one
+// IPv4/TCP header decoder (Parsed.Decode) that tunlink, fault, trace,
+// inspect, gso and rawtcp use; reading a gVisor packet buffer's first bytes
+// without allocating, taking a copy, making a new packet from bytes; and
+// tcpdump's names for TCP flags.
 package pkt
 
 import (

@@ -13,6 +13,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -64,28 +65,29 @@ func (s Segment) Marshal() []byte {
 }
 
 // Parse decodes an IPv4/TCP packet. It does not verify checksums.
-func Parse(pkt []byte) (Segment, error) {
-	ip := header.IPv4(pkt)
-	if len(pkt) < header.IPv4MinimumSize || !ip.IsValid(len(pkt)) {
+func Parse(b []byte) (Segment, error) {
+	var d pkt.Parsed
+	d.Decode(b)
+	switch {
+	case !d.Complete():
 		return Segment{}, errors.New("not a valid IPv4 packet")
-	}
-	if ip.TransportProtocol() != header.TCPProtocolNumber {
-		return Segment{}, fmt.Errorf("IP protocol %d, not TCP", ip.TransportProtocol())
-	}
-	t := header.TCP(ip.Payload())
-	if len(t) < header.TCPMinimumSize || int(t.DataOffset()) > len(t) || t.DataOffset() < header.TCPMinimumSize {
+	case d.Proto != header.TCPProtocolNumber:
+		return Segment{}, fmt.Errorf("IP protocol %d, not TCP", d.Proto)
+	case d.FragOff != 0:
+		return Segment{}, errors.New("an IP fragment, not a TCP segment")
+	case !d.IsTCP():
 		return Segment{}, errors.New("truncated TCP header")
 	}
-	src, dst := ip.SourceAddress().As4(), ip.DestinationAddress().As4()
+	payload := b[d.IPHdrLen+d.TCPHdrLen : d.IPLen]
 	return Segment{
-		Src:     netip.AddrPortFrom(netip.AddrFrom4(src), t.SourcePort()),
-		Dst:     netip.AddrPortFrom(netip.AddrFrom4(dst), t.DestinationPort()),
-		Seq:     t.SequenceNumber(),
-		Ack:     t.AckNumber(),
-		Flags:   t.Flags(),
-		Window:  t.WindowSize(),
-		Options: append([]byte(nil), t.Options()...),
-		Payload: append([]byte(nil), t.Payload()...),
+		Src:     d.Src,
+		Dst:     d.Dst,
+		Seq:     d.Seq,
+		Ack:     d.Ack,
+		Flags:   d.Flags,
+		Window:  d.Win,
+		Options: append([]byte(nil), d.Options()...),
+		Payload: append([]byte(nil), payload...),
 	}, nil
 }
 

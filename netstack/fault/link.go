@@ -16,7 +16,6 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/gso"
-	"github.com/tcp-upper/tcp-upper/netstack/trace"
 )
 
 // Applied describes one fault the layer injected.
@@ -278,35 +277,32 @@ func (l *Link) passOrig(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.Pac
 
 // seg is what rules look at.
 type seg struct {
-	tcp           bool
-	flags         header.TCPFlags
-	payload       int
-	src, dst      netip.AddrPort
-	seq, ack      uint32
-	ipLen, hdrLen int // IP header length; IP+TCP header length
+	tcp      bool // a well-formed TCP segment (pkt.Decode); other packets match only "any"
+	flags    header.TCPFlags
+	payload  int
+	src, dst netip.AddrPort
+	seq, ack uint32
+	ipLen    int // IP header length
 }
 
+// headBytes is how much of a packet classify needs: the longest IPv4
+// header and a TCP header without options.
+const headBytes = header.IPv4MaximumHeaderSize + header.TCPMinimumSize
+
+// classify decodes the first bytes b of a packet of size bytes.
 func classify(b []byte, size int) seg {
 	var s seg
-	if len(b) < header.IPv4MinimumSize || header.IPVersion(b) != header.IPv4Version {
+	var d pkt.Parsed
+	d.Decode(b)
+	if !d.IsTCP() {
 		return s
 	}
-	ip := header.IPv4(b)
-	hl := int(ip.HeaderLength())
-	if ip.TransportProtocol() != header.TCPProtocolNumber || hl < header.IPv4MinimumSize || len(b) < hl+header.TCPMinimumSize {
-		return s
-	}
-	t := header.TCP(b[hl:])
 	s.tcp = true
-	s.flags = t.Flags()
-	s.src = netip.AddrPortFrom(netip.AddrFrom4(ip.SourceAddress().As4()), t.SourcePort())
-	s.dst = netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), t.DestinationPort())
-	s.seq, s.ack = t.SequenceNumber(), t.AckNumber()
-	s.ipLen, s.hdrLen = hl, hl+int(t.DataOffset())
-	s.payload = min(int(ip.TotalLength()), size) - s.hdrLen
-	if s.payload < 0 {
-		s.payload = 0
-	}
+	s.flags = d.Flags
+	s.src, s.dst = d.Src, d.Dst
+	s.seq, s.ack = d.Seq, d.Ack
+	s.ipLen = d.IPHdrLen
+	s.payload = max(min(d.IPLen, size)-d.IPHdrLen-d.TCPHdrLen, 0)
 	return s
 }
 
@@ -418,7 +414,7 @@ func (l *Link) handle(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.Packe
 // the ACK flag, the last one p's FIN if any, and p's addresses and ports.
 // It changes no rule's counters.
 func (l *Link) mayMatch(dir Dir, p *stack.PacketBuffer) bool {
-	var hdr [64]byte
+	var hdr [headBytes]byte
 	n := pkt.Gather(hdr[:], p)
 	s := classify(hdr[:n], p.Size())
 	if !s.tcp {
@@ -466,7 +462,7 @@ func (l *Link) passWhole(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.Pa
 // orig is the packet handle was given (p, or the super-segment p was cut
 // from).
 func (l *Link) handleWire(dir Dir, proto tcpip.NetworkProtocolNumber, p, orig *stack.PacketBuffer) {
-	var hdr [64]byte
+	var hdr [headBytes]byte
 	size := p.Size()
 	n := pkt.Gather(hdr[:], p)
 	s := classify(hdr[:n], size)
@@ -613,7 +609,7 @@ func segString(s *seg) string {
 	if !s.tcp {
 		return "non-TCP packet"
 	}
-	out := fmt.Sprintf("Flags [%s], seq %d", trace.FlagString(s.flags), s.seq)
+	out := fmt.Sprintf("Flags [%s], seq %d", pkt.FlagString(s.flags), s.seq)
 	if s.payload > 0 {
 		out += fmt.Sprintf(":%d", s.seq+uint32(s.payload))
 	}

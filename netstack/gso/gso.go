@@ -14,6 +14,8 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 )
 
 // Segment returns the wire segments of the IPv4 TCP packet b: b cut into
@@ -23,25 +25,24 @@ import (
 // IP and TCP checksum computed in full. b is not modified; the segments
 // are new slices.
 func Segment(b []byte, mss int) ([][]byte, error) {
-	if len(b) < header.IPv4MinimumSize || header.IPVersion(b) != header.IPv4Version {
+	var d pkt.Parsed
+	d.Decode(b)
+	switch {
+	case d.Status < pkt.IPv4:
 		return nil, errors.New("gso: not an IPv4 packet")
+	case !d.Complete():
+		return nil, fmt.Errorf("gso: bad IPv4 lengths (header %d, total %d, have %d)", d.IPHdrLen, d.IPLen, len(b))
+	case d.Proto != header.TCPProtocolNumber:
+		return nil, errors.New("gso: not a TCP packet")
+	case d.FragOff != 0:
+		return nil, errors.New("gso: an IP fragment")
+	case d.Status == pkt.TCPShort:
+		return nil, errors.New("gso: TCP header cut short")
+	case d.Status == pkt.BadTCP:
+		return nil, fmt.Errorf("gso: bad TCP header length %d", d.TCPHdrLen)
 	}
 	ip := header.IPv4(b)
-	hl := int(ip.HeaderLength())
-	total := int(ip.TotalLength())
-	if hl < header.IPv4MinimumSize || total > len(b) || total < hl {
-		return nil, fmt.Errorf("gso: bad IPv4 lengths (header %d, total %d, have %d)", hl, total, len(b))
-	}
-	if ip.TransportProtocol() != header.TCPProtocolNumber {
-		return nil, errors.New("gso: not a TCP packet")
-	}
-	if total < hl+header.TCPMinimumSize {
-		return nil, errors.New("gso: TCP header cut short")
-	}
-	thl := int(header.TCP(b[hl:]).DataOffset())
-	if thl < header.TCPMinimumSize || hl+thl > total {
-		return nil, fmt.Errorf("gso: bad TCP header length %d", thl)
-	}
+	hl, thl, total := d.IPHdrLen, d.TCPHdrLen, d.IPLen
 	hdrs := b[:hl+thl]
 	payload := b[hl+thl : total]
 	if mss <= 0 || len(payload) <= mss {
@@ -49,8 +50,7 @@ func Segment(b []byte, mss int) ([][]byte, error) {
 	}
 	n := max((len(payload)+mss-1)/mss, 1)
 	out := make([][]byte, 0, n)
-	tcp0 := header.TCP(b[hl:])
-	seq, id, flags := tcp0.SequenceNumber(), ip.ID(), tcp0.Flags()
+	seq, id, flags := d.Seq, ip.ID(), d.Flags
 	for i := 0; i < n; i++ {
 		chunk := payload[min(i*mss, len(payload)):min((i+1)*mss, len(payload))]
 		s := make([]byte, len(hdrs)+len(chunk))

@@ -13,6 +13,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/tcp-upper/tcp-upper/internal/handoff"
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/trace"
 )
 
@@ -200,34 +201,24 @@ func (t *Tracker) enqueue(it item) {
 	}
 }
 
-// ObservePacket implements trace.Observer. It parses the IPv4 and TCP
-// headers and queues a summary; it never blocks.
+// ObservePacket implements trace.Observer. It decodes the IPv4 and TCP
+// headers (pkt.Decode) and queues a summary of a TCP segment; it never
+// blocks.
 func (t *Tracker) ObservePacket(now time.Time, dir trace.Direction, hdr []byte, length int) {
-	if len(hdr) < header.IPv4MinimumSize || header.IPVersion(hdr) != header.IPv4Version {
-		return
-	}
-	ip := header.IPv4(hdr)
-	hl := int(ip.HeaderLength())
-	if ip.TransportProtocol() != header.TCPProtocolNumber || ip.FragmentOffset() != 0 || hl < header.IPv4MinimumSize || len(hdr) < hl+header.TCPMinimumSize {
-		return
-	}
-	tcpHdr := header.TCP(hdr[hl:])
-	off := int(tcpHdr.DataOffset())
-	if off < header.TCPMinimumSize {
+	var d pkt.Parsed
+	d.Decode(hdr)
+	if !d.IsTCP() {
 		return
 	}
 	it := item{kind: itemPacket, t: now, dir: dir}
 	s := &it.seg
-	s.src = netip.AddrPortFrom(netip.AddrFrom4(ip.SourceAddress().As4()), tcpHdr.SourcePort())
-	s.dst = netip.AddrPortFrom(netip.AddrFrom4(ip.DestinationAddress().As4()), tcpHdr.DestinationPort())
-	s.seq, s.ack = tcpHdr.SequenceNumber(), tcpHdr.AckNumber()
-	s.flags, s.win = tcpHdr.Flags(), tcpHdr.WindowSize()
-	if p := int(ip.TotalLength()) - hl - off; p > 0 {
-		s.payload = uint32(p)
-	}
+	s.src, s.dst = d.Src, d.Dst
+	s.seq, s.ack = d.Seq, d.Ack
+	s.flags, s.win = d.Flags, d.Win
+	s.payload = uint32(d.PayloadLen)
 	s.wscale = -1
-	if s.flags&header.TCPFlagSyn != 0 && len(hdr) >= hl+off {
-		o := header.ParseSynOptions(hdr[hl+header.TCPMinimumSize:hl+off], s.flags&header.TCPFlagAck != 0)
+	if opts := d.Options(); s.flags&header.TCPFlagSyn != 0 && len(opts) == d.TCPHdrLen-header.TCPMinimumSize {
+		o := header.ParseSynOptions(opts, s.flags&header.TCPFlagAck != 0)
 		s.mss, s.wscale = o.MSS, int8(o.WS)
 	}
 	t.enqueue(it)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 )
 
 // Printer formats packets the way `tcpdump -n` prints them (tcpdump 4.99,
@@ -62,40 +64,33 @@ func (p *Printer) AppendFormat(b []byte, t time.Time, pkt []byte) []byte {
 	return b
 }
 
-func (p *Printer) appendIP(b []byte, pkt []byte) []byte {
-	if len(pkt) == 0 {
+func (p *Printer) appendIP(b []byte, data []byte) []byte {
+	var d pkt.Parsed
+	d.Decode(data)
+	switch d.Status {
+	case pkt.Empty:
 		return append(b, "[|ip]"...)
-	}
-	switch header.IPVersion(pkt) {
-	case header.IPv4Version:
-	case header.IPv6Version:
-		return append(b, "IP6 (not decoded)"...)
-	default:
-		return append(b, "unknown IP version "+strconv.Itoa(header.IPVersion(pkt))...)
-	}
-	ip := header.IPv4(pkt)
-	if len(pkt) < header.IPv4MinimumSize || int(ip.HeaderLength()) < header.IPv4MinimumSize || int(ip.HeaderLength()) > len(pkt) {
-		return append(b, "IP truncated-ip "+strconv.Itoa(len(pkt))...)
+	case pkt.NotIPv4:
+		if d.Version == header.IPv6Version {
+			return append(b, "IP6 (not decoded)"...)
+		}
+		return append(b, "unknown IP version "+strconv.Itoa(int(d.Version))...)
+	case pkt.BadIPv4:
+		return append(b, "IP truncated-ip "+strconv.Itoa(len(data))...)
 	}
 	b = append(b, "IP "...)
-	src := netip.AddrFrom4(ip.SourceAddress().As4())
-	dst := netip.AddrFrom4(ip.DestinationAddress().As4())
-	hl := int(ip.HeaderLength())
-	total := int(ip.TotalLength())
-	payLen := total - hl
-	if payLen < 0 {
-		payLen = 0
-	}
-	payload := pkt[hl:]
+	src, dst := d.Src.Addr(), d.Dst.Addr()
+	payLen := max(d.IPLen-d.IPHdrLen, 0)
+	payload := data[d.IPHdrLen:]
 	if len(payload) > payLen {
 		payload = payload[:payLen]
 	}
-	if ip.FragmentOffset() != 0 {
-		return fmt.Appendf(b, "%s > %s: ip-proto-%d", src, dst, ip.Protocol())
+	if d.FragOff != 0 {
+		return fmt.Appendf(b, "%s > %s: ip-proto-%d", src, dst, uint8(d.Proto))
 	}
-	switch ip.TransportProtocol() {
+	switch d.Proto {
 	case header.TCPProtocolNumber:
-		return p.appendTCP(b, src, dst, payload, payLen)
+		return p.appendTCP(b, &d, payLen)
 	case header.ICMPv4ProtocolNumber:
 		return appendICMP(b, src, dst, payload, payLen)
 	case header.UDPProtocolNumber:
@@ -104,44 +99,17 @@ func (p *Printer) appendIP(b []byte, pkt []byte) []byte {
 			return fmt.Appendf(b, "%s.%d > %s.%d: UDP, length %d", src, u.SourcePort(), dst, u.DestinationPort(), int(u.Length())-header.UDPMinimumSize)
 		}
 	}
-	return fmt.Appendf(b, "%s > %s: ip-proto-%d %d", src, dst, ip.Protocol(), payLen)
+	return fmt.Appendf(b, "%s > %s: ip-proto-%d %d", src, dst, uint8(d.Proto), payLen)
 }
 
-// tcpFlagNames are tcpdump's tcp_flag_values, in its order.
-var tcpFlagNames = []struct {
-	bit  header.TCPFlags
-	name string
-}{
-	{header.TCPFlagFin, "F"},
-	{header.TCPFlagSyn, "S"},
-	{header.TCPFlagRst, "R"},
-	{header.TCPFlagPsh, "P"},
-	{header.TCPFlagAck, "."},
-	{header.TCPFlagUrg, "U"},
-	{header.TCPFlagEce, "E"},
-	{header.TCPFlagCwr, "W"},
-}
-
-// FlagString is tcpdump's rendering of TCP flags: "S", "S.", "P.", "F."...
-func FlagString(f header.TCPFlags) string {
-	var s []byte
-	for _, fl := range tcpFlagNames {
-		if f&fl.bit != 0 {
-			s = append(s, fl.name...)
-		}
-	}
-	if len(s) == 0 {
-		return "none"
-	}
-	return string(s)
-}
-
-func (p *Printer) appendTCP(b []byte, src, dst netip.Addr, seg []byte, segLen int) []byte {
-	if len(seg) < header.TCPMinimumSize {
+// appendTCP renders the TCP segment d (Status TCPShort, BadTCP or TCP) of
+// segLen bytes (what the IP header says).
+func (p *Printer) appendTCP(b []byte, d *pkt.Parsed, segLen int) []byte {
+	src, dst := d.Src.Addr(), d.Dst.Addr()
+	if d.Status == pkt.TCPShort {
 		return fmt.Appendf(b, "%s > %s: tcp %d [|tcp]", src, dst, segLen)
 	}
-	t := header.TCP(seg)
-	sport, dport := t.SourcePort(), t.DestinationPort()
+	sport, dport := d.Src.Port(), d.Dst.Port()
 	b = src.AppendTo(b)
 	b = append(b, '.')
 	b = strconv.AppendUint(b, uint64(sport), 10)
@@ -150,15 +118,15 @@ func (p *Printer) appendTCP(b []byte, src, dst netip.Addr, seg []byte, segLen in
 	b = append(b, '.')
 	b = strconv.AppendUint(b, uint64(dport), 10)
 	b = append(b, ": "...)
-	hlen := int(t.DataOffset())
+	hlen := d.TCPHdrLen
 	if hlen < header.TCPMinimumSize {
 		return fmt.Appendf(b, " tcp %d [bad hdr length %d - too short, < %d]", segLen, hlen, header.TCPMinimumSize)
 	}
-	flags := t.Flags()
-	seq, ack := t.SequenceNumber(), t.AckNumber()
-	win, urp := t.WindowSize(), t.UrgentPointer()
+	flags := d.Flags
+	seq, ack := d.Seq, d.Ack
+	win, urp := d.Win, d.Urgent
 	b = append(b, "Flags ["...)
-	b = append(b, FlagString(flags)...)
+	b = append(b, pkt.FlagString(flags)...)
 	b = append(b, ']')
 
 	var thseq, thack uint32
@@ -214,10 +182,7 @@ func (p *Printer) appendTCP(b []byte, src, dst netip.Addr, seg []byte, segLen in
 		b = fmt.Appendf(b, ", urg %d", urp)
 	}
 	if hlen > header.TCPMinimumSize {
-		opts := seg[header.TCPMinimumSize:]
-		if len(opts) > hlen-header.TCPMinimumSize {
-			opts = opts[:hlen-header.TCPMinimumSize]
-		}
+		opts := d.Options()
 		var ok bool
 		b, ok = appendTCPOptions(b, opts, rev, thseq, thack)
 		if !ok {

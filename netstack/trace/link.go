@@ -5,9 +5,10 @@
 //
 // It wraps the layer below it as gVisor's link/sniffer does, but never
 // formats or writes on the packet path: a packet is copied into a pooled
-// record and handed to a recorder goroutine through a bounded queue. When
-// the queue is full the record is dropped and counted (Stats), never
-// silently lost and never waited for.
+// record and handed to a recorder goroutine through a queue bounded by
+// bytes (Options.QueueBytes). When the records waiting hold that much, a
+// new one is dropped and counted (Stats.Dropped, the trace.dropped
+// counter), never silently lost and never waited for.
 package trace
 
 import (
@@ -47,7 +48,7 @@ func (d Direction) String() string {
 
 // HeaderSnap is how many bytes of a packet an Observer sees: enough for
 // the longest IPv4 and TCP headers.
-const HeaderSnap = 120
+const HeaderSnap = pkt.MaxHeaders
 
 // Observer is told about every packet, synchronously, on the packet path.
 // It must copy what it needs from hdr (the packet's first bytes, at most
@@ -66,16 +67,31 @@ type Options struct {
 	Pcap *pcap.Writer
 	// Observer sees every packet's headers (the connection tracker).
 	Observer Observer
-	// QueueLen is how many packets may wait for the recorder (default 16384).
-	QueueLen int
+	// QueueBytes is how much memory the records waiting for the recorder
+	// may hold (default DefaultQueueBytes). A record costs what it pins:
+	// its buffer's capacity (at least 2 KiB, up to a whole 64 KiB segment
+	// with --trace-x or --pcap) plus RecordOverhead.
+	QueueBytes int
 }
+
+// DefaultQueueBytes is the default byte budget of the recorder's queue:
+// 16,384 header-only records (a plain --trace), or 512 whole 64 KiB
+// segments (--trace-x, --pcap) behind a slow terminal or disk.
+const DefaultQueueBytes = 32 << 20
+
+// RecordOverhead is what a queued record costs besides its buffer.
+const RecordOverhead = 64
+
+// minRecord is the least a queued record costs: the pool's buffers start
+// at 2 KiB and only grow.
+const minRecord = 2048 + RecordOverhead
 
 // Stats counts what the layer saw and what it could not record.
 type Stats struct {
 	// Packets is how many packets crossed the layer.
 	Packets atomic.Uint64
 	// Dropped is how many packets were not printed or captured because the
-	// recorder was behind (its queue full).
+	// recorder was behind (the records waiting held Options.QueueBytes).
 	Dropped atomic.Uint64
 }
 
@@ -94,6 +110,7 @@ type Link struct {
 	done    chan struct{}
 	stopped chan struct{}
 	flushes chan chan struct{} // Flush's requests to the recorder
+	queued  atomic.Int64       // bytes pinned by records queued or being handled
 	stats   Stats
 
 	// Comments for outgoing packets the layer below (the fault layer)
@@ -116,6 +133,7 @@ type record struct {
 	// layers below still handle the packet; the recorder waits for them
 	// to finish (and for its comment) before it writes the record.
 	busy atomic.Bool
+	cost int64 // bytes counted against Options.QueueBytes while queued
 }
 
 var _ stack.LinkEndpoint = (*Link)(nil)
@@ -126,8 +144,8 @@ func New(lower stack.LinkEndpoint, opts Options, log *slog.Logger) *Link {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if opts.QueueLen <= 0 {
-		opts.QueueLen = 16384
+	if opts.QueueBytes <= 0 {
+		opts.QueueBytes = DefaultQueueBytes
 	}
 	l := &Link{opts: opts, log: log, done: make(chan struct{}), stopped: make(chan struct{}), flushes: make(chan chan struct{})}
 	l.Endpoint.Init(lower, l)
@@ -141,7 +159,8 @@ func New(lower stack.LinkEndpoint, opts Options, log *slog.Logger) *Link {
 	}
 	l.pool.New = func() any { return &record{data: make([]byte, 0, 2048)} }
 	if l.record {
-		l.queue = handoff.New[*record](opts.QueueLen)
+		// The byte budget binds first: no record costs less than minRecord.
+		l.queue = handoff.New[*record](opts.QueueBytes/minRecord + 1)
 		l.printer = NewPrinter()
 		l.printer.HexDump = opts.HexDump
 		go l.recorder()
@@ -280,10 +299,12 @@ func (l *Link) newRecord(t time.Time, dir Direction, p *stack.PacketBuffer) *rec
 	return r
 }
 
-// push hands r to the recorder, or drops and counts it if the recorder is
-// that far behind.
+// push hands r to the recorder, or drops and counts it if the records
+// already waiting hold the byte budget.
 func (l *Link) push(r *record) {
-	if !l.queue.Push(r) {
+	r.cost = int64(cap(r.data)) + RecordOverhead
+	if l.queued.Add(r.cost) > int64(l.opts.QueueBytes) || !l.queue.Push(r) {
+		l.queued.Add(-r.cost)
 		l.stats.Dropped.Add(1)
 		l.pool.Put(r)
 	}
@@ -312,7 +333,7 @@ func (l *Link) recorder() {
 					out.Write(line)
 				}
 				r.note = ""
-				l.pool.Put(r)
+				l.done1(r)
 				continue
 			}
 			if l.opts.Pcap != nil {
@@ -325,7 +346,7 @@ func (l *Link) recorder() {
 				out.Write(line)
 			}
 			r.comment, r.capOnly = "", false
-			l.pool.Put(r)
+			l.done1(r)
 		}
 		// Caught up: make the output current (an interactive trace, a pcap
 		// someone reads while we run).
@@ -351,6 +372,16 @@ func (l *Link) recorder() {
 		}
 	}
 }
+
+// done1 releases a handled record's bytes and returns it to the pool.
+func (l *Link) done1(r *record) {
+	l.queued.Add(-r.cost)
+	l.pool.Put(r)
+}
+
+// QueuedBytes is how many bytes the records waiting for the recorder (or
+// being handled) hold; it stays within Options.QueueBytes.
+func (l *Link) QueuedBytes() int64 { return l.queued.Load() }
 
 // Note puts a line of text in the trace, in order with the packets (the
 // fault layer marks what it injected). It does nothing without a text

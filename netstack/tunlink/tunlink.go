@@ -32,6 +32,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -298,25 +299,23 @@ const (
 // with a complete checksum. Anything it cannot parse passes: the stack's
 // own parsing rejects and counts it.
 func transportChecksum(b []byte) checksumVerdict {
-	if header.IPVersion(b) != header.IPv4Version || len(b) < header.IPv4MinimumSize {
+	var d pkt.Parsed
+	d.Decode(b)
+	if !d.Complete() {
 		return checksumOK
 	}
-	ip := header.IPv4(b)
-	hl, total := int(ip.HeaderLength()), int(ip.TotalLength())
-	if hl < header.IPv4MinimumSize || total > len(b) || total < hl {
-		return checksumOK
-	}
-	if ip.More() || ip.FragmentOffset() != 0 {
+	if d.More || d.FragOff != 0 {
 		return checksumUncheckable
 	}
-	t := b[hl:total]
+	t := b[d.IPHdrLen:d.IPLen]
 	var x uint16
-	switch ip.TransportProtocol() {
+	switch d.Proto {
 	case header.TCPProtocolNumber, header.UDPProtocolNumber:
-		if ip.TransportProtocol() == header.UDPProtocolNumber && len(t) >= header.UDPMinimumSize && header.UDP(t).Checksum() == 0 {
+		if d.Proto == header.UDPProtocolNumber && len(t) >= header.UDPMinimumSize && header.UDP(t).Checksum() == 0 {
 			return checksumOK // UDP without a checksum
 		}
-		x = header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), uint16(len(t)))
+		ip := header.IPv4(b)
+		x = header.PseudoHeaderChecksum(d.Proto, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(t)))
 	case header.ICMPv4ProtocolNumber:
 	default:
 		return checksumOK

@@ -1,7 +1,11 @@
-// Package observe holds the flags and plumbing the server and the
+// Package watch holds the flags and plumbing the server and the
 // netstack client share for watching their stack: --trace, --trace-x,
 // --pcap, --events, --events-format, --time-wait and --control.
-package observe
+//
+// It is neither gVisor's observe hook (netstack.Options.TCPObserve) nor
+// the trace layer's packet observer (trace.Observer): a Session is what
+// one program's flags opened to watch its stack.
+package watch
 
 import (
 	"bytes"
@@ -24,6 +28,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
+	"github.com/tcp-upper/tcp-upper/node"
 )
 
 // Flags are the observation flags.
@@ -68,7 +73,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.Events, "events", false, "print each connection's state transitions, retransmissions and window events on stderr")
 	fs.StringVar(&f.format, "events-format", "text", "format of --events: text, or json (one object per line)")
 	fs.DurationVar(&f.TimeWait, "time-wait", netstack.DefaultTimeWait, "how long a connection the stack closed first stays in TIME-WAIT")
-	fs.StringVar(&f.Control, "control", "", "control socket for tcp-upper-lab ss/stats/trace/fault (default "+control.Dir+"/NETNS-TUN.sock; none to disable)")
+	fs.StringVar(&f.Control, "control", "", "control socket for tcp-upper-lab ss/stats/events/fault (default "+control.Dir+"/NETNS-TUN.sock; none to disable)")
 	fs.Func("fault", "inject faults between the TUN and the stack: 'DIR MATCH ACTION [ARG] [OPTIONS]', e.g. 'in syn drop count=2' (repeatable; see README)", func(s string) error {
 		r, err := fault.Parse(s)
 		if err != nil {
@@ -139,9 +144,9 @@ func (f *Flags) Validate(tun string) error {
 	return nil
 }
 
-// Observer is the running observation: the pcap file, the event printer
-// and the control socket of one stack.
-type Observer struct {
+// Session is what a program watches its stack through while it runs: the
+// pcap file, the event printer and the control socket of one stack.
+type Session struct {
 	f      *Flags
 	log    *slog.Logger
 	stderr *cli.SyncWriter
@@ -157,9 +162,9 @@ type Observer struct {
 
 // New opens what must exist before the stack is built (the pcap file) and
 // fills in opts' tracing fields. Call Start once the stack exists, and
-// Close at the end.
-func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (*Observer, error) {
-	o := &Observer{f: f, log: log, stderr: cli.NewSyncWriter(stderr)}
+// Close at the end (a node does both, given Watcher).
+func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (*Session, error) {
+	o := &Session{f: f, log: log, stderr: cli.NewSyncWriter(stderr)}
 	if f.Pcap != "" {
 		var once sync.Once
 		w, err := pcap.Create(f.Pcap, 0, func(err error) {
@@ -193,7 +198,7 @@ func New(f *Flags, opts *netstack.Options, stderr io.Writer, log *slog.Logger) (
 
 // Start begins printing events and serving the control socket. hello
 // describes the program for tcp-upper-lab.
-func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
+func (o *Session) Start(st *netstack.Stack, hello control.Hello) error {
 	o.st = st
 	if o.f.Control != "none" {
 		srv, err := control.Listen(o.f.Control, o.log)
@@ -216,7 +221,7 @@ func (o *Observer) Start(st *netstack.Stack, hello control.Hello) error {
 	return nil
 }
 
-func (o *Observer) printEvents() {
+func (o *Session) printEvents() {
 	defer close(o.printed)
 	PrintEvents(o.sub.C(), o.f.EventsFormat, o.stderr, func() {
 		o.nPrinted.Add(1)
@@ -253,7 +258,7 @@ func PrintEvents(evs <-chan inspect.Event, format inspect.Format, w *cli.SyncWri
 // printed (the trace's Flush and the tracker's Sync, then the event
 // printer catching up, for at most a second). Without --trace and
 // --events it is w itself.
-func (o *Observer) Ordered(w io.Writer) io.Writer {
+func (o *Session) Ordered(w io.Writer) io.Writer {
 	if !o.f.Trace && !o.f.Events {
 		return w
 	}
@@ -261,7 +266,7 @@ func (o *Observer) Ordered(w io.Writer) io.Writer {
 }
 
 type orderedWriter struct {
-	o *Observer
+	o *Session
 	w io.Writer
 }
 
@@ -272,7 +277,7 @@ func (ow orderedWriter) Write(p []byte) (int, error) {
 
 // catchUp returns once the trace and the events printed cover everything
 // the stack did before the call, or after timeout.
-func (o *Observer) catchUp(timeout time.Duration) {
+func (o *Session) catchUp(timeout time.Duration) {
 	if o.st == nil {
 		return
 	}
@@ -298,7 +303,7 @@ func (o *Observer) catchUp(timeout time.Duration) {
 }
 
 // ControlPath is the control socket's path, or "" without one.
-func (o *Observer) ControlPath() string {
+func (o *Session) ControlPath() string {
 	if o.ctrl == nil {
 		return ""
 	}
@@ -309,7 +314,7 @@ func (o *Observer) ControlPath() string {
 // recorder and the tracker have finished): it stops the control socket,
 // closes the pcap file, and reports on stderr anything that could not be
 // recorded. Nothing is lost silently.
-func (o *Observer) Close(ctx context.Context) {
+func (o *Session) Close(ctx context.Context) {
 	if o.ctrl != nil {
 		o.ctrl.Close()
 	}
@@ -332,7 +337,7 @@ func (o *Observer) Close(ctx context.Context) {
 	}
 	if tr := o.st.Trace(); tr != nil {
 		if d := tr.Stats().Dropped.Load(); d > 0 {
-			o.stderr.Line(fmt.Sprintf("trace: %d of %d packets not printed or captured (the recorder fell behind)", d, tr.Stats().Packets.Load()))
+			o.stderr.Line(fmt.Sprintf("trace: %d of %d packets not printed or captured (the recorder fell behind: its queue held its byte budget)", d, tr.Stats().Packets.Load()))
 		}
 	}
 	if t := o.st.Tracker(); t != nil {
@@ -346,3 +351,17 @@ func (o *Observer) Close(ctx context.Context) {
 		}
 	}
 }
+
+// Watcher is s as the node.Watcher of the node it watches; hello
+// describes the program for tcp-upper-lab.
+func (o *Session) Watcher(hello control.Hello) node.Watcher {
+	return sessionWatcher{o, hello}
+}
+
+type sessionWatcher struct {
+	s     *Session
+	hello control.Hello
+}
+
+func (w sessionWatcher) Start(st *netstack.Stack) error { return w.s.Start(st, w.hello) }
+func (w sessionWatcher) Close(ctx context.Context)      { w.s.Close(ctx) }

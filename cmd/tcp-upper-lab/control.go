@@ -1,5 +1,8 @@
 package main
 
+// The commands that talk to a running stack over its control socket
+// (netstack/control): ss, stats, events (alias trace) and fault.
+
 import (
 	"context"
 	"encoding/json"
@@ -257,10 +260,12 @@ func cmdStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return tw.Flush()
 }
 
-// cmdTrace attaches to a running server and prints its events until
-// Ctrl-C or the server exits.
-func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := cli.NewFlagSet(prog+" trace", stderr, prog+" trace [--format text|json] [--explain] [--control PATH | --name LAB]")
+// cmdEvents attaches to a running server and prints its connection events
+// (what the server's --events prints) until Ctrl-C or the server exits.
+// It is also the command trace, its first name, kept for scripts: the
+// server's --trace is the tcpdump-style packet trace, not this.
+func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := cli.NewFlagSet(prog+" events", stderr, prog+" events [--format text|json] [--explain] [--control PATH | --name LAB]   (also: "+prog+" trace)")
 	var t target
 	format := fs.String("format", "text", "text, or json (one event per line)")
 	explain := fs.Bool("explain", false, "under each event, the rule behind it (text format)")

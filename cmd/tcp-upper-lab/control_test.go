@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"io"
 	"net/netip"
 	"strings"
 	"testing"
@@ -43,5 +45,28 @@ func TestParseSS(t *testing.T) {
 		if _, err := parseSS(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// TestEventsAndTraceAreOneCommand: events streams connection events, and
+// trace, its first name, still runs the same command.
+func TestEventsAndTraceAreOneCommand(t *testing.T) {
+	for _, name := range []string{"events", "trace"} {
+		var stdout, stderr strings.Builder
+		if code := run(context.Background(), []string{name, "--format", "xml"}, &stdout, &stderr); code != 2 {
+			t.Fatalf("%s --format xml: exit %d, want 2 (stderr %q)", name, code, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), "bad --format") {
+			t.Fatalf("%s --format xml: stderr %q, want the events command's bad --format", name, stderr.String())
+		}
+		stderr.Reset()
+		if code := run(context.Background(), []string{name, "-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), prog+" events [--format text|json]") {
+			t.Fatalf("%s -h: exit %d, usage %q", name, code, stderr.String())
+		}
+	}
+	var stderr strings.Builder
+	run(context.Background(), []string{"help"}, io.Discard, &stderr)
+	if !strings.Contains(stderr.String(), "events ") || !strings.Contains(stderr.String(), "trace ") {
+		t.Fatalf("help lists no events or trace:\n%s", stderr.String())
 	}
 }

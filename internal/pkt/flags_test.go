@@ -1,0 +1,26 @@
+package pkt
+
+import (
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+func TestFlagStringIsTcpdumps(t *testing.T) {
+	for _, c := range []struct {
+		f    header.TCPFlags
+		want string
+	}{
+		{header.TCPFlagSyn, "S"},
+		{header.TCPFlagSyn | header.TCPFlagAck, "S."},
+		{header.TCPFlagPsh | header.TCPFlagAck, "P."},
+		{header.TCPFlagFin | header.TCPFlagAck, "F."},
+		{header.TCPFlagRst | header.TCPFlagAck, "R."},
+		{header.TCPFlagFin | header.TCPFlagSyn | header.TCPFlagRst | header.TCPFlagPsh | header.TCPFlagAck | header.TCPFlagUrg | header.TCPFlagEce | header.TCPFlagCwr, "FSRP.UEW"},
+		{0, "none"},
+	} {
+		if got := FlagString(c.f); got != c.want {
+			t.Errorf("FlagString(%#x) = %q, want %q", uint8(c.f), got, c.want)
+		}
+	}
+}
