@@ -2,7 +2,8 @@
 // tcp-upper-lab run: each builds its own lab, runs our server's stack in
 // apple with the experiment's faults, drives the kernel's TCP from ant,
 // and checks what the stack's own events and counters say against what
-// TCP should do, leaving capture.pcap, events.jsonl and summary.md.
+// TCP should do, leaving capture.pcap, events.jsonl, timeline.jsonl and
+// summary.md.
 package experiment
 
 import (
@@ -262,7 +263,8 @@ func Exchange(c net.Conn, line string, timeout time.Duration) error {
 
 // Options configure a run.
 type Options struct {
-	// Dir receives capture.pcap, events.jsonl and summary.md; empty: a new
+	// Dir receives capture.pcap, events.jsonl, timeline.jsonl and
+	// summary.md; empty: a new
 	// directory under the system's temp dir.
 	Dir string
 	// Seed seeds the faults; 0 draws one.
@@ -417,8 +419,23 @@ func writeOutputs(e *Env, res *Result) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
+	entries, err := timeline(filepath.Join(res.Dir, "capture.pcap"), evs)
+	if err != nil {
+		return fmt.Errorf("timeline: %w", err)
+	}
+	tf, err := os.Create(filepath.Join(res.Dir, "timeline.jsonl"))
+	if err != nil {
+		return err
+	}
+	if err := writeTimeline(tf, entries); err != nil {
+		tf.Close()
+		return err
+	}
+	if err := tf.Close(); err != nil {
+		return err
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Experiment %s\n\n%s\n\n- faults: %s\n- seed: %d (repeat: `tcp-upper-lab run %s --seed %d`)\n- files: capture.pcap (tcpdump -nr), events.jsonl\n\n",
+	fmt.Fprintf(&b, "# Experiment %s\n\n%s\n\n- faults: %s\n- seed: %d (repeat: `tcp-upper-lab run %s --seed %d`)\n- files: capture.pcap (pcapng: tcpdump -nr, or tshark/Wireshark to see what the fault layer did to a packet), events.jsonl, timeline.jsonl\n\n",
 		e.exp.Name, e.exp.Summary, faultList(e.exp.Faults), res.Seed, e.exp.Name, res.Seed)
 	b.WriteString("## Verdicts\n\n")
 	for _, v := range res.Verdicts {
@@ -428,11 +445,7 @@ func writeOutputs(e *Env, res *Result) error {
 		}
 		fmt.Fprintf(&b, "- **%s** %s — %s\n", mark, v.Expect, v.Evidence)
 	}
-	b.WriteString("\n## Timeline (the stack's events, seconds from start)\n\n```\n")
-	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
-	for i := range evs {
-		fmt.Fprintf(&b, "%8.3f %s\n", evs[i].Time.Sub(e.Start).Seconds(), strings.SplitN(evs[i].Text(), " ", 2)[1])
-	}
-	b.WriteString("```\n")
+	b.WriteString("\n## Timeline\n\nThe wire (the segments our stack sent and received, as capture.pcap holds them, with what the fault layer did to them), our stack's events (`*`) and the faults injected (`!!!`), by connection, in seconds from the start; timeline.jsonl has the same, one JSON object a line.\n")
+	summaryTimeline(&b, entries, e.Start)
 	return os.WriteFile(filepath.Join(res.Dir, "summary.md"), []byte(b.String()), 0o644)
 }

@@ -37,7 +37,7 @@ func testExperiments(t *testing.T, mode []string) {
 			if !res.Passed() {
 				t.Fatalf("failed:\n%s", out.String())
 			}
-			for _, f := range []string{"capture.pcap", "events.jsonl", "summary.md"} {
+			for _, f := range []string{"capture.pcap", "events.jsonl", "timeline.jsonl", "summary.md"} {
 				if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
 					t.Errorf("%s: %v", f, err)
 				}
