@@ -111,7 +111,8 @@ func writeTimeline(w io.Writer, entries []Entry) error {
 }
 
 // summaryLimit is how many timeline lines summary.md shows in full; past
-// it, plain data and ACK segments are left out (timeline.jsonl has them).
+// it, data and ACK segments more than 3 lines away from an event or fault
+// are left out (timeline.jsonl has them).
 const summaryLimit = 200
 
 // summaryTimeline writes the timeline for summary.md, one line per entry,
@@ -131,9 +132,8 @@ func summaryTimeline(b *strings.Builder, entries []Entry, start time.Time) {
 		es := byConn[k]
 		fmt.Fprintf(b, "\nConnection %s → %s:\n\n```\n", k.remote, k.local)
 		left := 0
-		for _, e := range es {
-			plain := e.Source == "wire" && e.Mark == "" && e.flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) == 0
-			if len(es) > summaryLimit && plain {
+		for i, e := range es {
+			if len(es) > summaryLimit && e.plain() && !nearEvent(es, i, 3) {
 				left++
 				continue
 			}
@@ -141,9 +141,25 @@ func summaryTimeline(b *strings.Builder, entries []Entry, start time.Time) {
 		}
 		b.WriteString("```\n")
 		if left > 0 {
-			fmt.Fprintf(b, "\n(%d plain data and ACK segments left out here; timeline.jsonl and capture.pcap have every one)\n", left)
+			fmt.Fprintf(b, "\n(%d data and ACK segments away from any event left out here; timeline.jsonl and capture.pcap have every one)\n", left)
 		}
 	}
+}
+
+// plain is a data or ACK segment the fault layer left alone.
+func (e *Entry) plain() bool {
+	return e.Source == "wire" && e.Mark == "" && e.flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) == 0
+}
+
+// nearEvent reports whether an event or fault is within n entries of
+// es[i]: the segments around it show what led to it and what followed.
+func nearEvent(es []Entry, i, n int) bool {
+	for j := max(0, i-n); j <= min(len(es)-1, i+n); j++ {
+		if es[j].Source != "wire" {
+			return true
+		}
+	}
+	return false
 }
 
 // text is the entry as one line: who, what.
