@@ -122,6 +122,7 @@ func (e *Env) Step(format string, args ...any) {
 
 // Events returns the stack's events so far: every event caused by what
 // the stack did before the call (the tracker's Sync is the barrier).
+// Events and Await are for the goroutine that runs the experiment.
 func (e *Env) Events() []inspect.Event {
 	e.Stack.Tracker().Sync()
 	e.take()
@@ -264,8 +265,7 @@ func Exchange(c net.Conn, line string, timeout time.Duration) error {
 // Options configure a run.
 type Options struct {
 	// Dir receives capture.pcap, events.jsonl, timeline.jsonl and
-	// summary.md; empty: a new
-	// directory under the system's temp dir.
+	// summary.md; empty: a new directory under the system's temp dir.
 	Dir string
 	// Seed seeds the faults; 0 draws one.
 	Seed uint64
