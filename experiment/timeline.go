@@ -86,7 +86,8 @@ func timeline(capture string, evs []inspect.Event) ([]Entry, error) {
 		if ev.Kind == inspect.KindFault {
 			src = "fault"
 		}
-		out = append(out, Entry{Time: ev.Time, Source: src, Stack: "netstack", Host: lab.Apple, Local: ev.Conn.Local, Remote: ev.Conn.Remote, Event: ev})
+		st, host := whose(ev)
+		out = append(out, Entry{Time: ev.Time, Source: src, Stack: st, Host: host, Local: ev.Conn.Local, Remote: ev.Conn.Remote, Event: ev})
 	}
 	// A segment and the event it caused can share a microsecond: the
 	// segment first.
@@ -98,6 +99,11 @@ func timeline(capture string, evs []inspect.Event) ([]Entry, error) {
 	})
 	return out, nil
 }
+
+// whose says which stack, in which host, reported ev. Every event here is
+// our server stack's; when events carry their own stack and host (the
+// kernel client's, from its tracepoints), this is where they are read.
+func whose(ev *inspect.Event) (stack, host string) { return "netstack", lab.Apple }
 
 func writeTimeline(w io.Writer, entries []Entry) error {
 	enc := json.NewEncoder(w)
