@@ -3,8 +3,8 @@
 // apple with the experiment's faults, drives the kernel's TCP from ant,
 // and checks what the stack's own events and counters say against what
 // TCP should do, leaving capture.pcap, events.jsonl (both ends: our
-// stack's events and the kernel client's, from its tracepoints) and
-// summary.md.
+// stack's events and the kernel client's, from its tracepoints),
+// timeline.jsonl, summary.md and report.html.
 package experiment
 
 import (
@@ -128,6 +128,7 @@ func (e *Env) Step(format string, args ...any) {
 
 // Events returns the stack's events so far: every event caused by what
 // the stack did before the call (the tracker's Sync is the barrier).
+// Events and Await are for the goroutine that runs the experiment.
 func (e *Env) Events() []inspect.Event {
 	e.Stack.Tracker().Sync()
 	e.take()
@@ -281,8 +282,8 @@ func Exchange(c net.Conn, line string, timeout time.Duration) error {
 
 // Options configure a run.
 type Options struct {
-	// Dir receives capture.pcap, events.jsonl and summary.md; empty: a new
-	// directory under the system's temp dir.
+	// Dir receives capture.pcap, events.jsonl, timeline.jsonl and
+	// summary.md; empty: a new directory under the system's temp dir.
 	Dir string
 	// Seed seeds the faults; 0 draws one.
 	Seed uint64
@@ -460,8 +461,23 @@ func writeOutputs(e *Env, res *Result) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
+	entries, err := timeline(filepath.Join(res.Dir, "capture.pcap"), evs)
+	if err != nil {
+		return fmt.Errorf("timeline: %w", err)
+	}
+	tf, err := os.Create(filepath.Join(res.Dir, "timeline.jsonl"))
+	if err != nil {
+		return err
+	}
+	if err := writeTimeline(tf, entries); err != nil {
+		tf.Close()
+		return err
+	}
+	if err := tf.Close(); err != nil {
+		return err
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Experiment %s\n\n%s\n\n- faults: %s\n- seed: %d (repeat: `tcp-upper-lab run %s --seed %d`)\n- files: capture.pcap (tcpdump -nr), events.jsonl, report.html (ladder, graphs)\n\n",
+	fmt.Fprintf(&b, "# Experiment %s\n\n%s\n\n- faults: %s\n- seed: %d (repeat: `tcp-upper-lab run %s --seed %d`)\n- files: capture.pcap (pcapng: tcpdump -nr, or tshark/Wireshark to see what the fault layer did to a packet), events.jsonl, timeline.jsonl, report.html (ladder, graphs)\n\n",
 		e.exp.Name, e.exp.Summary, faultList(e.exp.Faults), res.Seed, e.exp.Name, res.Seed)
 	b.WriteString("## Verdicts\n\n")
 	for _, v := range res.Verdicts {
@@ -471,11 +487,8 @@ func writeOutputs(e *Env, res *Result) error {
 		}
 		fmt.Fprintf(&b, "- **%s** %s — %s\n", mark, v.Expect, v.Evidence)
 	}
-	b.WriteString("\n## Timeline (both ends' events: apple/netstack ours, ant/kernel the kernel client's; seconds from start)\n\n```\n")
-	for i := range evs {
-		fmt.Fprintf(&b, "%8.3f %s\n", evs[i].Time.Sub(e.Start).Seconds(), strings.SplitN(evs[i].Text(), " ", 2)[1])
-	}
-	b.WriteString("```\n")
+	b.WriteString("\n## Timeline\n\nThe wire (the segments our stack sent and received, as capture.pcap holds them, with what the fault layer did to them), our stack's events (`*`) and the faults injected (`!!!`), by connection, in seconds from the start; timeline.jsonl has the same, one JSON object a line.\n")
+	summaryTimeline(&b, entries, e.Start)
 	if err := os.WriteFile(filepath.Join(res.Dir, "summary.md"), []byte(b.String()), 0o644); err != nil {
 		return err
 	}

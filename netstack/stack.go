@@ -36,6 +36,9 @@ import (
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
+// The trace layer takes the fault layer's notes on incoming packets.
+var _ fault.Noter = (*trace.Link)(nil)
+
 // NICID is the one NIC every Stack has.
 const NICID tcpip.NICID = 1
 
@@ -284,7 +287,7 @@ func (st *Stack) noteFault(a fault.Applied) {
 			dir = trace.Out
 		}
 		dropped := a.Action == fault.Drop || a.Action == fault.Blackhole
-		st.tr.Mark(a.Time, dir, a.Packet, dropped, FaultComment(a))
+		st.tr.Mark(a.Time, dir, a.Packet, dropped, a.Comment())
 	}
 	if st.tracker != nil {
 		id := inspect.ConnID{Local: a.Dst, Remote: a.Src}
@@ -294,19 +297,6 @@ func (st *Stack) noteFault(a fault.Applied) {
 		st.tracker.Inject(inspect.Event{Time: a.Time, Kind: inspect.KindFault, Conn: id, Rule: a.RuleID,
 			Cause: "injected " + a.Action.String() + ", " + what})
 	}
-}
-
-// FaultComment is how the capture marks a packet the fault layer acted
-// on: "dropped by rule 1: out ack drop count=1".
-func FaultComment(a fault.Applied) string {
-	verb := map[fault.Action]string{
-		fault.Drop: "dropped", fault.Blackhole: "dropped", fault.Delay: "delayed", fault.Dup: "duplicated",
-		fault.Reorder: "held back to be overtaken", fault.Corrupt: "corrupted", fault.Truncate: "truncated", fault.Rate: "rate-limited",
-	}[a.Action]
-	if verb == "" {
-		verb = a.Action.String()
-	}
-	return fmt.Sprintf("%s by rule %d: %s", verb, a.RuleID, a.Rule)
 }
 
 // Tracker is the connection tracker, or nil without Options.Inspect.

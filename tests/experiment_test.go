@@ -37,7 +37,7 @@ func testExperiments(t *testing.T, mode []string) {
 			if !res.Passed() {
 				t.Fatalf("failed:\n%s", out.String())
 			}
-			for _, f := range []string{"capture.pcap", "events.jsonl", "summary.md", "report.html"} {
+			for _, f := range []string{"capture.pcap", "events.jsonl", "timeline.jsonl", "summary.md", "report.html"} {
 				if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
 					t.Errorf("%s: %v", f, err)
 				}
@@ -178,9 +178,11 @@ func TestExperimentsRepeat(t *testing.T) {
 }
 
 // TestCaptureMarksFaults: the experiment's capture (pcapng) marks each
-// packet the fault layer dropped with a comment tshark reads: the client's
-// SYNs dropped before our stack (kept in the capture, marked), and our
-// data segment dropped on its way out. tcpdump reads the same file.
+// packet the fault layer acted on with a comment tshark reads: the
+// client's SYNs dropped before our stack (kept in the capture, marked),
+// our data segment dropped on its way out, and the client's segments our
+// stack received duplicated, corrupted or overtaken. tcpdump reads the
+// same files.
 func TestCaptureMarksFaults(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "tshark")
@@ -191,6 +193,9 @@ func TestCaptureMarksFaults(t *testing.T) {
 	}{
 		{"syn-loss", []string{"S\tdropped by rule 1: in syn drop count=2", "S\tdropped by rule 1: in syn drop count=2"}},
 		{"fast-retransmit", []string{"A\tdropped by rule 1: out data drop nth=20"}},
+		{"duplicate", []string{"A\tduplicated by rule 1: in data dup nth=3", "A\tcopy 1 of it, made by rule 1: in data dup nth=3"}},
+		{"corruption", []string{"A\tcorrupted by rule 1: in data corrupt count=3", "A\tcorrupted by rule 1: in data corrupt count=3", "A\tcorrupted by rule 1: in data corrupt count=3"}},
+		{"reorder", []string{"AP\theld back to be overtaken by rule 1: in data reorder nth=5"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x, err := experiment.Find(tc.name)
@@ -222,7 +227,7 @@ func TestCaptureMarksFaults(t *testing.T) {
 			if strings.Join(got, "\n") != strings.Join(tc.marks, "\n") {
 				t.Fatalf("marked packets:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.marks, "\n"))
 			}
-			if td, err := exec.Command("tcpdump", "-nr", pcap).Output(); err != nil || !strings.Contains(string(td), "Flags [S]") {
+			if td, err := exec.Command("tcpdump", "-nr", pcap).Output(); err != nil || !strings.Contains(string(td), "Flags [S.]") {
 				t.Fatalf("tcpdump -r: %v\n%s", err, td)
 			}
 		})

@@ -482,19 +482,32 @@ func (c *capture) stop() []string {
 // lineWatch collects output (passing it on to next, if set) and lets a
 // caller wait for a substring to appear.
 type lineWatch struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	next io.Writer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	next    io.Writer
+	changed chan struct{} // a token after each write (made on first use)
 }
 
 func (w *lineWatch) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	w.buf.Write(p)
+	ch := w.changedLocked()
 	w.mu.Unlock()
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 	if w.next != nil {
 		w.next.Write(p)
 	}
 	return len(p), nil
+}
+
+func (w *lineWatch) changedLocked() chan struct{} {
+	if w.changed == nil {
+		w.changed = make(chan struct{}, 1)
+	}
+	return w.changed
 }
 
 func (w *lineWatch) String() string {
@@ -503,13 +516,20 @@ func (w *lineWatch) String() string {
 	return w.buf.String()
 }
 
+// waitFor waits until s has been written, or for at most timeout. One
+// goroutine at a time may wait (a write wakes one waiter).
 func (w *lineWatch) waitFor(s string, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if strings.Contains(w.String(), s) {
-			return true
+	w.mu.Lock()
+	ch := w.changedLocked()
+	w.mu.Unlock()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for !strings.Contains(w.String(), s) {
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return strings.Contains(w.String(), s)
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
-	return false
+	return true
 }

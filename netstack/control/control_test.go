@@ -124,7 +124,13 @@ func TestSSStatsHelloEvents(t *testing.T) {
 			return nil
 		})
 	}()
-	time.Sleep(50 * time.Millisecond) // let the subscription start
+	// The stream's subscription starts on the server's side: wait for it.
+	for deadline := time.Now().Add(5 * time.Second); r.srv.Tracker().Subscribers() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the events stream did not subscribe within 5s")
+		}
+		runtime.Gosched()
+	}
 
 	conn := r.dial(t)
 	if _, err := conn.Write([]byte("abc\n")); err != nil {

@@ -39,6 +39,27 @@ type Applied struct {
 	Packet *stack.PacketBuffer
 }
 
+// Comment is how a capture marks the packet: "dropped by rule 1: out ack
+// drop count=1".
+func (a Applied) Comment() string {
+	verb := map[Action]string{
+		Drop: "dropped", Blackhole: "dropped", Delay: "delayed", Dup: "duplicated",
+		Reorder: "held back to be overtaken", Corrupt: "corrupted", Truncate: "truncated", Rate: "rate-limited",
+	}[a.Action]
+	if verb == "" {
+		verb = a.Action.String()
+	}
+	return fmt.Sprintf("%s by rule %d: %s", verb, a.RuleID, a.Rule)
+}
+
+// Noter is what a layer above the fault layer (the trace layer) may
+// implement to record an incoming packet with a note: the fault layer
+// hands it each packet it changed, delayed, held back or copied that way,
+// with what it did (Applied.Comment).
+type Noter interface {
+	DeliverNoted(proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer, note string)
+}
+
 // Options configure a Link.
 type Options struct {
 	// Seed seeds every random choice. The same seed and the same traffic
@@ -94,6 +115,8 @@ type Link struct {
 	closed bool
 
 	stats Stats
+
+	noter atomic.Pointer[Noter] // the layer above, if it takes notes
 }
 
 type rule struct {
@@ -109,6 +132,7 @@ type rule struct {
 type heldPkt struct {
 	proto tcpip.NetworkProtocolNumber
 	data  []byte
+	note  string
 	timer *time.Timer
 }
 
@@ -250,12 +274,34 @@ func (l *Link) Close() {
 	l.Endpoint.Close()
 }
 
-// pass sends data on in its direction, now.
-func (l *Link) pass(dir Dir, proto tcpip.NetworkProtocolNumber, data []byte) {
+// Attach implements stack.LinkEndpoint: it remembers whether the layer
+// above takes notes (Noter).
+func (l *Link) Attach(d stack.NetworkDispatcher) {
+	if n, ok := d.(Noter); ok {
+		l.noter.Store(&n)
+	} else {
+		l.noter.Store(nil)
+	}
+	l.Endpoint.Attach(d)
+}
+
+// deliver hands an incoming packet up, with note if the layer above takes
+// notes.
+func (l *Link) deliver(proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer, note string) {
+	if n := l.noter.Load(); n != nil && note != "" {
+		(*n).DeliverNoted(proto, p, note)
+		return
+	}
+	l.Endpoint.DeliverNetworkPacket(proto, p)
+}
+
+// pass sends data on in its direction, now; note says what the layer did
+// to it (for the layer above, coming in).
+func (l *Link) pass(dir Dir, proto tcpip.NetworkProtocolNumber, data []byte, note string) {
 	p := pkt.New(data)
 	defer p.DecRef()
 	if dir == In {
-		l.Endpoint.DeliverNetworkPacket(proto, p)
+		l.deliver(proto, p, note)
 		return
 	}
 	p.NetworkProtocolNumber = proto
@@ -265,9 +311,9 @@ func (l *Link) pass(dir Dir, proto tcpip.NetworkProtocolNumber, data []byte) {
 }
 
 // passOrig sends the original packet on.
-func (l *Link) passOrig(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer) {
+func (l *Link) passOrig(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer, note string) {
 	if dir == In {
-		l.Endpoint.DeliverNetworkPacket(proto, p)
+		l.deliver(proto, p, note)
 		return
 	}
 	var list stack.PacketBufferList
@@ -451,10 +497,10 @@ func (l *Link) passWhole(dir Dir, proto tcpip.NetworkProtocolNumber, p *stack.Pa
 		held.timer.Stop()
 	}
 	l.mu.Unlock()
-	l.passOrig(dir, proto, p)
+	l.passOrig(dir, proto, p, "")
 	if held != nil {
 		l.stats.Reordered.Add(1)
-		l.pass(dir, held.proto, held.data)
+		l.pass(dir, held.proto, held.data, held.note)
 	}
 }
 
@@ -517,37 +563,47 @@ func (l *Link) handleWire(dir Dir, proto tcpip.NetworkProtocolNumber, p, orig *s
 	l.mu.Unlock()
 
 	if r == nil {
-		l.passOrig(dir, proto, p)
+		l.passOrig(dir, proto, p, "")
 		if held != nil {
 			l.stats.Reordered.Add(1)
-			l.pass(dir, held.proto, held.data)
+			l.pass(dir, held.proto, held.data, held.note)
 		}
 		return
 	}
 	l.stats.Applied.Add(1)
+	a := Applied{Time: now, Dir: dir, RuleID: r.id, Rule: r.String(), Action: r.Action, Src: s.src, Dst: s.dst, Segment: segString(&s)}
+	var note string // for the layer above, coming in
+	if dir == In && l.noter.Load() != nil {
+		note = a.Comment()
+	}
 	if l.onApply != nil {
 		marked := orig
 		if dir == In {
 			marked = p
 		}
-		l.onApply(Applied{Time: now, Dir: dir, RuleID: r.id, Rule: r.String(), Action: r.Action, Src: s.src, Dst: s.dst, Segment: segString(&s), Packet: marked})
+		a.Packet = marked
+		l.onApply(a)
 	}
 	switch r.Action {
 	case Drop, Blackhole:
 		l.stats.Dropped.Add(1)
 	case Delay:
 		l.stats.Delayed.Add(1)
-		l.later(dir, proto, pkt.Bytes(p), r.Delay+jitter)
+		l.later(dir, proto, pkt.Bytes(p), r.Delay+jitter, note)
 	case Dup:
 		l.stats.Duplicated.Add(uint64(r.Copies))
 		data := pkt.Bytes(p)
-		l.passOrig(dir, proto, p)
+		l.passOrig(dir, proto, p, note)
 		for i := 0; i < r.Copies; i++ {
-			l.pass(dir, proto, append([]byte(nil), data...))
+			cp := ""
+			if note != "" {
+				cp = fmt.Sprintf("copy %d of it, made by rule %d: %s", i+1, r.id, r.String())
+			}
+			l.pass(dir, proto, append([]byte(nil), data...), cp)
 		}
 	case Reorder:
 		data := pkt.Bytes(p)
-		h := &heldPkt{proto: proto, data: data}
+		h := &heldPkt{proto: proto, data: data, note: note}
 		l.mu.Lock()
 		prev := l.held[idx]
 		l.held[idx] = h
@@ -560,13 +616,13 @@ func (l *Link) handleWire(dir Dir, proto tcpip.NetworkProtocolNumber, p, orig *s
 			}
 			l.mu.Unlock()
 			if mine {
-				l.pass(dir, h.proto, h.data)
+				l.pass(dir, h.proto, h.data, h.note)
 			}
 		})
 		l.mu.Unlock()
 		if prev != nil {
 			prev.timer.Stop()
-			l.pass(dir, prev.proto, prev.data)
+			l.pass(dir, prev.proto, prev.data, prev.note)
 		}
 	case Corrupt:
 		l.stats.Corrupted.Add(1)
@@ -574,33 +630,33 @@ func (l *Link) handleWire(dir Dir, proto tcpip.NetworkProtocolNumber, p, orig *s
 		if byteAt := corruptAt / 8; byteAt < len(data) {
 			data[byteAt] ^= 1 << (corruptAt % 8)
 		}
-		l.pass(dir, proto, data)
+		l.pass(dir, proto, data, note)
 	case Truncate:
 		l.stats.Truncated.Add(1)
 		data := pkt.Bytes(p)
-		l.pass(dir, proto, data[:min(len(data), r.Bytes)])
+		l.pass(dir, proto, data[:min(len(data), r.Bytes)], note)
 	case Rate:
 		if rateWait > 2*time.Second {
 			l.stats.RateDrops.Add(1) // the queue is full: tail drop
 			break
 		}
 		l.stats.RateQueued.Add(1)
-		l.later(dir, proto, pkt.Bytes(p), rateWait)
+		l.later(dir, proto, pkt.Bytes(p), rateWait, note)
 	}
 	if held != nil {
 		l.stats.Reordered.Add(1)
-		l.pass(dir, held.proto, held.data)
+		l.pass(dir, held.proto, held.data, held.note)
 	}
 }
 
 // later sends data on after d.
-func (l *Link) later(dir Dir, proto tcpip.NetworkProtocolNumber, data []byte, d time.Duration) {
+func (l *Link) later(dir Dir, proto tcpip.NetworkProtocolNumber, data []byte, d time.Duration, note string) {
 	time.AfterFunc(max(d, 0), func() {
 		l.mu.Lock()
 		closed := l.closed
 		l.mu.Unlock()
 		if !closed {
-			l.pass(dir, proto, data)
+			l.pass(dir, proto, data, note)
 		}
 	})
 }

@@ -305,6 +305,14 @@ func (s *Subscription) Close() {
 	}
 }
 
+// Subscribers is how many subscriptions are open: a test that starts a
+// stream elsewhere (the control socket's events) waits for it with this.
+func (t *Tracker) Subscribers() int {
+	t.subsMu.Lock()
+	defer t.subsMu.Unlock()
+	return len(t.subs)
+}
+
 // Subscribe returns a subscription to every event from now on, with room
 // for buf events; a subscriber that falls further behind loses events
 // (counted in its Dropped and in the tracker's EventsDropped).

@@ -180,6 +180,22 @@ func (l *Link) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stac
 	l.Endpoint.DeliverNetworkPacket(proto, pkt)
 }
 
+// DeliverNoted implements fault.Noter: an incoming packet the fault layer
+// changed, delayed, held back or copied goes up to the stack with note
+// as its comment in the capture.
+func (l *Link) DeliverNoted(proto tcpip.NetworkProtocolNumber, p *stack.PacketBuffer, note string) {
+	if !l.record {
+		l.observe(In, p)
+	} else {
+		r := l.capture(In, p)
+		if l.opts.Pcap != nil {
+			r.comment = note
+		}
+		l.push(r)
+	}
+	l.Endpoint.DeliverNetworkPacket(proto, p)
+}
+
 // WritePackets implements stack.LinkWriter: packets on their way down.
 // Their records are queued first, in order with the packets coming in, and
 // written once the layers below have taken the packets, so that what the
@@ -232,9 +248,9 @@ func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 // WritePackets call that handed p down, whose record then carries the
 // comment; coming in, for a packet the stack will never receive (dropped
 // below it), which is recorded now, in the capture only (not in the text
-// trace, which shows what the stack received). A mark on an incoming
-// packet that goes on up is not recorded: the capture shows the packet as
-// the stack received it. Without a capture it does nothing.
+// trace, which shows what the stack received). An incoming packet that
+// goes on up gets its comment through DeliverNoted instead. Without a
+// capture it does nothing.
 func (l *Link) Mark(t time.Time, dir Direction, p *stack.PacketBuffer, dropped bool, comment string) {
 	if l.opts.Pcap == nil || l.closed.Load() {
 		return
