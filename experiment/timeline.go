@@ -100,10 +100,19 @@ func timeline(capture string, evs []inspect.Event) ([]Entry, error) {
 	return out, nil
 }
 
-// whose says which stack, in which host, reported ev. Every event here is
-// our server stack's; when events carry their own stack and host (the
-// kernel client's, from its tracepoints), this is where they are read.
-func whose(ev *inspect.Event) (stack, host string) { return "netstack", lab.Apple }
+// whose says which stack, in which host, reported ev: what the event says
+// (the kernel client's, from its tracepoints, say ant/kernel), else our
+// server stack in apple.
+func whose(ev *inspect.Event) (stack, host string) {
+	stack, host = ev.Stack, ev.Host
+	if stack == "" {
+		stack = inspect.StackNetstack
+	}
+	if host == "" {
+		host = lab.Apple
+	}
+	return stack, host
+}
 
 func writeTimeline(w io.Writer, entries []Entry) error {
 	enc := json.NewEncoder(w)
@@ -129,6 +138,9 @@ func summaryTimeline(b *strings.Builder, entries []Entry, start time.Time) {
 	byConn := map[key][]Entry{}
 	for _, e := range entries {
 		k := key{e.Local, e.Remote}
+		if e.Stack == inspect.StackKernel {
+			k = key{e.Remote, e.Local} // the kernel client's view: turned to ours
+		}
 		if _, ok := byConn[k]; !ok {
 			order = append(order, k)
 		}
@@ -181,6 +193,12 @@ func (e *Entry) text() string {
 		return fmt.Sprintf("%-5s !!! %s", e.Host, e.Event.Cause)
 	}
 	_, rest, _ := strings.Cut(e.Event.Text(), " ") // drop the clock time
-	_, rest, _ = strings.Cut(rest, " ")            // and the peer: the block names it
+	if who := e.Event.Who(); who != "" {
+		rest = strings.TrimPrefix(rest, who+" ") // the host is in its column
+	}
+	if e.Stack == inspect.StackKernel {
+		return fmt.Sprintf("%-5s  *  kernel: %s", e.Host, rest)
+	}
+	_, rest, _ = strings.Cut(rest, " ") // and the peer: the block names it
 	return fmt.Sprintf("%-5s  *  %s", e.Host, rest)
 }

@@ -266,7 +266,7 @@ func TestExperimentBothEnds(t *testing.T) {
 		t.Errorf("events.jsonl has the sides %v, want ant/kernel and apple/netstack", sides)
 	}
 	sum, _ := os.ReadFile(filepath.Join(dir, "summary.md"))
-	if !strings.Contains(string(sum), " ant/kernel 10.0.2.2:9999 CLOSED -> SYN-SENT") {
+	if !regexp.MustCompile(`(?m)^ *[0-9.]+ ant +\* +kernel: 10\.0\.2\.2:9999 CLOSED -> SYN-SENT`).Match(sum) {
 		t.Errorf("summary.md's timeline lacks the kernel client:\n%s", sum)
 	}
 }
