@@ -1907,6 +1907,9 @@ func (s *sender) sendSegmentFromPacketBuffer(pkt *stack.PacketBuffer, flags head
 
 	// Remember the max sent ack.
 	s.MaxSentAck = rcvNxt
+	if pkt.Data().Size() > 0 {
+		s.ep.rcv.dataSent() // tcp-upper patch 0011
+	}
 
 	// We need to clone the packet because sendRaw takes ownership of pkt,
 	// and pkt could be reprocessed later on (i.e retrasmission).
