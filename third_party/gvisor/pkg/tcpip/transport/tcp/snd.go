@@ -34,8 +34,11 @@ const (
 	// MaxRTO is the maximum allowed value for the retransmit timeout.
 	MaxRTO = 120 * time.Second
 
-	// MinSRTT is the minimum allowed value for smoothed RTT.
-	MinSRTT = 1 * time.Millisecond
+	// MinSRTT is the minimum allowed value for smoothed RTT: as Linux's
+	// srtt_us, a microsecond (tcp-upper patch 0012; upstream's 1 ms made
+	// a path faster than that read 1 ms). The tail loss probe timeout
+	// has a floor of its own (tlpMinTimeout).
+	MinSRTT = 1 * time.Microsecond
 
 	// InitialCwnd is the initial congestion window.
 	InitialCwnd = 10
