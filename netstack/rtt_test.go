@@ -22,7 +22,8 @@ import (
 // of the server at once, but echoes a TSval a second old, as a peer that
 // holds TS.Recent too long does (upstream gVisor's own ACK of a FIN did,
 // patch 0005). The server's srtt must stay near what the in-memory path
-// takes (tens of microseconds; gVisor floors srtt at 1 ms), not a second.
+// takes (tens of microseconds; upstream gVisor floors srtt at 1 ms, patch
+// 0012 at 1 µs), not a second.
 //
 // Upstream gVisor takes every RTT sample of a connection with timestamps
 // from TSecr, in whole milliseconds (each sample on a sub-millisecond

@@ -179,12 +179,15 @@ func (epsByNIC *endpointsByNIC) handlePacket(id TransportEndpointID, pkt *Packet
 	}
 	// multiPortEndpoints are guaranteed to have at least one element.
 	transEP := mpep.selectEndpoint(id, epsByNIC.seed)
-	if queuedProtocol, mustQueue := mpep.demux.queuedProtocols[protocolIDs{mpep.netProto, mpep.transProto}]; mustQueue {
+	queuedProtocol, mustQueue := mpep.demux.queuedProtocols[protocolIDs{mpep.netProto, mpep.transProto}]
+	epsByNIC.mu.RUnlock()
+	// tcp-upper patch 0010: outside the lock, as HandlePacket below: TCP
+	// may process the segment inline, and an endpoint that closes then
+	// unregisters itself, which takes this lock.
+	if mustQueue {
 		queuedProtocol.QueuePacket(transEP, id, pkt)
-		epsByNIC.mu.RUnlock()
 		return true
 	}
-	epsByNIC.mu.RUnlock()
 
 	transEP.HandlePacket(id, pkt)
 	return true

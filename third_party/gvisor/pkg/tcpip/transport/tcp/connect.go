@@ -1301,9 +1301,10 @@ func (e *Endpoint) handleSegmentsLocked() tcpip.Error {
 		e.route.ConfirmReachable()
 	}
 
-	// Send an ACK for all processed packets if needed.
+	// Send an ACK for all processed packets if needed: now or delayed
+	// (tcp-upper patch 0011).
 	if e.rcv.RcvNxt != e.snd.MaxSentAck {
-		e.snd.sendAck()
+		e.rcv.ackReceived()
 	}
 
 	e.resetKeepaliveTimer(true /* receivedData */)

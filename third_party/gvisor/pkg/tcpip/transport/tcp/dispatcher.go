@@ -505,8 +505,42 @@ func (d *dispatcher) queuePacket(stackEP stack.TransportEndpoint, id stack.Trans
 	// goroutine as endpoint.UnlockUser will wake up the processor if the
 	// segment queue is not empty.
 	if !ep.isOwnedByUser() {
+		// tcp-upper patch 0010: process the segment here, in the
+		// goroutine that delivered it (the link's reader), when the
+		// endpoint is free, as Linux does in softirq; the processor
+		// goroutine takes what is left when it is not.
+		if processInline(ep) {
+			return
+		}
 		d.selectProcessor(id).queueEndpoint(ep)
 	}
+}
+
+// processInline processes ep's queued segments in the calling goroutine
+// if it can take ep's lock at once, as a processor would (tcp-upper patch
+// 0010). It reports whether nothing is left for a processor: false when
+// the lock was held (by a processor, a timer or an application goroutine
+// that has not yet marked it owned), when segments remain beyond one
+// wake's worth, or for a closed endpoint, whose queue a processor drains.
+// An endpoint the application owns is not a processor's either:
+// UnlockUser queues it.
+//
+// +checklocksexclude:ep.segmentQueue.mu
+// +checklocksexclude:ep.pendingProcessingMu
+func processInline(ep *Endpoint) bool {
+	switch state := ep.EndpointState(); {
+	case state.connecting():
+		handleConnecting(ep)
+	case state.connected() && state != StateTimeWait:
+		handleConnected(ep)
+	case state == StateTimeWait:
+		handleTimeWait(ep)
+	case state == StateListen:
+		handleListen(ep)
+	default:
+		return false
+	}
+	return ep.segmentQueue.empty() || ep.isOwnedByUser()
 }
 
 // selectProcessor uses a hash of the transport endpoint ID to queue the

@@ -1220,6 +1220,9 @@ func (e *Endpoint) cleanupLocked() {
 		e.snd.reorderTimer.cleanup()
 		e.snd.corkTimer.cleanup()
 	}
+	if e.rcv != nil {
+		e.rcv.delAckTimer.cleanup() // tcp-upper patch 0011
+	}
 
 	if e.finWait2Timer != nil {
 		e.finWait2Timer.Stop()

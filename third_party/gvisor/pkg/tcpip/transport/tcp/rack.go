@@ -30,6 +30,12 @@ const (
 	// See: https://tools.ietf.org/html/draft-ietf-tcpm-rack-08#section-7.5.
 	wcDelayedACKTimeout = 200 * time.Millisecond
 
+	// tlpMinTimeout is added to 2 SRTT when more than one segment is
+	// outstanding: Linux's TCP_TIMEOUT_MIN (tcp_schedule_loss_probe), so
+	// a path of microseconds does not probe after microseconds of
+	// scheduling delay (tcp-upper patch 0012).
+	tlpMinTimeout = 2 * time.Millisecond
+
 	// tcpRACKRecoveryThreshold is the number of loss recoveries for which
 	// the reorder window is inflated and after that the reorder window is
 	// reset to its initial value of minRTT/4.
@@ -183,6 +189,8 @@ func (s *sender) schedulePTO() {
 		pto = s.rtt.TCPRTTState.SRTT * 2
 		if s.Outstanding == 1 {
 			pto += wcDelayedACKTimeout
+		} else {
+			pto += tlpMinTimeout // tcp-upper patch 0012
 		}
 	}
 	s.rtt.Unlock()

@@ -50,10 +50,35 @@ type receiver struct {
 
 	// Time when the last ack was received.
 	lastRcvdAckTime tcpip.MonotonicTime
+
+	// Delayed ACK (tcp-upper patch 0011). delAckTimer sends the ACK that
+	// received data is owed when no segment of ours has carried it within
+	// delayedAckTimeout.
+	delAckTimer timer `state:"nosave"`
+	// quickAcks is how many more times received data is acknowledged at
+	// once while the connection is not interactive (Linux's quick-ack
+	// mode at the start of a connection).
+	quickAcks int
+	// interactive is set when we send data soon after receiving some (a
+	// reply: the ACK can ride on it) and cleared when the delayed ACK
+	// timer has to send one (Linux's ping-pong mode).
+	interactive bool
+	// lastDataRcvd is when data was last received.
+	lastDataRcvd tcpip.MonotonicTime
 }
 
+// Delayed ACK (tcp-upper patch 0011): RFC 9293 3.8.6.3 and RFC 1122
+// 4.2.3.2: an ACK may be delayed, but by less than 0.5 s, and there SHOULD
+// be an ACK for at least every second full-sized segment.
+const (
+	// delayedAckTimeout is Linux's TCP_DELACK_MIN.
+	delayedAckTimeout = 40 * time.Millisecond
+	// maxQuickAcks is Linux's TCP_MAX_QUICKACKS.
+	maxQuickAcks = 16
+)
+
 func newReceiver(ep *Endpoint, irs seqnum.Value, rcvWnd seqnum.Size, rcvWndScale uint8) *receiver {
-	return &receiver{
+	r := &receiver{
 		ep: ep,
 		TCPReceiverState: TCPReceiverState{
 			RcvNxt:      irs + 1,
@@ -63,7 +88,59 @@ func newReceiver(ep *Endpoint, irs seqnum.Value, rcvWnd seqnum.Size, rcvWndScale
 		rcvWnd:          rcvWnd,
 		rcvWUP:          irs + 1,
 		lastRcvdAckTime: ep.stack.Clock().NowMonotonic(),
+		quickAcks:       maxQuickAcks,
 	}
+	r.delAckTimer.init(ep.stack.Clock(), timerHandler(ep, r.delAckTimerExpired))
+	return r
+}
+
+// ackReceived acknowledges the data received up to RcvNxt, now or within
+// delayedAckTimeout (tcp-upper patch 0011). At once: while in quick-ack
+// mode and not interactive, when at least two full-sized segments are
+// unacknowledged, or while out-of-order data waits (the peer needs the
+// SACK blocks). Otherwise the timer sends it, unless a segment of ours
+// carries it first (getSendParams stops the timer).
+// +checklocks:r.ep.mu
+func (r *receiver) ackReceived() {
+	r.lastDataRcvd = r.ep.stack.Clock().NowMonotonic()
+	unacked := r.ep.snd.MaxSentAck.Size(r.RcvNxt)
+	switch {
+	case r.quickAcks > 0 && !r.interactive:
+		r.quickAcks--
+	case unacked >= 2*seqnum.Size(r.ep.snd.MaxPayloadSize):
+	case r.pendingRcvdSegments.Len() > 0:
+	case r.closed:
+	default:
+		if !r.delAckTimer.enabled() {
+			r.delAckTimer.enable(delayedAckTimeout)
+		}
+		return
+	}
+	r.ep.snd.sendAck()
+}
+
+// dataSent notes that we send data: soon after receiving some, the
+// connection is interactive (tcp-upper patch 0011).
+// +checklocks:r.ep.mu
+func (r *receiver) dataSent() {
+	if r.ep.stack.Clock().NowMonotonic().Sub(r.lastDataRcvd) < delayedAckTimeout {
+		r.interactive = true
+	}
+}
+
+// delAckTimerExpired sends the delayed ACK; having to means the
+// connection is not interactive after all (tcp-upper patch 0011).
+// +checklocks:r.ep.mu
+func (r *receiver) delAckTimerExpired() tcpip.Error {
+	if !r.delAckTimer.checkExpiration() {
+		return nil
+	}
+	if !r.ep.EndpointState().connected() || r.RcvNxt == r.ep.snd.MaxSentAck {
+		return nil
+	}
+	r.interactive = false
+	r.ep.snd.sendAck()
+	return nil
 }
 
 // pawsIdle is how long TS.Recent stays valid for PAWS (RFC 7323 5.5: 24
@@ -116,6 +193,8 @@ func (r *receiver) currentWindow() (curWnd seqnum.Size) {
 // segments to send.
 // +checklocks:r.ep.mu
 func (r *receiver) getSendParams() (RcvNxt seqnum.Value, rcvWnd seqnum.Size) {
+	// The segment being sent carries the ACK (tcp-upper patch 0011).
+	r.delAckTimer.disable()
 	newWnd := r.ep.selectWindow()
 	curWnd := r.currentWindow()
 	unackLen := int(r.ep.snd.MaxSentAck.Size(r.RcvNxt))

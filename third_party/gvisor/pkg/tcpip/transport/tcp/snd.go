@@ -34,8 +34,11 @@ const (
 	// MaxRTO is the maximum allowed value for the retransmit timeout.
 	MaxRTO = 120 * time.Second
 
-	// MinSRTT is the minimum allowed value for smoothed RTT.
-	MinSRTT = 1 * time.Millisecond
+	// MinSRTT is the minimum allowed value for smoothed RTT: as Linux's
+	// srtt_us, a microsecond (tcp-upper patch 0012; upstream's 1 ms made
+	// a path faster than that read 1 ms). The tail loss probe timeout
+	// has a floor of its own (tlpMinTimeout).
+	MinSRTT = 1 * time.Microsecond
 
 	// InitialCwnd is the initial congestion window.
 	InitialCwnd = 10
@@ -1907,6 +1910,9 @@ func (s *sender) sendSegmentFromPacketBuffer(pkt *stack.PacketBuffer, flags head
 
 	// Remember the max sent ack.
 	s.MaxSentAck = rcvNxt
+	if pkt.Data().Size() > 0 {
+		s.ep.rcv.dataSent() // tcp-upper patch 0011
+	}
 
 	// We need to clone the packet because sendRaw takes ownership of pkt,
 	// and pkt could be reprocessed later on (i.e retrasmission).

@@ -1,0 +1,107 @@
+package netstack_test
+
+import (
+	"bytes"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
+	"github.com/tcp-upper/tcp-upper/netstack"
+)
+
+// Patch 0012 (third_party/patches/gvisor): srtt in microseconds, and the
+// tail loss probe's floor on the probe timeout instead (2 SRTT + 2 ms, as
+// Linux). Upstream floors srtt at 1 ms, so a path of microseconds reads
+// 1 ms in ss and in the events. On the in-memory path (tens of
+// microseconds) srtt must go below a millisecond, and a flight whose ACK
+// takes a millisecond must not be probed.
+func TestMicrosecondSRTTWithoutEarlyProbes(t *testing.T) {
+	const port = 45100
+	var srtt atomic.Int64
+	var sndUna atomic.Uint32
+	probed := make(chan struct{}, 1)
+	srv := newRawServer(t, netstack.Options{TCPProbe: func(s *tcp.TCPEndpointState) {
+		if s.ID.RemotePort != port {
+			return
+		}
+		srtt.Store(int64(s.Sender.RTTState.SRTT))
+		sndUna.Store(uint32(s.Sender.SndUna))
+		select {
+		case probed <- struct{}{}:
+		default:
+		}
+	}})
+	c := dialSACK(t, srv, port, 1000, 1000)
+	conn := srv.accept(t)
+	var warm time.Duration
+	flight := bytes.Repeat([]byte("x"), 3000) // three segments of MSS 1448
+	for i := range 10 {
+		if _, err := conn.Write(flight); err != nil {
+			t.Fatal(err)
+		}
+		want := c.rcvNxt.Add(seqnum.Size(len(flight)))
+		for c.rcvNxt != want {
+			d, ok := c.await(2*time.Second, func(s rawtcp.Segment) bool { return len(s.Payload) > 0 })
+			if !ok {
+				t.Fatalf("flight %d: no data within 2s", i)
+			}
+			if seqnum.Value(d.Seq) != c.rcvNxt {
+				t.Fatalf("flight %d: segment at %d, want %d (a probe or retransmission)", i, d.Seq, c.rcvNxt)
+			}
+			c.rcvNxt = seqnum.Value(d.Seq).Add(seqnum.Size(len(d.Payload)))
+			c.tsVal++
+			if i < 5 {
+				// Warming up: each segment acknowledged at once.
+				c.next(header.TCPFlagAck, nil)
+			}
+		}
+		if i >= 5 {
+			// The ACK of the whole flight takes a millisecond: no probe
+			// may come before it.
+			if s, ok := c.await(time.Millisecond, func(s rawtcp.Segment) bool { return true }); ok {
+				t.Fatalf("flight %d: %+v from the server within 1ms of its flight, before our ACK: a tail loss probe too early", i, s)
+			}
+			c.next(header.TCPFlagAck, nil)
+		}
+		for deadline := time.After(2 * time.Second); seqnum.Value(sndUna.Load()) != c.rcvNxt; {
+			select {
+			case <-probed:
+			case <-deadline:
+				t.Fatalf("the server did not process the ACK of flight %d within 2s", i)
+			}
+		}
+		if i == 4 {
+			warm = time.Duration(srtt.Load())
+		}
+	}
+	t.Logf("srtt %v after 5 flights acknowledged at once", warm)
+	if warm <= 0 || warm >= time.Millisecond {
+		t.Errorf("srtt %v on an in-memory path with prompt ACKs: want well under a millisecond", warm)
+	}
+}
+
+// dialSACK is rawServer.dial with SACK permitted, which gVisor's RACK and
+// tail loss probes need.
+func dialSACK(t *testing.T, s *rawServer, port uint16, iss seqnum.Value, tsVal uint32) *rawClient {
+	t.Helper()
+	c := &rawClient{t: t, srv: s, me: netip.AddrPortFrom(rawClientIP, port), sndNxt: iss, ts: true, tsVal: tsVal}
+	opts := append(rawtcp.SynOptions(1460, -1, true), tsOption(tsVal, 0)...)
+	c.send(rawtcp.Segment{Seq: uint32(iss), Flags: header.TCPFlagSyn, Window: 65535, Options: opts})
+	synack, ok := c.await(2*time.Second, func(r rawtcp.Segment) bool { return r.Flags.Contains(header.TCPFlagSyn) })
+	if !ok || synack.Flags != header.TCPFlagSyn|header.TCPFlagAck || seqnum.Value(synack.Ack) != iss+1 {
+		t.Fatalf("no SYN-ACK for the SYN from %v (got %+v)", c.me, synack)
+	}
+	if o := header.ParseSynOptions(synack.Options, true); !o.SACKPermitted || !o.TS {
+		t.Fatalf("SYN-ACK options %+v: want SACK permitted and timestamps", o)
+	}
+	c.sndNxt = iss + 1
+	c.rcvNxt = seqnum.Value(synack.Seq) + 1
+	c.next(header.TCPFlagAck, nil)
+	return c
+}
