@@ -39,7 +39,10 @@ func TestMeasurementsOnLoopback(t *testing.T) {
 	tg := loopback(t)
 	ctx := context.Background()
 	d := 300 * time.Millisecond
-	okBulk := func(r bulkResult) bool { return r.mbps > 0 && r.cpuPerGB > 0 && r.clientCPU > 0 }
+	// CPU per GB may read 0 here: /proc/stat counts in 10 ms ticks and a
+	// loopback transfer of 8 MiB can take less (TestCPUMeter checks the
+	// meter itself).
+	okBulk := func(r bulkResult) bool { return r.mbps > 0 && r.cpuPerGB >= 0 && r.clientCPU > 0 }
 	if v, err := bulk(ctx, tg, 8<<20, d, 1); err != nil || !okBulk(v) {
 		t.Errorf("bulk = %+v, %v", v, err)
 	}
