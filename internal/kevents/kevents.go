@@ -70,6 +70,11 @@ type Options struct {
 	// Ours reports whether a thread id is this process's (for Server):
 	// the thread that ran connect. Default: it is in /proc/self/task.
 	Ours func(pid int32) bool
+	// AnyProcess, with Server, keeps the sockets any process connects to
+	// Server from the namespace (sock_diag finds them there when their
+	// port is known), not only this process's: tcp-upper-lab trace
+	// follows the clients a user runs in ant.
+	AnyProcess bool
 	// Diag is the sockets' namespace's table. Without it a socket that
 	// may have entered TIME-WAIT is reported as closed, saying that
 	// nobody could tell.
@@ -109,6 +114,9 @@ type conn struct {
 	// The latest tcp_probe of the socket.
 	probe     ktrace.Record
 	haveProbe bool
+	// unsure: any process's socket (AnyProcess), not yet found in the
+	// namespace; its events are held.
+	unsure bool
 	// rst says a reset was received or sent (which tracepoint).
 	rst string
 	// early is sock_diag's answer when the socket's going was read
@@ -173,9 +181,11 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 	c := f.conns[r.Sk]
 	if c == nil {
 		if r.Kind != ktrace.SetState || !f.wanted(r) {
+			delete(f.here, r.Sk) // a socket not followed
 			return nil
 		}
 		c = &conn{id: inspect.ConnID{Local: r.Src, Remote: r.Dst}, state: kernel(r.OldState)}
+		c.unsure = f.opts.AnyProcess && f.opts.Server.IsValid() && r.Dst == f.opts.Server
 		f.conns[r.Sk] = c
 		if c.id.Local.Port() != 0 {
 			how := fmt.Sprintf("its first record, tracepoint inet_sock_set_state %s -> %s at this instant, came after the kernel took the entry over for its SYN", r.OldState, r.NewState)
@@ -183,7 +193,24 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 			return append(out0, f.Record(r)...)
 		}
 	}
+	if c.unsure && r.Kind == ktrace.SetState && r.NewState == ktrace.TCPClose && r.Src.Port() == 0 {
+		delete(f.conns, r.Sk) // gone before it had a port: never known to be ours
+		return nil
+	}
 	var out []inspect.Event
+	if c.unsure && r.Src.Port() != 0 {
+		// Its port is known: is it in our namespace?
+		here, ok := f.here[r.Sk]
+		if !ok {
+			here = f.inNamespace(r)
+		}
+		delete(f.here, r.Sk)
+		if !here {
+			delete(f.conns, r.Sk)
+			return nil
+		}
+		c.unsure = false
+	}
 	if c.id.Local.Port() == 0 && r.Src.Port() != 0 {
 		// The kernel picked the port: the held events get it.
 		c.id.Local = r.Src
@@ -234,7 +261,7 @@ func (f *Follower) takeOver(c *conn, at time.Time, how string) []inspect.Event {
 // wanted reports whether an unfollowed socket's state record starts one
 // to follow.
 func (f *Follower) wanted(r ktrace.Record) bool {
-	if f.opts.Server.IsValid() && r.NewState == ktrace.TCPSynSent && r.Dst == f.opts.Server && f.opts.Ours(r.PID) {
+	if f.opts.Server.IsValid() && r.NewState == ktrace.TCPSynSent && r.Dst == f.opts.Server && (f.opts.AnyProcess || f.opts.Ours(r.PID)) {
 		return true
 	}
 	if f.opts.Port == 0 || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
@@ -280,6 +307,15 @@ func (f *Follower) Arrived(r ktrace.Record) {
 }
 
 func (f *Follower) arrivedNew(r ktrace.Record) {
+	if f.opts.AnyProcess && f.opts.Server.IsValid() && r.Dst == f.opts.Server && r.Src.Port() != 0 {
+		if c, ok := f.conns[r.Sk]; ok && !c.unsure {
+			return
+		}
+		if _, ok := f.here[r.Sk]; !ok {
+			f.here[r.Sk] = f.inNamespace(r)
+		}
+		return
+	}
 	if f.opts.Port == 0 || r.Kind != ktrace.SetState || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
 		return
 	}

@@ -358,3 +358,37 @@ func TestServerTakeOver(t *testing.T) {
 		t.Errorf("take-over: %s", end.Text())
 	}
 }
+
+// AnyProcess: every process's clients, those sock_diag finds in the
+// namespace once their port is known (looked up when the record arrives).
+func TestAnyProcess(t *testing.T) {
+	elsewhere := netip.MustParseAddrPort("10.0.1.2:50000")
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{{client, server}: {State: ktrace.TCPEstablished}}}
+	f := New(Options{Host: "ant", Server: server, AnyProcess: true, Diag: diag, Ours: ours})
+	mine := clientLife(sk, otherPID)[:3]
+	theirs := clientLife(sk+8, otherPID)[:3]
+	for i := range theirs {
+		if theirs[i].Src.Port() != 0 {
+			theirs[i].Src = elsewhere
+		}
+	}
+	var recs []ktrace.Record
+	for i := range mine {
+		recs = append(recs, mine[i], theirs[i])
+	}
+	for _, r := range recs {
+		f.Arrived(r)
+	}
+	evs := feed(f, recs)
+	if got := transitions(evs); got != "CLOSED>SYN-SENT SYN-SENT>ESTABLISHED" {
+		t.Fatalf("events %s: want the namespace's client only", got)
+	}
+	for _, ev := range evs {
+		if ev.Conn.Local != client {
+			t.Errorf("%s: from %v", ev.Text(), ev.Conn.Local)
+		}
+	}
+	if len(f.here) != 0 || len(f.conns) != 1 {
+		t.Errorf("left behind: %d lookups, %d sockets", len(f.here), len(f.conns))
+	}
+}
