@@ -270,3 +270,29 @@ func TestExperimentBothEnds(t *testing.T) {
 		t.Errorf("summary.md's timeline lacks the kernel client:\n%s", sum)
 	}
 }
+
+// TestLabTraceBothEnds: tcp-upper-lab trace streams the server's events
+// and the kernel clients' in ant (any process's: here the test's own
+// connection), each line saying whose.
+func TestLabTraceBothEnds(t *testing.T) {
+	l := newLab(t)
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	startServer(t, l, "--control", ctl)
+	tr := startIn(t, nil, "", bin("tcp-upper-lab"), "trace", "--control", ctl)
+	if !tr.stderr.waitFor("attached to tcp-upper-server", 5*time.Second) {
+		t.Fatalf("trace did not attach: %s", tr.stderr.String())
+	}
+	seedSession(t, l)
+	if !tr.stdout.waitFor("ant/kernel 10.0.2.2:9999 FIN-WAIT-2 -> TIME-WAIT", 5*time.Second) {
+		t.Fatalf("trace shows no kernel client's TIME-WAIT; stderr %s\n%s", tr.stderr.String(), tr.stdout.String())
+	}
+	for _, want := range []string{"ant/kernel 10.0.2.2:9999 CLOSED -> SYN-SENT", "ant/kernel 10.0.2.2:9999 ESTABLISHED -> FIN-WAIT-1",
+		"apple/netstack 10.0.1.2:", "LISTEN -> SYN-RCVD"} {
+		if !strings.Contains(tr.stdout.String(), want) {
+			t.Errorf("trace lacks %q", want)
+		}
+	}
+	if strings.Contains(tr.stderr.String(), "not shown") {
+		t.Errorf("trace: %s", tr.stderr.String())
+	}
+}

@@ -35,7 +35,7 @@ func commands() map[string]command {
 		"stats":   {"the server stack's counters: segments, retransmits, resets, drops... [--json]", cmdStats},
 		"run":     {"fault-injection experiments with verdicts: run NAME [--out DIR] [--seed N] | --all | --list", cmdRun},
 		"fault":   {"change a running server's faults: fault add RULE | list | del ID | clear", cmdFault},
-		"trace":   {"attach to a running server and stream its connection events live", cmdTrace},
+		"trace":   {"attach to a running server and stream its connection events live (and the kernel clients' in ant)", cmdTrace},
 		"bench":   {"measure our server against the kernel's: bulk, rr, connrate, idle memory, overheads [--json]", cmdBench},
 		"compare": {"probe the kernel's TCP and ours with scripted raw segments: a table of same/differs [--only NAME,...] [--json] [-v]", cmdCompare},
 	}
