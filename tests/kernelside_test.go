@@ -296,3 +296,66 @@ func TestLabTraceBothEnds(t *testing.T) {
 		t.Errorf("trace: %s", tr.stderr.String())
 	}
 }
+
+// TestKernelServerEvents: tcp-upper-server --stack kernel --events prints
+// the kernel server's own state changes from its tracepoints (JSON: stack
+// kernel, host apple); run without root, it says in one line that they are
+// not shown, and serves.
+func TestKernelServerEvents(t *testing.T) {
+	l := newLab(t)
+	echo := func(port string) {
+		t.Helper()
+		c := dialAnt(t, l, net.JoinHostPort(lab.AppleAddr.Addr().String(), port))
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("abc\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ABC\n" {
+			t.Fatalf("reply %q, %v", buf, err)
+		}
+		c.Close()
+	}
+
+	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--stack", "kernel", "--events", "--events-format", "json", "-p", "9999")
+	if !srv.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %s", srv.stderr.String())
+	}
+	echo("9999")
+	if !srv.stderr.waitFor(`"from":"LAST-ACK","to":"CLOSED"`, 5*time.Second) {
+		t.Fatalf("no kernel LAST-ACK -> CLOSED in the server's events:\n%s", srv.stderr.String())
+	}
+	var states []string
+	for _, line := range strings.Split(strings.TrimSpace(srv.stderr.String()), "\n") {
+		var ev inspect.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("not an event: %q: %v", line, err)
+		}
+		if ev.Stack != inspect.StackKernel || ev.Host != lab.Apple || ev.Conn.Local.Port() != 9999 {
+			t.Errorf("%s: stack %q host %q", ev.Text(), ev.Stack, ev.Host)
+		}
+		states = append(states, ev.From.String()+" -> "+ev.To.String())
+	}
+	want := "LISTEN -> SYN-RCVD,SYN-RCVD -> ESTABLISHED,ESTABLISHED -> CLOSE-WAIT,CLOSE-WAIT -> LAST-ACK,LAST-ACK -> CLOSED"
+	if got := strings.Join(states, ","); got != want {
+		t.Errorf("the kernel server's states\n got %s\nwant %s", got, want)
+	}
+	if code := srv.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Errorf("server exit %d", code)
+	}
+
+	// Without root: one line, and the server serves.
+	nobody := startAs(t, l, lab.Apple, &syscall.Credential{Uid: 65534, Gid: 65534}, bin("tcp-upper-server"), "--stack", "kernel", "--events", "-p", "9998")
+	if !nobody.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %s", nobody.stderr.String())
+	}
+	echo("9998")
+	if !nobody.stdout.waitFor(" disconnected", 5*time.Second) {
+		t.Fatalf("unprivileged server: %s", nobody.stdout.String())
+	}
+	lines := strings.Split(strings.TrimSpace(nobody.stderr.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], "--events: the kernel's events are not shown: kernel tracepoints unavailable: ") || !strings.Contains(lines[0], "serving without them") {
+		t.Errorf("unprivileged server's stderr: %q: want one line saying why the kernel's events are not shown", nobody.stderr.String())
+	}
+	nobody.stop(t, syscall.SIGTERM, 10*time.Second)
+}
