@@ -309,7 +309,13 @@ func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				emit(&ev)
 			}
 		}()
-		defer func() { ks.Close(); <-printed }()
+		defer func() {
+			ks.Close()
+			<-printed
+			if lost := ks.Lost(); lost > 0 {
+				fmt.Fprintf(stderr, "(%d of the kernel's records or events lost: its trace buffer overflowed or this terminal read too slowly)\n", lost)
+			}
+		}()
 	}
 	if fm == inspect.Text {
 		fmt.Fprintf(stderr, "attached to %s (pid %d, %s, %s, TIME-WAIT %v); Ctrl-C to stop\n",
