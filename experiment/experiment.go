@@ -136,18 +136,6 @@ func (e *Env) Events() []inspect.Event {
 	return append([]inspect.Event(nil), e.events...)
 }
 
-// KernelEvents returns the kernel client's events so far (ant, from its
-// tracepoints and sock_diag); none if the kernel's side could not be
-// followed.
-func (e *Env) KernelEvents() []inspect.Event {
-	if e.ks != nil {
-		e.ks.Sync()
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]inspect.Event(nil), e.kernel...)
-}
-
 // Counter is one of the stack's counters now.
 func (e *Env) Counter(name string) uint64 {
 	for _, c := range e.Stack.Counters() {
