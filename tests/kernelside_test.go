@@ -295,6 +295,13 @@ func TestLabTraceBothEnds(t *testing.T) {
 	if strings.Contains(tr.stderr.String(), "not shown") {
 		t.Errorf("trace: %s", tr.stderr.String())
 	}
+	// Ctrl-C: it stops and removes its trace instance.
+	if code := tr.stop(t, syscall.SIGINT, 5*time.Second); code != 0 {
+		t.Errorf("trace exit %d: %s", code, tr.stderr.String())
+	}
+	if left, _ := filepath.Glob(fmt.Sprintf("/sys/kernel/tracing/instances/tcp-upper-%d-*", tr.cmd.Process.Pid)); len(left) != 0 {
+		t.Errorf("trace left its trace instance: %v", left)
+	}
 }
 
 // TestKernelServerEvents: tcp-upper-server --stack kernel --events prints
