@@ -324,12 +324,16 @@ func TestKernelServerEvents(t *testing.T) {
 		c.Close()
 	}
 
-	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--stack", "kernel", "--events", "--events-format", "json", "-p", "9999")
+	// A port of its own: the tracepoints fire for every namespace, and
+	// other labs' servers use 9999.
+	port := strconv.Itoa(20000 + int(time.Now().UnixNano()%20000))
+	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--stack", "kernel", "--events", "--events-format", "json", "-p", port)
 	if !srv.stdout.waitFor("waiting for connections...", 10*time.Second) {
 		t.Fatalf("server did not start: %s", srv.stderr.String())
 	}
-	echo("9999")
+	echo(port)
 	if !srv.stderr.waitFor(`"from":"LAST-ACK","to":"CLOSED"`, 5*time.Second) {
+		srv.stop(t, syscall.SIGTERM, 10*time.Second) // it says what it lost
 		t.Fatalf("no kernel LAST-ACK -> CLOSED in the server's events:\n%s", srv.stderr.String())
 	}
 	var states []string
@@ -338,7 +342,7 @@ func TestKernelServerEvents(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &ev); err != nil {
 			t.Fatalf("not an event: %q: %v", line, err)
 		}
-		if ev.Stack != inspect.StackKernel || ev.Host != lab.Apple || ev.Conn.Local.Port() != 9999 {
+		if ev.Stack != inspect.StackKernel || ev.Host != lab.Apple || strconv.Itoa(int(ev.Conn.Local.Port())) != port {
 			t.Errorf("%s: stack %q host %q", ev.Text(), ev.Stack, ev.Host)
 		}
 		states = append(states, ev.From.String()+" -> "+ev.To.String())
