@@ -307,7 +307,7 @@ func (f *Follower) Arrived(r ktrace.Record) {
 }
 
 func (f *Follower) arrivedNew(r ktrace.Record) {
-	if f.opts.AnyProcess && f.opts.Server.IsValid() && r.Dst == f.opts.Server && r.Src.Port() != 0 {
+	if f.opts.AnyProcess && f.opts.Server.IsValid() && r.Kind == ktrace.SetState && r.Dst == f.opts.Server && r.Src.Port() != 0 {
 		if c, ok := f.conns[r.Sk]; ok && !c.unsure {
 			return
 		}
