@@ -9,8 +9,8 @@
 // ours; that record has port 0, since the kernel sets the state before it
 // picks the port, so the socket is followed by its kernel address, Sk),
 // or those with a given local port (a kernel server's) that sock_diag
-// finds in the namespace when their first record arrives (the tracepoints
-// carry no namespace).
+// finds in the namespace, asked as their records arrive (the tracepoints
+// carry no namespace); their events wait for that answer.
 //
 // The kernel's gaps are closed with its socket table, sock_diag (what ss
 // reads), in the sockets' namespace. When a socket leaves FIN-WAIT-2 or
@@ -114,9 +114,12 @@ type conn struct {
 	// The latest tcp_probe of the socket.
 	probe     ktrace.Record
 	haveProbe bool
-	// unsure: any process's socket (AnyProcess), not yet found in the
-	// namespace; its events are held.
-	unsure bool
+	// client: a socket connecting to Options.Server (else a kernel
+	// server's connection). unsure: not yet found in the namespace (a
+	// kernel server's, or AnyProcess's); its events are held. misses
+	// counts the lookups that did not find it.
+	client, unsure bool
+	misses         int
 	// rst says a reset was received or sent (which tracepoint).
 	rst string
 	// early is sock_diag's answer when the socket's going was read
@@ -185,7 +188,8 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 			return nil
 		}
 		c = &conn{id: inspect.ConnID{Local: r.Src, Remote: r.Dst}, state: kernel(r.OldState)}
-		c.unsure = f.opts.AnyProcess && f.opts.Server.IsValid() && r.Dst == f.opts.Server
+		c.client = f.opts.Server.IsValid() && r.Dst == f.opts.Server
+		c.unsure = !c.client || f.opts.AnyProcess
 		f.conns[r.Sk] = c
 		if c.id.Local.Port() != 0 {
 			how := fmt.Sprintf("its first record, tracepoint inet_sock_set_state %s -> %s at this instant, came after the kernel took the entry over for its SYN", r.OldState, r.NewState)
@@ -193,23 +197,33 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 			return append(out0, f.Record(r)...)
 		}
 	}
-	if c.unsure && r.Kind == ktrace.SetState && r.NewState == ktrace.TCPClose && r.Src.Port() == 0 {
-		delete(f.conns, r.Sk) // gone before it had a port: never known to be ours
-		return nil
-	}
 	var out []inspect.Event
 	if c.unsure && r.Src.Port() != 0 {
-		// Its port is known: is it in our namespace?
+		// Is it in our namespace? A client socket is in the table from
+		// the first record that names its port; a server's connection
+		// perhaps only from its second (the kernel reports SYN_RECV
+		// before it inserts the socket).
 		here, ok := f.here[r.Sk]
 		if !ok {
 			here = f.inNamespace(r)
 		}
 		delete(f.here, r.Sk)
-		if !here {
-			delete(f.conns, r.Sk)
+		c.misses++
+		switch {
+		case here:
+			c.unsure = false
+			if c.id.Local.Port() != 0 {
+				out = append(out, c.held...)
+				c.held = nil
+			}
+		case c.client || c.misses >= 2 || (r.Kind == ktrace.SetState && r.NewState == ktrace.TCPClose):
+			delete(f.conns, r.Sk) // another namespace's
 			return nil
 		}
-		c.unsure = false
+	}
+	if c.unsure && r.Kind == ktrace.SetState && r.NewState == ktrace.TCPClose {
+		delete(f.conns, r.Sk) // gone before it was known to be ours
+		return nil
 	}
 	if c.id.Local.Port() == 0 && r.Src.Port() != 0 {
 		// The kernel picked the port: the held events get it.
@@ -264,17 +278,10 @@ func (f *Follower) wanted(r ktrace.Record) bool {
 	if f.opts.Server.IsValid() && r.NewState == ktrace.TCPSynSent && r.Dst == f.opts.Server && (f.opts.AnyProcess || f.opts.Ours(r.PID)) {
 		return true
 	}
-	if f.opts.Port == 0 || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
-		return false
-	}
-	// Another namespace may have a socket on the same port: keep only
-	// those in ours.
-	here, ok := f.here[r.Sk]
-	if !ok {
-		here = f.inNamespace(r)
-	}
-	delete(f.here, r.Sk)
-	return here
+	// A kernel server's connection from its first record, when the
+	// kernel makes its socket from the listener's; unsure until sock_diag
+	// finds it in our namespace.
+	return f.opts.Port != 0 && r.Src.Port() == f.opts.Port && r.Dst.Port() != 0 && r.OldState == ktrace.TCPListen && r.NewState != ktrace.TCPClose
 }
 
 // inNamespace reports whether sock_diag has r's socket (unknown without
@@ -306,30 +313,29 @@ func (f *Follower) Arrived(r ktrace.Record) {
 	c.early = l
 }
 
+// arrivedNew asks sock_diag, at each state record as it arrives, whether
+// a socket not yet known to be in the namespace is there.
 func (f *Follower) arrivedNew(r ktrace.Record) {
-	if f.opts.AnyProcess && f.opts.Server.IsValid() && r.Kind == ktrace.SetState && r.Dst == f.opts.Server && r.Src.Port() != 0 {
-		if c, ok := f.conns[r.Sk]; ok && !c.unsure {
-			return
-		}
-		if _, ok := f.here[r.Sk]; !ok {
-			f.here[r.Sk] = f.inNamespace(r)
-		}
+	if r.Kind != ktrace.SetState || r.Src.Port() == 0 || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
 		return
 	}
-	if f.opts.Port == 0 || r.Kind != ktrace.SetState || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
+	client := f.opts.AnyProcess && f.opts.Server.IsValid() && r.Dst == f.opts.Server
+	server := f.opts.Port != 0 && r.Src.Port() == f.opts.Port
+	if !client && !server {
 		return
 	}
-	if _, ok := f.conns[r.Sk]; ok {
+	if c, ok := f.conns[r.Sk]; ok && !c.unsure {
 		return
 	}
-	if _, ok := f.here[r.Sk]; !ok {
+	if !f.here[r.Sk] { // once found it stays found: it may be gone by the next record
 		f.here[r.Sk] = f.inNamespace(r)
 	}
 }
 
-// emit appends ev to out, or holds it while the local port is unknown.
+// emit appends ev to out, or holds it while the local port is unknown or
+// the socket is not yet known to be in the namespace.
 func (c *conn) emit(out []inspect.Event, ev inspect.Event) []inspect.Event {
-	if c.id.Local.Port() == 0 {
+	if c.id.Local.Port() == 0 || c.unsure {
 		c.held = append(c.held, ev)
 		return out
 	}
