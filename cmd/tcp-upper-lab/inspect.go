@@ -317,12 +317,15 @@ func cmdTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}()
 	}
-	if fm == inspect.Text {
-		fmt.Fprintf(stderr, "attached to %s (pid %d, %s, %s, TIME-WAIT %v); Ctrl-C to stop\n",
-			h.Hello.Program, h.Hello.PID, h.Hello.TUN, h.Hello.Addr, h.Hello.TimeWait)
-	}
+	attached := false
 	var dropped uint64
 	err = c.Stream(ctx, "events", func(r *control.Response) error {
+		if !attached && fm == inspect.Text {
+			// The server's first line: its stream runs.
+			fmt.Fprintf(stderr, "attached to %s (pid %d, %s, %s, TIME-WAIT %v); Ctrl-C to stop\n",
+				h.Hello.Program, h.Hello.PID, h.Hello.TUN, h.Hello.Addr, h.Hello.TimeWait)
+		}
+		attached = true
 		if r.Dropped > dropped {
 			fmt.Fprintf(stderr, "(%d events lost so far: this terminal reads too slowly)\n", r.Dropped)
 			dropped = r.Dropped
