@@ -397,6 +397,9 @@ func Run(ctx context.Context, x *Experiment, opts Options, out io.Writer) (res *
 		e.ks.Sync()
 		e.ks.Close()
 		<-kcollected
+		if lost := e.ks.Lost(); lost > 0 {
+			fmt.Fprintf(out, "   the kernel client's side: %d records or events lost (its trace buffer overflowed or we fell behind)\n", lost)
+		}
 	}
 	pw.Close()
 	if d := e.sub.Dropped(); d > 0 {

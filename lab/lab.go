@@ -367,13 +367,34 @@ func lookPath(name string) (string, error) {
 // program run in the lab (tcp-upper-lab server start runs the server in
 // apple).
 func HostHere() string {
+	_, host := labOf("/proc/thread-self/ns/net")
+	return host
+}
+
+// OfPID returns the lab whose namespace holds process pid, and which host
+// it is; nil outside every lab's.
+func OfPID(pid int) (*Lab, string) {
+	name, host := labOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if name == "" {
+		return nil, ""
+	}
+	l, err := New(name, nil)
+	if err != nil {
+		return nil, ""
+	}
+	return l, host
+}
+
+// labOf finds the lab namespace the namespace file nsFile is: its lab's
+// name and host, or "".
+func labOf(nsFile string) (name, host string) {
 	var self unix.Stat_t
-	if err := unix.Stat("/proc/thread-self/ns/net", &self); err != nil {
-		return ""
+	if err := unix.Stat(nsFile, &self); err != nil {
+		return "", ""
 	}
 	ents, err := os.ReadDir(NetNSDir)
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	for _, e := range ents {
 		var st unix.Stat_t
@@ -381,10 +402,10 @@ func HostHere() string {
 			continue
 		}
 		for _, h := range []string{Ant, Apple} {
-			if strings.HasSuffix(e.Name(), "-"+h) {
-				return h
+			if n, ok := strings.CutSuffix(e.Name(), "-"+h); ok && nameRE.MatchString(n) {
+				return n, h
 			}
 		}
 	}
-	return ""
+	return "", ""
 }

@@ -270,3 +270,112 @@ func TestExperimentBothEnds(t *testing.T) {
 		t.Errorf("summary.md's timeline lacks the kernel client:\n%s", sum)
 	}
 }
+
+// TestLabTraceBothEnds: tcp-upper-lab trace streams the server's events
+// and the kernel clients' in ant (any process's: here the test's own
+// connection), each line saying whose.
+func TestLabTraceBothEnds(t *testing.T) {
+	l := newLab(t)
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	startServer(t, l, "--control", ctl)
+	tr := startIn(t, nil, "", bin("tcp-upper-lab"), "trace", "--control", ctl)
+	if !tr.stderr.waitFor("attached to tcp-upper-server", 5*time.Second) {
+		t.Fatalf("trace did not attach: %s", tr.stderr.String())
+	}
+	seedSession(t, l)
+	if !tr.stdout.waitFor("ant/kernel 10.0.2.2:9999 FIN-WAIT-2 -> TIME-WAIT", 5*time.Second) {
+		t.Fatalf("trace shows no kernel client's TIME-WAIT; stderr %s\n%s", tr.stderr.String(), tr.stdout.String())
+	}
+	for _, want := range []string{"ant/kernel 10.0.2.2:9999 CLOSED -> SYN-SENT", "ant/kernel 10.0.2.2:9999 ESTABLISHED -> FIN-WAIT-1",
+		"apple/netstack 10.0.1.2:", "LISTEN -> SYN-RCVD"} {
+		if !strings.Contains(tr.stdout.String(), want) {
+			t.Errorf("trace lacks %q", want)
+		}
+	}
+	if strings.Contains(tr.stderr.String(), "not shown") {
+		t.Errorf("trace: %s", tr.stderr.String())
+	}
+	// Ctrl-C: it stops and removes its trace instance.
+	if code := tr.stop(t, syscall.SIGINT, 5*time.Second); code != 0 {
+		t.Errorf("trace exit %d: %s", code, tr.stderr.String())
+	}
+	if left, _ := filepath.Glob(fmt.Sprintf("/sys/kernel/tracing/instances/tcp-upper-%d-*", tr.cmd.Process.Pid)); len(left) != 0 {
+		t.Errorf("trace left its trace instance: %v", left)
+	}
+}
+
+// TestKernelServerEvents: tcp-upper-server --stack kernel --events prints
+// the kernel server's own state changes from its tracepoints (JSON: stack
+// kernel, host apple); run without root, it says in one line that they are
+// not shown, and serves.
+func TestKernelServerEvents(t *testing.T) {
+	l := newLab(t)
+	// echo talks to the server; the connection stays open until hold
+	// returns (a server's connection is kept once sock_diag finds it in
+	// the namespace: one that ends within the lookup, about a
+	// millisecond, can be missed).
+	echo := func(port string, hold func()) {
+		t.Helper()
+		c := dialAnt(t, l, net.JoinHostPort(lab.AppleAddr.Addr().String(), port))
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("abc\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ABC\n" {
+			t.Fatalf("reply %q, %v", buf, err)
+		}
+		hold()
+		c.Close()
+	}
+
+	// A port of its own: the tracepoints fire for every namespace, and
+	// other labs' servers use 9999.
+	port := strconv.Itoa(20000 + int(time.Now().UnixNano()%20000))
+	srv := startIn(t, l, lab.Apple, bin("tcp-upper-server"), "--stack", "kernel", "--events", "--events-format", "json", "-p", port)
+	if !srv.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %s", srv.stderr.String())
+	}
+	echo(port, func() {
+		if !srv.stderr.waitFor(`"from":"SYN-RCVD","to":"ESTABLISHED"`, 5*time.Second) {
+			t.Errorf("no kernel SYN-RCVD -> ESTABLISHED while the connection is open")
+		}
+	})
+	if !srv.stderr.waitFor(`"from":"LAST-ACK","to":"CLOSED"`, 5*time.Second) {
+		srv.stop(t, syscall.SIGTERM, 10*time.Second) // it says what it lost
+		t.Fatalf("no kernel LAST-ACK -> CLOSED in the server's events (port %s):\n%s\nstdout %s", port, srv.stderr.String(), srv.stdout.String())
+	}
+	var states []string
+	for _, line := range strings.Split(strings.TrimSpace(srv.stderr.String()), "\n") {
+		var ev inspect.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("not an event: %q: %v", line, err)
+		}
+		if ev.Stack != inspect.StackKernel || ev.Host != lab.Apple || strconv.Itoa(int(ev.Conn.Local.Port())) != port {
+			t.Errorf("%s: stack %q host %q", ev.Text(), ev.Stack, ev.Host)
+		}
+		states = append(states, ev.From.String()+" -> "+ev.To.String())
+	}
+	want := "LISTEN -> SYN-RCVD,SYN-RCVD -> ESTABLISHED,ESTABLISHED -> CLOSE-WAIT,CLOSE-WAIT -> LAST-ACK,LAST-ACK -> CLOSED"
+	if got := strings.Join(states, ","); got != want {
+		t.Errorf("the kernel server's states\n got %s\nwant %s", got, want)
+	}
+	if code := srv.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Errorf("server exit %d", code)
+	}
+
+	// Without root: one line, and the server serves.
+	nobody := startAs(t, l, lab.Apple, &syscall.Credential{Uid: 65534, Gid: 65534}, bin("tcp-upper-server"), "--stack", "kernel", "--events", "-p", "9998")
+	if !nobody.stdout.waitFor("waiting for connections...", 10*time.Second) {
+		t.Fatalf("server did not start: %s", nobody.stderr.String())
+	}
+	echo("9998", func() {})
+	if !nobody.stdout.waitFor(" disconnected", 5*time.Second) {
+		t.Fatalf("unprivileged server: %s", nobody.stdout.String())
+	}
+	lines := strings.Split(strings.TrimSpace(nobody.stderr.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], "--events: the kernel's events are not shown: kernel tracepoints unavailable: ") || !strings.Contains(lines[0], "serving without them") {
+		t.Errorf("unprivileged server's stderr: %q: want one line saying why the kernel's events are not shown", nobody.stderr.String())
+	}
+	nobody.stop(t, syscall.SIGTERM, 10*time.Second)
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/watch"
+	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/node"
@@ -155,7 +156,7 @@ func session(ctx context.Context, c *config, stdin *os.File, stdout, stderr io.W
 		if err != nil {
 			return err
 		}
-		opts := netstack.Options{Addr: c.addr.Prefix}
+		opts := netstack.Options{Addr: c.addr.Prefix, Host: lab.HostHere()}
 		obs, err := watch.New(&c.obs, &opts, stderr, log)
 		if err != nil {
 			dev.Close()

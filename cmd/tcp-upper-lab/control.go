@@ -6,14 +6,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
+	"github.com/tcp-upper/tcp-upper/internal/kevents"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/netstack/fault"
@@ -287,12 +291,56 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if fm == inspect.Text {
-		fmt.Fprintf(stderr, "attached to %s (pid %d, %s, %s, TIME-WAIT %v); Ctrl-C to stop\n",
-			h.Hello.Program, h.Hello.PID, h.Hello.TUN, h.Hello.Addr, h.Hello.TimeWait)
+	var outMu sync.Mutex // the server's events and the kernel's share stdout
+	emit := func(ev *inspect.Event) error {
+		outMu.Lock()
+		defer outMu.Unlock()
+		if fm == inspect.JSON {
+			b, err := ev.MarshalJSON()
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(stdout, "%s\n", b)
+			return err
+		}
+		if _, err := fmt.Fprintln(stdout, ev.Text()); err != nil {
+			return err
+		}
+		if *explain {
+			if rule, ok := viz.ExplainEvent(ev); ok {
+				_, err := fmt.Fprintf(stdout, "    why: %s\n", rule)
+				return err
+			}
+		}
+		return nil
 	}
+	if ks, err := kernelClients(c, h.Hello); err != nil {
+		fmt.Fprintf(stderr, "(the kernel clients' side is not shown: %v)\n", err)
+	} else {
+		printed := make(chan struct{})
+		go func() {
+			defer close(printed)
+			for ev := range ks.C() {
+				emit(&ev)
+			}
+		}()
+		defer func() {
+			ks.Close()
+			<-printed
+			if lost := ks.Lost(); lost > 0 {
+				fmt.Fprintf(stderr, "(%d of the kernel's records or events lost: its trace buffer overflowed or this terminal read too slowly)\n", lost)
+			}
+		}()
+	}
+	attached := false
 	var dropped uint64
 	err = c.Stream(ctx, "events", func(r *control.Response) error {
+		if !attached && fm == inspect.Text {
+			// The server's first line: its stream runs.
+			fmt.Fprintf(stderr, "attached to %s (pid %d, %s, %s, TIME-WAIT %v); Ctrl-C to stop\n",
+				h.Hello.Program, h.Hello.PID, h.Hello.TUN, h.Hello.Addr, h.Hello.TimeWait)
+		}
+		attached = true
 		if r.Dropped > dropped {
 			fmt.Fprintf(stderr, "(%d events lost so far: this terminal reads too slowly)\n", r.Dropped)
 			dropped = r.Dropped
@@ -300,30 +348,44 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if r.Event == nil {
 			return nil
 		}
-		if fm == inspect.JSON {
-			b, err := r.Event.MarshalJSON()
-			if err != nil {
-				return err
-			}
-			_, err = fmt.Fprintf(stdout, "%s\n", b)
-			return err
-		}
-		if _, err := fmt.Fprintln(stdout, r.Event.Text()); err != nil {
-			return err
-		}
-		if *explain {
-			if rule, ok := viz.ExplainEvent(r.Event); ok {
-				_, err := fmt.Fprintf(stdout, "    why: %s\n", rule)
-				return err
-			}
-		}
-		return nil
+		return emit(r.Event)
 	})
 	if err != nil && strings.Contains(err.Error(), "closed the connection") {
 		fmt.Fprintln(stderr, "the server exited")
 		return nil
 	}
 	return err
+}
+
+// kernelClients follows the kernel clients in the lab's ant that connect
+// to the server (from the kernel's tracepoints), when the server runs in a
+// lab's apple.
+func kernelClients(c *control.Client, h *control.Hello) (*kevents.Stream, error) {
+	if h == nil {
+		return nil, errors.New("the server did not say who it is")
+	}
+	l, host := lab.OfPID(h.PID)
+	if l == nil || host != lab.Apple {
+		return nil, errors.New("the server is not in a lab's apple")
+	}
+	addr, err := netip.ParsePrefix(h.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("the server's address %q: %v", h.Addr, err)
+	}
+	r, err := c.Call("ss", nil)
+	if err != nil {
+		return nil, err
+	}
+	var port uint16
+	for _, so := range r.Sockets {
+		if so.State == inspect.Listen {
+			port = so.Local.Port()
+		}
+	}
+	if port == 0 {
+		return nil, errors.New("the server has no listener")
+	}
+	return kevents.Start(kevents.Options{Host: lab.Ant, Server: netip.AddrPortFrom(addr.Addr(), port), AnyProcess: true}, l.NetNSPath(lab.Ant))
 }
 
 // cmdFault changes a running server's fault rules.

@@ -369,6 +369,11 @@ func (d *demo) inLab(ctx context.Context, l *lab.Lab) (err error) {
 	if err := d.sessions(srv, dial); err != nil {
 		return err
 	}
+	if ks != nil {
+		if lost := ks.Lost(); lost > 0 {
+			d.say("(%d of the kernel's records or events were lost: its trace buffer overflowed or we fell behind; the kernel client's side above may miss lines)", lost)
+		}
+	}
 
 	d.section("the kernel's view")
 	if dump != nil {

@@ -35,7 +35,7 @@ func commands() map[string]command {
 		"stats":         {"the server stack's counters: segments, retransmits, resets, drops... [--json]", cmdStats},
 		"run":           {"fault-injection experiments with verdicts: run NAME [--out DIR] [--seed N] | --all | --list", cmdRun},
 		"fault":         {"change a running server's faults: fault add RULE | list | del ID | clear", cmdFault},
-		"events":        {"attach to a running server and stream its connection events live (--events' lines)", cmdEvents},
+		"events":        {"attach to a running server and stream its connection events live (--events' lines), and the kernel clients' in ant", cmdEvents},
 		"trace":         {"the same as events (its first name; the server's --trace is the packet trace, not this)", cmdEvents},
 		"bench":         {"measure our server against the kernel's: bulk, rr, connrate, idle memory, overheads [--json]", cmdBench},
 		"ladder":        {"the ladder diagram of a capture and the stack's events: ladder DIR | --pcap FILE [--events FILE] [--explain]", cmdLadder},

@@ -20,8 +20,9 @@ import (
 
 // narrator tells the demo's story from the server stack's own output: the
 // segments its trace layer printed (tcpdump's format), a note on what each
-// one does, and the connection's state changes from the tracker. It
-// collects both as they come and prints them in time order at each
+// one does, and the connection's state changes from the tracker; and, if
+// kernel is set, the kernel client's state changes from its tracepoints.
+// It collects them as they come and prints them in time order at each
 // checkpoint.
 type narrator struct {
 	d    *demo

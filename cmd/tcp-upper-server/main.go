@@ -156,6 +156,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			return nil, err
 		}
 	}
+	if *userName != "" && c.stack == "kernel" && c.obs.Events {
+		return nil, cli.Usagef("--events with --stack kernel cannot go with --user: the kernel's trace instance needs root to be removed at exit; drop one of them")
+	}
 	if *userName != "" {
 		a, err := lookupAccount(*userName)
 		if err != nil {
@@ -234,7 +237,9 @@ func serveKernel(ctx context.Context, c *config, stdout, stderr io.Writer, log *
 			}()
 			defer func() {
 				ks.Sync() // what the closing connections did
-				ks.Close()
+				if err := ks.Close(); err != nil {
+					w.Line(fmt.Sprintf("events: %v", err))
+				}
 				<-printed
 				if lost := ks.Lost(); lost > 0 {
 					w.Line(fmt.Sprintf("events: %d of the kernel's records or events lost (its trace buffer overflowed or stderr was too slow)", lost))

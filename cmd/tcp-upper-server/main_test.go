@@ -89,6 +89,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--stack", "kernel", "--fault", "in syn drop", "--seed", "1"}, "--fault, --seed: only with --stack netstack"},
 		{[]string{"--stack", "kernel", "--time-wait", "1s", "--tun", "t1"}, "--time-wait, --tun: only with --stack netstack (the kernel's TCP cannot be traced, faulted or inspected from here; use tcpdump and ss (the server's --events works on both); the kernel's TCP needs no TUN)"},
 		{[]string{"--stack", "kernel", "--events", "--events-format", "xml"}, "bad --events-format"},
+		{[]string{"--stack", "kernel", "--events", "--user", "nobody"}, "--events with --stack kernel cannot go with --user"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), tc.args, &stdout, &stderr)

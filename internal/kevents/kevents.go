@@ -9,8 +9,8 @@
 // ours; that record has port 0, since the kernel sets the state before it
 // picks the port, so the socket is followed by its kernel address, Sk),
 // or those with a given local port (a kernel server's) that sock_diag
-// finds in the namespace when their first record arrives (the tracepoints
-// carry no namespace).
+// finds in the namespace, asked as their records arrive (the tracepoints
+// carry no namespace); their events wait for that answer.
 //
 // The kernel's gaps are closed with its socket table, sock_diag (what ss
 // reads), in the sockets' namespace. When a socket leaves FIN-WAIT-2 or
@@ -70,6 +70,11 @@ type Options struct {
 	// Ours reports whether a thread id is this process's (for Server):
 	// the thread that ran connect. Default: it is in /proc/self/task.
 	Ours func(pid int32) bool
+	// AnyProcess, with Server, keeps the sockets any process connects to
+	// Server from the namespace (sock_diag finds them there when their
+	// port is known), not only this process's: tcp-upper-lab trace
+	// follows the clients a user runs in ant.
+	AnyProcess bool
 	// Diag is the sockets' namespace's table. Without it a socket that
 	// may have entered TIME-WAIT is reported as closed, saying that
 	// nobody could tell.
@@ -109,6 +114,12 @@ type conn struct {
 	// The latest tcp_probe of the socket.
 	probe     ktrace.Record
 	haveProbe bool
+	// client: a socket connecting to Options.Server (else a kernel
+	// server's connection). unsure: not yet found in the namespace (a
+	// kernel server's, or AnyProcess's); its events are held. misses
+	// counts the lookups that did not find it.
+	client, unsure bool
+	misses         int
 	// rst says a reset was received or sent (which tracepoint).
 	rst string
 	// early is sock_diag's answer when the socket's going was read
@@ -173,9 +184,12 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 	c := f.conns[r.Sk]
 	if c == nil {
 		if r.Kind != ktrace.SetState || !f.wanted(r) {
+			delete(f.here, r.Sk) // a socket not followed
 			return nil
 		}
 		c = &conn{id: inspect.ConnID{Local: r.Src, Remote: r.Dst}, state: kernel(r.OldState)}
+		c.client = f.opts.Server.IsValid() && r.Dst == f.opts.Server
+		c.unsure = !c.client || f.opts.AnyProcess
 		f.conns[r.Sk] = c
 		if c.id.Local.Port() != 0 {
 			how := fmt.Sprintf("its first record, tracepoint inet_sock_set_state %s -> %s at this instant, came after the kernel took the entry over for its SYN", r.OldState, r.NewState)
@@ -184,6 +198,33 @@ func (f *Follower) Record(r ktrace.Record) []inspect.Event {
 		}
 	}
 	var out []inspect.Event
+	if c.unsure && r.Src.Port() != 0 {
+		// Is it in our namespace? A client socket is in the table from
+		// the first record that names its port; a server's connection
+		// perhaps only from its second (the kernel reports SYN_RECV
+		// before it inserts the socket).
+		here, ok := f.here[r.Sk]
+		if !ok {
+			here = f.inNamespace(r)
+		}
+		delete(f.here, r.Sk)
+		c.misses++
+		switch {
+		case here:
+			c.unsure = false
+			if c.id.Local.Port() != 0 {
+				out = append(out, c.held...)
+				c.held = nil
+			}
+		case c.client || c.misses >= 2 || (r.Kind == ktrace.SetState && r.NewState == ktrace.TCPClose):
+			delete(f.conns, r.Sk) // another namespace's
+			return nil
+		}
+	}
+	if c.unsure && r.Kind == ktrace.SetState && r.NewState == ktrace.TCPClose {
+		delete(f.conns, r.Sk) // gone before it was known to be ours
+		return nil
+	}
 	if c.id.Local.Port() == 0 && r.Src.Port() != 0 {
 		// The kernel picked the port: the held events get it.
 		c.id.Local = r.Src
@@ -234,20 +275,13 @@ func (f *Follower) takeOver(c *conn, at time.Time, how string) []inspect.Event {
 // wanted reports whether an unfollowed socket's state record starts one
 // to follow.
 func (f *Follower) wanted(r ktrace.Record) bool {
-	if f.opts.Server.IsValid() && r.NewState == ktrace.TCPSynSent && r.Dst == f.opts.Server && f.opts.Ours(r.PID) {
+	if f.opts.Server.IsValid() && r.NewState == ktrace.TCPSynSent && r.Dst == f.opts.Server && (f.opts.AnyProcess || f.opts.Ours(r.PID)) {
 		return true
 	}
-	if f.opts.Port == 0 || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
-		return false
-	}
-	// Another namespace may have a socket on the same port: keep only
-	// those in ours.
-	here, ok := f.here[r.Sk]
-	if !ok {
-		here = f.inNamespace(r)
-	}
-	delete(f.here, r.Sk)
-	return here
+	// A kernel server's connection from its first record, when the
+	// kernel makes its socket from the listener's; unsure until sock_diag
+	// finds it in our namespace.
+	return f.opts.Port != 0 && r.Src.Port() == f.opts.Port && r.Dst.Port() != 0 && r.OldState == ktrace.TCPListen && r.NewState != ktrace.TCPClose
 }
 
 // inNamespace reports whether sock_diag has r's socket (unknown without
@@ -279,21 +313,29 @@ func (f *Follower) Arrived(r ktrace.Record) {
 	c.early = l
 }
 
+// arrivedNew asks sock_diag, at each state record as it arrives, whether
+// a socket not yet known to be in the namespace is there.
 func (f *Follower) arrivedNew(r ktrace.Record) {
-	if f.opts.Port == 0 || r.Kind != ktrace.SetState || r.Src.Port() != f.opts.Port || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
+	if r.Kind != ktrace.SetState || r.Src.Port() == 0 || r.Dst.Port() == 0 || r.NewState == ktrace.TCPClose {
 		return
 	}
-	if _, ok := f.conns[r.Sk]; ok {
+	client := f.opts.AnyProcess && f.opts.Server.IsValid() && r.Dst == f.opts.Server
+	server := f.opts.Port != 0 && r.Src.Port() == f.opts.Port
+	if !client && !server {
 		return
 	}
-	if _, ok := f.here[r.Sk]; !ok {
+	if c, ok := f.conns[r.Sk]; ok && !c.unsure {
+		return
+	}
+	if !f.here[r.Sk] { // once found it stays found: it may be gone by the next record
 		f.here[r.Sk] = f.inNamespace(r)
 	}
 }
 
-// emit appends ev to out, or holds it while the local port is unknown.
+// emit appends ev to out, or holds it while the local port is unknown or
+// the socket is not yet known to be in the namespace.
 func (c *conn) emit(out []inspect.Event, ev inspect.Event) []inspect.Event {
-	if c.id.Local.Port() == 0 {
+	if c.id.Local.Port() == 0 || c.unsure {
 		c.held = append(c.held, ev)
 		return out
 	}

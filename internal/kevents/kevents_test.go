@@ -358,3 +358,95 @@ func TestServerTakeOver(t *testing.T) {
 		t.Errorf("take-over: %s", end.Text())
 	}
 }
+
+// AnyProcess: every process's clients, those sock_diag finds in the
+// namespace once their port is known (looked up when the record arrives).
+func TestAnyProcess(t *testing.T) {
+	elsewhere := netip.MustParseAddrPort("10.0.1.2:50000")
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{{client, server}: {State: ktrace.TCPEstablished}}}
+	f := New(Options{Host: "ant", Server: server, AnyProcess: true, Diag: diag, Ours: ours})
+	mine := clientLife(sk, otherPID)[:3]
+	theirs := clientLife(sk+8, otherPID)[:3]
+	for i := range theirs {
+		if theirs[i].Src.Port() != 0 {
+			theirs[i].Src = elsewhere
+		}
+	}
+	var recs []ktrace.Record
+	for i := range mine {
+		recs = append(recs, mine[i], theirs[i])
+	}
+	for _, r := range recs {
+		f.Arrived(r)
+	}
+	evs := feed(f, recs)
+	if got := transitions(evs); got != "CLOSED>SYN-SENT SYN-SENT>ESTABLISHED" {
+		t.Fatalf("events %s: want the namespace's client only", got)
+	}
+	for _, ev := range evs {
+		if ev.Conn.Local != client {
+			t.Errorf("%s: from %v", ev.Text(), ev.Conn.Local)
+		}
+	}
+	if len(f.here) != 0 || len(f.conns) != 1 {
+		t.Errorf("left behind: %d lookups, %d sockets", len(f.here), len(f.conns))
+	}
+}
+
+// The kernel reports a server's new connection (LISTEN -> SYN_RECV) before
+// it puts the socket in its table: a first lookup that misses is asked
+// again at the next record, and the held event goes out then.
+func TestServerFoundAtSecondRecord(t *testing.T) {
+	srv := netip.AddrPortFrom(server.Addr(), 9999)
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{}}
+	f := New(Options{Host: "apple", Port: 9999, Diag: diag})
+	rec := func(ms float64, from, to ktrace.TCPState) ktrace.Record {
+		return ktrace.Record{Time: at(ms), Kind: ktrace.SetState, PID: otherPID, Sk: 2, Src: srv, Dst: client, OldState: from, NewState: to}
+	}
+	first, second := rec(1, ktrace.TCPListen, ktrace.TCPSynRecv), rec(1.01, ktrace.TCPSynRecv, ktrace.TCPEstablished)
+	f.Arrived(first) // not in the table yet
+	if evs := f.Record(first); len(evs) != 0 {
+		t.Fatalf("emitted before the socket was found in the namespace: %s", transitions(evs))
+	}
+	diag.entries[[2]netip.AddrPort{srv, client}] = Entry{State: ktrace.TCPEstablished}
+	f.Arrived(second)
+	if evs := f.Record(second); transitions(evs) != "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED" {
+		t.Fatalf("events %s", transitions(evs))
+	}
+	// Another namespace's: missed twice, dropped with its events.
+	other := func(r ktrace.Record) ktrace.Record {
+		r.Sk, r.Dst = 3, netip.MustParseAddrPort("10.0.1.2:50000")
+		return r
+	}
+	for _, r := range []ktrace.Record{other(first), other(second), other(rec(2, ktrace.TCPEstablished, ktrace.TCPCloseWait))} {
+		f.Arrived(r)
+		if evs := f.Record(r); len(evs) != 0 {
+			t.Errorf("another namespace's socket: %s", transitions(evs))
+		}
+	}
+	if _, ok := f.conns[3]; ok || len(f.here) != 0 {
+		t.Errorf("another namespace's socket still held (%v), lookups left %d", ok, len(f.here))
+	}
+}
+
+// A short connection: found at its first record, gone from the table by
+// the time the later records arrive. Found once is found.
+func TestServerFoundThenGone(t *testing.T) {
+	srv := netip.AddrPortFrom(server.Addr(), 9999)
+	key := [2]netip.AddrPort{srv, client}
+	diag := &fakeDiag{entries: map[[2]netip.AddrPort]Entry{key: {State: ktrace.TCPSynRecv}}}
+	f := New(Options{Host: "apple", Port: 9999, Diag: diag})
+	rec := func(ms float64, from, to ktrace.TCPState) ktrace.Record {
+		return ktrace.Record{Time: at(ms), Kind: ktrace.SetState, PID: otherPID, Sk: 2, Src: srv, Dst: client, OldState: from, NewState: to}
+	}
+	recs := []ktrace.Record{rec(1, ktrace.TCPListen, ktrace.TCPSynRecv), rec(1.01, ktrace.TCPSynRecv, ktrace.TCPEstablished), rec(2, ktrace.TCPEstablished, ktrace.TCPCloseWait)}
+	for i, r := range recs {
+		f.Arrived(r)
+		if i == 0 {
+			delete(diag.entries, key)
+		}
+	}
+	if evs := feed(f, recs); transitions(evs) != "LISTEN>SYN-RCVD SYN-RCVD>ESTABLISHED ESTABLISHED>CLOSE-WAIT" {
+		t.Errorf("events %s", transitions(evs))
+	}
+}

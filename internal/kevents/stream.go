@@ -165,16 +165,13 @@ func (s *Stream) run() {
 		}
 		pending = append(pending[:0], pending[n:]...)
 	}
-	// drain takes what the readers have delivered.
+	// drain takes what the readers had delivered when it was called (not
+	// more: under a flood of records it would never end).
 	drain := func() {
-		for {
-			select {
-			case r := <-s.sess.Records():
-				s.f.Arrived(r)
-				pending = append(pending, r)
-			default:
-				return
-			}
+		for n := len(s.sess.Records()); n > 0; n-- {
+			r := <-s.sess.Records()
+			s.f.Arrived(r)
+			pending = append(pending, r)
 		}
 	}
 	tick := time.NewTicker(Window)

@@ -170,11 +170,13 @@ var instanceSeq atomic.Uint64
 var ErrUnavailable = errors.New("kernel tracepoints unavailable")
 
 // Start creates the trace instance, enables the tracepoints and starts
-// reading. Close it.
+// reading. Close it. Instances left by a process that died without closing
+// its session (killed) are removed first.
 func Start(opts Options) (*Session, error) {
 	if err := mountTracefs(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	removeStale()
 	dir := filepath.Join(Root, "instances", fmt.Sprintf("tcp-upper-%d-%d", os.Getpid(), instanceSeq.Add(1)))
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: create trace instance: %v", ErrUnavailable, err)
@@ -447,6 +449,24 @@ func (s *Session) remove() error {
 		return fmt.Errorf("remove trace instance %s: %v", s.dir, err)
 	}
 	return nil
+}
+
+// removeStale removes the instances of sessions whose process is gone.
+func removeStale() {
+	ents, err := os.ReadDir(filepath.Join(Root, "instances"))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		var pid, n int
+		if _, err := fmt.Sscanf(e.Name(), "tcp-upper-%d-%d", &pid, &n); err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			continue // alive (or not ours to ask): its owner closes it
+		}
+		(&Session{dir: filepath.Join(Root, "instances", e.Name())}).remove()
+	}
 }
 
 // mountTracefs mounts tracefs at Root unless it is there.

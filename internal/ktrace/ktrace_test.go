@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -249,4 +252,35 @@ func inNewNetns(fn func() error) error {
 		errc <- err
 	}()
 	return <-errc
+}
+
+// TestStaleInstanceRemoved: an instance whose process died without
+// closing it (killed) is removed by the next Start; a live process's
+// (this one's) is not.
+func TestStaleInstanceRemoved(t *testing.T) {
+	testenv.RequireRoot(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(Root, "instances", fmt.Sprintf("tcp-upper-%d-1", dead.Process.Pid))
+	live := filepath.Join(Root, "instances", fmt.Sprintf("tcp-upper-%d-999", os.Getpid()))
+	for _, dir := range []string{stale, live} {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer os.Remove(live)
+	defer os.Remove(stale)
+	s, err := Start(Options{Port: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale instance %s: %v, want it removed", stale, err)
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("this process's instance %s: %v, want it left alone", live, err)
+	}
 }

@@ -5,7 +5,8 @@
 //
 // The protocol is JSON lines. The client sends one request object per line,
 // {"cmd":"ss"}; the server answers each with one Response line or, for a
-// stream ("events"), with Response lines until either side closes. A line
+// stream ("events"), with Response lines until either side closes (the
+// first, empty, says the stream runs: nothing after it is missed). A line
 // that is not a request gets an error response naming the fix, and the
 // connection stays usable.
 package control

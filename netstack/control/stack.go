@@ -94,6 +94,10 @@ func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
 		}
 		sub := tr.Subscribe(StreamBuffer)
 		defer sub.Close()
+		// An empty first line: subscribed, no later event is missed.
+		if err := send(&Response{}); err != nil {
+			return err
+		}
 		var reported uint64
 		for {
 			select {

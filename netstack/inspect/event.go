@@ -5,7 +5,8 @@
 // annotates them with what the wire shows (duplicate ACKs, retransmitted
 // segments, the peer's windows), and answers the questions ss answers
 // about a kernel: which sockets, in which state, with what queues,
-// windows, RTT and timers.
+// windows, RTT and timers. Its Event is also the schema of the kernel's
+// side (internal/kevents: Stack "kernel").
 package inspect
 
 import (
