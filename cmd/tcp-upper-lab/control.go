@@ -406,7 +406,7 @@ func cmdFault(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			i++
 		case a == "-h" || a == "--help":
-			fmt.Fprintf(stderr, "usage: %s\n\nRULE is DIR MATCH ACTION [ARG] [OPTIONS], e.g. in data drop nth=3 (see README)\n", usage)
+			fmt.Fprintf(stderr, "usage: %s\n\nRULE is DIR MATCH ACTION [ARG] [OPTIONS], e.g. in data drop nth=3 (see docs/EXPERIMENTS.md)\n", usage)
 			return nil
 		default:
 			rest = append(rest, a)

@@ -74,7 +74,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.format, "events-format", "text", "format of --events: text, or json (one object per line)")
 	fs.DurationVar(&f.TimeWait, "time-wait", netstack.DefaultTimeWait, "how long a connection the stack closed first stays in TIME-WAIT")
 	fs.StringVar(&f.Control, "control", "", "control socket for tcp-upper-lab ss/stats/events/fault (default "+control.Dir+"/NETNS-TUN.sock; none to disable)")
-	fs.Func("fault", "inject faults between the TUN and the stack: 'DIR MATCH ACTION [ARG] [OPTIONS]', e.g. 'in syn drop count=2' (repeatable; see README)", func(s string) error {
+	fs.Func("fault", "inject faults between the TUN and the stack: 'DIR MATCH ACTION [ARG] [OPTIONS]', e.g. 'in syn drop count=2' (repeatable; see docs/EXPERIMENTS.md)", func(s string) error {
 		r, err := fault.Parse(s)
 		if err != nil {
 			return err
