@@ -208,12 +208,23 @@ func startAs(t *testing.T, l *lab.Lab, host string, cred *syscall.Credential, na
 	t.Cleanup(func() {
 		select {
 		case <-p.done:
+			if t.Failed() {
+				// It ended by itself: say how, for the failure's sake.
+				t.Logf("%s %v ended: %v; stderr (last 4 KiB): %s", filepath.Base(name), args, p.err, tail(p.stderr.String(), 4096))
+			}
 		default:
 			p.cmd.Process.Kill()
 			<-p.done
 		}
 	})
 	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
 }
 
 // linkModes are the ways the server can hold its TUN; what the data path
