@@ -443,7 +443,22 @@ func (s *sender) updateMaxPayloadSize(mtu, count int) {
 // sendAck sends an ACK segment.
 // +checklocks:s.ep.mu
 func (s *sender) sendAck() {
-	s.sendEmptySegment(header.TCPFlagAck, s.SndNxt)
+	s.sendEmptySegment(header.TCPFlagAck, s.ackSeq())
+}
+
+// ackSeq is the sequence number of a segment that carries only an ACK:
+// SND.NXT, unless the peer's window ends before it, then the window's end
+// (tcp-upper patch 0013; Linux's tcp_acceptable_seq). Data we sent beyond
+// the window (it shrank, or a stale segment of the peer's advertised an
+// old, larger one) does not move the peer's RCV.NXT, and the peer drops a
+// segment starting past its window without reading its ACK field (RFC
+// 9293 3.10.7.4): with SND.NXT there, none of our ACKs would reach it.
+// +checklocks:s.ep.mu
+func (s *sender) ackSeq() seqnum.Value {
+	if end := s.SndUna.Add(s.SndWnd); end.LessThan(s.SndNxt) {
+		return end
+	}
+	return s.SndNxt
 }
 
 // updateRTO updates the retransmit timeout when a new roud-trip time is
