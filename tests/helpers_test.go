@@ -24,6 +24,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/tcp-upper/tcp-upper/internal/ktrace"
 	"github.com/tcp-upper/tcp-upper/internal/testenv"
 	"github.com/tcp-upper/tcp-upper/lab"
 )
@@ -53,6 +54,13 @@ func TestMain(m *testing.M) {
 	before := leftovers()
 	code := m.Run()
 	os.RemoveAll(dir)
+	// Servers the tests killed (SIGKILL at cleanup) cannot remove their
+	// kernel trace instances; ours must all be closed.
+	ktrace.RemoveStale()
+	if own, _ := filepath.Glob(fmt.Sprintf("%s/instances/tcp-upper-%d-*", ktrace.Root, os.Getpid())); len(own) > 0 {
+		fmt.Fprintf(os.Stderr, "leaked by the tests: trace instances %v\n", own)
+		code = 1
+	}
 	// Nothing a test made may outlive it: no namespace, no device in the
 	// root namespace.
 	for k := range leftovers() {

@@ -176,7 +176,7 @@ func Start(opts Options) (*Session, error) {
 	if err := mountTracefs(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	removeStale()
+	RemoveStale()
 	dir := filepath.Join(Root, "instances", fmt.Sprintf("tcp-upper-%d-%d", os.Getpid(), instanceSeq.Add(1)))
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: create trace instance: %v", ErrUnavailable, err)
@@ -451,8 +451,10 @@ func (s *Session) remove() error {
 	return nil
 }
 
-// removeStale removes the instances of sessions whose process is gone.
-func removeStale() {
+// RemoveStale removes the trace instances of sessions whose process is
+// gone (killed before it could remove its own). Start calls it; a test
+// suite that kills servers calls it when it ends.
+func RemoveStale() {
 	ents, err := os.ReadDir(filepath.Join(Root, "instances"))
 	if err != nil {
 		return
