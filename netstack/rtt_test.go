@@ -1,6 +1,7 @@
 package netstack_test
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,20 +33,8 @@ import (
 // shows it failing without the patch.
 func TestRTTFromTransmitTime(t *testing.T) {
 	const port = 45000
-	var srtt atomic.Int64
-	var sndUna atomic.Uint32
-	probed := make(chan struct{}, 1)
-	srv := newRawServer(t, netstack.Options{TCPProbe: func(s *tcp.TCPEndpointState) {
-		if s.ID.RemotePort != port {
-			return
-		}
-		srtt.Store(int64(s.Sender.RTTState.SRTT))
-		sndUna.Store(uint32(s.Sender.SndUna))
-		select {
-		case probed <- struct{}{}:
-		default:
-		}
-	}})
+	w := newSenderWatch(port)
+	srv := newRawServer(t, netstack.Options{TCPProbe: w.probe})
 	c := srv.dial(t, port, 1000, 1000)
 	conn := srv.accept(t)
 	for i := 0; i < 8; i++ {
@@ -60,17 +49,52 @@ func TestRTTFromTransmitTime(t *testing.T) {
 		ack := c.segment(header.TCPFlagAck, nil)
 		ack.Options = tsOption(c.tsVal, c.tsRecent-1000) // a TSval of the server's from a second ago
 		c.send(ack)
-		for deadline := time.After(2 * time.Second); seqnum.Value(sndUna.Load()) != c.rcvNxt; {
-			select {
-			case <-probed:
-			case <-deadline:
-				t.Fatalf("the server did not process the ACK of its segment %d within 2s", i)
-			}
-		}
+		w.waitUna(t, c.rcvNxt, fmt.Sprintf("the ACK of its segment %d", i))
 	}
-	got := time.Duration(srtt.Load())
+	got := w.SRTT()
 	t.Logf("srtt %v", got)
 	if got <= 0 || got > 100*time.Millisecond {
 		t.Errorf("srtt %v after 8 ACKs that came at once but echoed a TSval a second old: want the path's RTT, well under 100ms", got)
+	}
+}
+
+// senderWatch follows the server's sender for one peer port, as gVisor's
+// TCP probe reports it at each segment the server receives.
+type senderWatch struct {
+	port   uint16
+	srtt   atomic.Int64
+	sndUna atomic.Uint32
+	probed chan struct{}
+}
+
+func newSenderWatch(port uint16) *senderWatch {
+	return &senderWatch{port: port, probed: make(chan struct{}, 1)}
+}
+
+// probe is the netstack.Options.TCPProbe to give the server.
+func (w *senderWatch) probe(s *tcp.TCPEndpointState) {
+	if s.ID.RemotePort != w.port {
+		return
+	}
+	w.srtt.Store(int64(s.Sender.RTTState.SRTT))
+	w.sndUna.Store(uint32(s.Sender.SndUna))
+	select {
+	case w.probed <- struct{}{}:
+	default:
+	}
+}
+
+// SRTT is the sender's smoothed RTT at the last segment received.
+func (w *senderWatch) SRTT() time.Duration { return time.Duration(w.srtt.Load()) }
+
+// waitUna waits up to 2 s until the server has taken an ACK of want.
+func (w *senderWatch) waitUna(t *testing.T, want seqnum.Value, what string) {
+	t.Helper()
+	for deadline := time.After(2 * time.Second); seqnum.Value(w.sndUna.Load()) != want; {
+		select {
+		case <-w.probed:
+		case <-deadline:
+			t.Fatalf("the server did not process %s within 2s", what)
+		}
 	}
 }

@@ -2,14 +2,13 @@ package netstack_test
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
@@ -23,20 +22,8 @@ import (
 // takes a millisecond must not be probed.
 func TestMicrosecondSRTTWithoutEarlyProbes(t *testing.T) {
 	const port = 45100
-	var srtt atomic.Int64
-	var sndUna atomic.Uint32
-	probed := make(chan struct{}, 1)
-	srv := newRawServer(t, netstack.Options{TCPProbe: func(s *tcp.TCPEndpointState) {
-		if s.ID.RemotePort != port {
-			return
-		}
-		srtt.Store(int64(s.Sender.RTTState.SRTT))
-		sndUna.Store(uint32(s.Sender.SndUna))
-		select {
-		case probed <- struct{}{}:
-		default:
-		}
-	}})
+	w := newSenderWatch(port)
+	srv := newRawServer(t, netstack.Options{TCPProbe: w.probe})
 	start := time.Now()
 	c := dialSACK(t, srv, port, 1000, 1000)
 	// bound is the longest any RTT sample of the warm-up can have been:
@@ -82,18 +69,12 @@ func TestMicrosecondSRTTWithoutEarlyProbes(t *testing.T) {
 			}
 			c.next(header.TCPFlagAck, nil)
 		}
-		for deadline := time.After(2 * time.Second); seqnum.Value(sndUna.Load()) != c.rcvNxt; {
-			select {
-			case <-probed:
-			case <-deadline:
-				t.Fatalf("the server did not process the ACK of flight %d within 2s", i)
-			}
-		}
+		w.waitUna(t, c.rcvNxt, fmt.Sprintf("the ACK of flight %d", i))
 		if i < 5 {
 			bound = max(bound, time.Since(wrote))
 		}
 		if i == 4 {
-			warm = time.Duration(srtt.Load())
+			warm = w.SRTT()
 		}
 	}
 	t.Logf("srtt %v after 5 flights acknowledged at once; no sample can have exceeded %v", warm, bound)
