@@ -212,10 +212,7 @@ func (l *Link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	for _, pkt := range pkts.AsSlice() {
 		r := l.capture(Out, pkt)
 		r.busy.Store(true)
-		if !l.queue.Push(r) {
-			l.stats.Dropped.Add(1)
-			r.busy.Store(false)
-			l.pool.Put(r)
+		if !l.push(r) {
 			r = nil
 		}
 		recs = append(recs, r)
@@ -315,15 +312,20 @@ func (l *Link) newRecord(t time.Time, dir Direction, p *stack.PacketBuffer) *rec
 	return r
 }
 
-// push hands r to the recorder, or drops and counts it if the records
-// already waiting hold the byte budget.
-func (l *Link) push(r *record) {
+// push hands r to the recorder and reports true, or drops and counts it
+// (and returns it to the pool) if the records already waiting hold the
+// byte budget.
+func (l *Link) push(r *record) bool {
 	r.cost = int64(cap(r.data)) + RecordOverhead
 	if l.queued.Add(r.cost) > int64(l.opts.QueueBytes) || !l.queue.Push(r) {
 		l.queued.Add(-r.cost)
 		l.stats.Dropped.Add(1)
+		r.busy.Store(false)
+		r.comment, r.capOnly = "", false
 		l.pool.Put(r)
+		return false
 	}
+	return true
 }
 
 func (l *Link) recorder() {

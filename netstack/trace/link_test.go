@@ -20,6 +20,11 @@ type nullLower struct{ stack.LinkEndpoint }
 
 func (nullLower) Close() {}
 
+// WritePackets takes every packet, as a NIC would.
+func (nullLower) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	return pkts.Len(), nil
+}
+
 // stuckWriter is a slow terminal: every Write waits until it is let go.
 type stuckWriter struct {
 	mu      sync.Mutex
@@ -55,6 +60,20 @@ func segment60k() []byte {
 // dropped and counted, and everything accepted is printed once the
 // terminal reads again.
 func TestQueueBoundedByBytes(t *testing.T) {
+	t.Run("in", func(t *testing.T) {
+		testQueueBoundedByBytes(t, func(l *Link, p *stack.PacketBuffer) { l.DeliverNetworkPacket(header.IPv4ProtocolNumber, p) })
+	})
+	t.Run("out", func(t *testing.T) {
+		testQueueBoundedByBytes(t, func(l *Link, p *stack.PacketBuffer) {
+			var pkts stack.PacketBufferList
+			pkts.PushBack(p.IncRef())
+			l.WritePackets(pkts)
+			pkts.Reset()
+		})
+	})
+}
+
+func testQueueBoundedByBytes(t *testing.T, cross func(*Link, *stack.PacketBuffer)) {
 	const budget = 1 << 20
 	const sent = 200
 	w := &stuckWriter{entered: make(chan struct{}), release: make(chan struct{})}
@@ -62,7 +81,7 @@ func TestQueueBoundedByBytes(t *testing.T) {
 	seg := segment60k()
 	for i := 0; i < sent; i++ {
 		p := pkt.New(append([]byte(nil), seg...))
-		l.DeliverNetworkPacket(header.IPv4ProtocolNumber, p)
+		cross(l, p)
 		p.DecRef()
 		if q := l.QueuedBytes(); q > budget {
 			t.Fatalf("after packet %d the queue holds %d bytes, budget %d", i+1, q, budget)
