@@ -334,7 +334,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	attached := false
 	var dropped uint64
-	err = c.Stream(ctx, "events", func(r *control.Response) error {
+	err = c.Stream(ctx, "events", nil, func(r *control.Response) error {
 		if !attached && fm == inspect.Text {
 			// The server's first line: its stream runs.
 			fmt.Fprintf(stderr, "attached to %s (pid %d, %s, %s, TIME-WAIT %v); Ctrl-C to stop\n",

@@ -211,7 +211,7 @@ func liveLadder(ctx context.Context, t *target, opts viz.LadderOptions, stdout, 
 	fmt.Fprintf(stderr, "attached to %s (pid %d); the stack's states, timers, retransmissions and injected drops as they happen (segments need a capture: ladder --pcap); Ctrl-C to stop\n", h.Hello.Program, h.Hello.PID)
 	live.Header("this stack " + h.Hello.Addr)
 	var dropped uint64
-	err = c.Stream(ctx, "events", func(r *control.Response) error {
+	err = c.Stream(ctx, "events", nil, func(r *control.Response) error {
 		if r.Dropped > dropped {
 			fmt.Fprintf(stderr, "(%d events lost so far: this terminal reads too slowly)\n", r.Dropped)
 			dropped = r.Dropped

@@ -94,10 +94,19 @@ func (c *Client) Call(cmd string, args any) (*Response, error) {
 	return c.recv()
 }
 
-// Stream sends a streaming request and calls fn for each response until
-// ctx ends (nil error), the server goes away, or fn fails.
-func (c *Client) Stream(ctx context.Context, cmd string, fn func(*Response) error) error {
-	if err := c.send(&Request{Cmd: cmd}); err != nil {
+// Stream sends a streaming request (with args, if not nil, as Call) and
+// calls fn for each response until ctx ends (nil error), the server goes
+// away, or fn fails.
+func (c *Client) Stream(ctx context.Context, cmd string, args any, fn func(*Response) error) error {
+	req := &Request{Cmd: cmd}
+	if args != nil {
+		b, err := json.Marshal(args)
+		if err != nil {
+			return fmt.Errorf("%s: %w", cmd, err)
+		}
+		req.Args = b
+	}
+	if err := c.send(req); err != nil {
 		return c.sendFailed(err)
 	}
 	stop := context.AfterFunc(ctx, func() { c.c.SetReadDeadline(time.Now()) })

@@ -117,7 +117,7 @@ func TestSSStatsHelloEvents(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	streamDone := make(chan error, 1)
 	go func() {
-		streamDone <- ec.Stream(ctx, "events", func(r *control.Response) error {
+		streamDone <- ec.Stream(ctx, "events", nil, func(r *control.Response) error {
 			if r.Event != nil {
 				evs <- *r.Event
 			}

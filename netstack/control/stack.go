@@ -23,7 +23,8 @@ const StreamBuffer = 4096
 //	hello   who the server is (pid, TUN, address, TIME-WAIT, commands)
 //	ss      the socket table, with ss -i's detail
 //	stats   the counters (and the process's goroutine count)
-//	events  a stream of connection events until the client leaves
+//	events  a stream of connection events until the client leaves;
+//	        with {"segments":true} also one segment event per TCP segment
 //
 // hello's PID, Started and Commands are filled in here.
 func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
@@ -92,7 +93,15 @@ func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
 		if tr == nil {
 			return errors.New("this server runs without its connection tracker: no events")
 		}
-		sub := tr.Subscribe(StreamBuffer)
+		var a EventsArgs
+		if len(req.Args) > 0 && json.Unmarshal(req.Args, &a) != nil {
+			return errors.New(`events takes no args or {"segments":true}`)
+		}
+		var opts []inspect.SubscribeOption
+		if a.Segments {
+			opts = append(opts, inspect.WithSegments())
+		}
+		sub := tr.Subscribe(StreamBuffer, opts...)
 		defer sub.Close()
 		// An empty first line: subscribed, no later event is missed.
 		if err := send(&Response{}); err != nil {
@@ -117,6 +126,15 @@ func ServeStack(s *Server, st *netstack.Stack, hello Hello) {
 			}
 		}
 	})
+}
+
+// EventsArgs are the events command's arguments.
+type EventsArgs struct {
+	// Segments adds a segment event (inspect.KindSegment) for every TCP
+	// segment of a tracked connection, in order with the stack's events.
+	// They share the stream's buffer: a slow reader loses them, counted
+	// in Dropped like the others.
+	Segments bool `json:"segments,omitempty"`
 }
 
 // FaultArgs are the fault command's arguments.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tcp-upper/tcp-upper/netstack/trace"
+
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
@@ -33,6 +35,9 @@ type conn struct {
 
 	peerFinSeq  uint32
 	peerFinDone bool
+	// peerMax is the highest sequence number the peer sent (end of its
+	// data, SYN or FIN), seen on the wire.
+	peerMax uint32
 
 	twStart  time.Time
 	lastSeen time.Time
@@ -328,7 +333,7 @@ func (c *conn) rx(t *Tracker, it *item) {
 			return
 		}
 		c.peerSyn = true
-		c.irs, c.irsKnown, c.rcvNxt = s.seq, true, s.seq+1
+		c.irs, c.irsKnown, c.rcvNxt, c.peerMax = s.seq, true, s.seq+1, s.seq+1
 		c.peerWS, c.peerMSS = s.wscale, s.mss
 		c.sndWnd = uint32(s.win)
 		if f&header.TCPFlagAck != 0 {
@@ -360,6 +365,13 @@ func (c *conn) rx(t *Tracker, it *item) {
 			c.zeroPeer = false
 			c.annotate(t, at, KindWindow, fmt.Sprintf("the peer's window reopened to %d bytes", c.sndWnd))
 		}
+	}
+	end := s.seq + s.payload
+	if f&header.TCPFlagFin != 0 {
+		end++
+	}
+	if c.peerSyn && seqLess(c.peerMax, end) {
+		c.peerMax = end
 	}
 	inOrder := s.seq == c.rcvNxt
 	if s.payload > 0 {
@@ -435,6 +447,45 @@ func (c *conn) tx(t *Tracker, it *item) {
 		c.rcvNxt = s.ack // our ACK field is the stack's RCV.NXT
 		c.rcvWnd = uint32(s.win) << c.scaleOurs()
 	}
+}
+
+// segment emits the segment it.seg (already taken by rx or tx) to the
+// subscribers that asked for segments. sentMax is the highest sequence
+// number its sender had sent before it (sentAny: it had sent its SYN).
+func (c *conn) segment(t *Tracker, it *item, sentMax uint32, sentAny bool) {
+	s := &it.seg
+	out := it.dir == trace.Out
+	g := &Segment{Out: out, Flags: s.flags, Len: s.payload, RawWin: s.win, MSS: s.mss, WScale: s.wscale, SACKOK: s.sackOK}
+	// The sender's and the receiver's ISNs.
+	sndISN, sndKnown, rcvISN, rcvKnown := c.irs, c.irsKnown, c.iss, c.issKnown
+	scale := c.scalePeer()
+	if out {
+		sndISN, sndKnown, rcvISN, rcvKnown = c.iss, c.issKnown, c.irs, c.irsKnown
+		scale = c.scaleOurs()
+	}
+	ack := s.flags&header.TCPFlagAck != 0
+	g.Absolute = !sndKnown || ack && !rcvKnown
+	if g.Absolute {
+		sndISN, rcvISN = 0, 0
+	}
+	g.Seq = s.seq - sndISN
+	g.End = g.Seq + s.payload
+	if ack {
+		g.Ack = s.ack - rcvISN
+	}
+	g.Win = uint32(s.win)
+	if s.flags&header.TCPFlagSyn == 0 {
+		g.Win <<= scale
+	}
+	if s.nsack > 0 {
+		g.SACK = make([][2]uint32, s.nsack)
+		for i := range g.SACK {
+			g.SACK[i] = [2]uint32{s.sack[i][0] - rcvISN, s.sack[i][1] - rcvISN}
+		}
+	}
+	consumes := s.payload > 0 || s.flags&(header.TCPFlagSyn|header.TCPFlagFin) != 0
+	g.Retransmit = consumes && sentAny && seqLess(s.seq, sentMax)
+	c.add(t, Event{Time: it.t, Kind: KindSegment, Seg: g})
 }
 
 func max32seq(a, b uint32) uint32 {

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -113,6 +114,10 @@ const (
 	KindDupAck         Kind = "dup-ack"         // the third duplicate ACK arrived (seen on the wire)
 	KindWindow         Kind = "window"          // a window closed to zero or opened again, or a zero-window probe
 	KindFault          Kind = "fault"           // a fault injected on the wire
+	// KindSegment is one TCP segment of a tracked connection as it crossed
+	// the trace layer (Event.Seg), sent only to subscribers that asked for
+	// segments (WithSegments).
+	KindSegment Kind = "segment"
 )
 
 // ConnID names a connection from our side.
@@ -203,6 +208,121 @@ type Event struct {
 	Held time.Duration
 	// Rule is the fault rule id (fault events).
 	Rule int
+	// Seg is the segment (segment events only).
+	Seg *Segment
+}
+
+// Segment is one TCP segment of a tracked connection, as the trace layer
+// saw it (the capture's point: above the fault layer), numbered as the
+// ladder prints it.
+type Segment struct {
+	// Out: this stack sent it; else it received it.
+	Out   bool
+	Flags header.TCPFlags
+	// Seq is relative to the sender's initial sequence number (ours, the
+	// event's ISS, for a segment we sent; the peer's, IRS, for one we
+	// received), End is Seq+Len, and Ack and the SACK blocks are relative
+	// to the receiver's, as tcpdump prints them. Absolute says the tracker
+	// did not know an ISN they need (a peer's RST answering our SYN): then
+	// they are the wire's.
+	Seq, End, Ack uint32
+	Absolute      bool
+	Len           uint32
+	// Win is the advertised window in bytes (scaled once both SYNs offered
+	// window scaling; a SYN's is never scaled), RawWin the header's field.
+	Win    uint32
+	RawWin uint16
+	SACK   [][2]uint32
+	// A SYN's options: MSS, window scale (-1: none), SACK permitted.
+	MSS    uint16
+	WScale int8
+	SACKOK bool
+	// Retransmit: its sequence space was on the wire before (a segment
+	// that takes sequence space, data, SYN or FIN, starting below the
+	// highest its sender had sent).
+	Retransmit bool
+}
+
+// String is the segment as the ladder labels it: "> P. 1:8(7) ack 1 win
+// 64512" (> sent, < received).
+func (s *Segment) String() string {
+	var b strings.Builder
+	if s.Out {
+		b.WriteString("> ")
+	} else {
+		b.WriteString("< ")
+	}
+	b.WriteString(FlagString(s.Flags))
+	if s.Len > 0 || s.Flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
+		fmt.Fprintf(&b, " %d", s.Seq)
+		if s.Len > 0 {
+			fmt.Fprintf(&b, ":%d(%d)", s.End, s.Len)
+		}
+	}
+	if s.Flags&header.TCPFlagAck != 0 {
+		fmt.Fprintf(&b, " ack %d", s.Ack)
+	}
+	fmt.Fprintf(&b, " win %d", s.Win)
+	if s.Flags&header.TCPFlagSyn != 0 {
+		fmt.Fprintf(&b, " mss %d", s.MSS)
+		if s.WScale >= 0 {
+			fmt.Fprintf(&b, " ws %d", s.WScale)
+		}
+		if s.SACKOK {
+			b.WriteString(" sackOK")
+		}
+	}
+	for _, blk := range s.SACK {
+		fmt.Fprintf(&b, " sack %d:%d", blk[0], blk[1])
+	}
+	if s.Retransmit {
+		b.WriteString(" retx")
+	}
+	return b.String()
+}
+
+// FlagString is tcpdump's spelling of TCP flags (S, S., P., F., R., .;
+// "none" for none).
+func FlagString(f header.TCPFlags) string {
+	var b []byte
+	for _, x := range []struct {
+		bit  header.TCPFlags
+		name byte
+	}{{header.TCPFlagFin, 'F'}, {header.TCPFlagSyn, 'S'}, {header.TCPFlagRst, 'R'}, {header.TCPFlagPsh, 'P'}, {header.TCPFlagAck, '.'}, {header.TCPFlagUrg, 'U'}, {header.TCPFlagEce, 'E'}, {header.TCPFlagCwr, 'W'}} {
+		if f&x.bit != 0 {
+			b = append(b, x.name)
+		}
+	}
+	if len(b) == 0 {
+		return "none"
+	}
+	return string(b)
+}
+
+// ParseFlags reads FlagString's spelling.
+func ParseFlags(s string) header.TCPFlags {
+	var f header.TCPFlags
+	for _, c := range s {
+		switch c {
+		case 'F':
+			f |= header.TCPFlagFin
+		case 'S':
+			f |= header.TCPFlagSyn
+		case 'R':
+			f |= header.TCPFlagRst
+		case 'P':
+			f |= header.TCPFlagPsh
+		case '.':
+			f |= header.TCPFlagAck
+		case 'U':
+			f |= header.TCPFlagUrg
+		case 'E':
+			f |= header.TCPFlagEce
+		case 'W':
+			f |= header.TCPFlagCwr
+		}
+	}
+	return f
 }
 
 // Format is an event output format.
@@ -244,6 +364,13 @@ func (e *Event) Text() string {
 		b.WriteString(e.From.String())
 		b.WriteString(" -> ")
 		b.WriteString(e.To.String())
+	case KindSegment:
+		if e.Seg != nil {
+			b.WriteString("segment ")
+			b.WriteString(e.Seg.String())
+			return b.String() // the wire's numbers, not the stack's
+		}
+		b.WriteString(string(e.Kind))
 	default:
 		b.WriteString(string(e.Kind))
 	}
@@ -338,9 +465,28 @@ type jsonEvent struct {
 	IRS      *uint32  `json:"irs"`
 	// SeqAbsolute: snd_una and snd_nxt are the stack's own sequence
 	// numbers (the kernel's ISN is not reported).
-	SeqAbsolute bool    `json:"seq_absolute,omitempty"`
-	HeldS       float64 `json:"held_s,omitempty"`
-	Rule        int     `json:"rule,omitempty"`
+	SeqAbsolute bool     `json:"seq_absolute,omitempty"`
+	HeldS       float64  `json:"held_s,omitempty"`
+	Rule        int      `json:"rule,omitempty"`
+	Seg         *jsonSeg `json:"seg,omitempty"`
+}
+
+// jsonSeg is the JSON shape of a Segment.
+type jsonSeg struct {
+	Dir        string      `json:"dir"` // "out" (sent) or "in" (received)
+	Flags      string      `json:"flags"`
+	Seq        uint32      `json:"seq"`
+	End        uint32      `json:"end"`
+	Ack        uint32      `json:"ack"`
+	Absolute   bool        `json:"absolute,omitempty"`
+	Len        uint32      `json:"len"`
+	Win        uint32      `json:"win"`
+	RawWin     uint16      `json:"raw_win"`
+	SACK       [][2]uint32 `json:"sack,omitempty"`
+	MSS        uint16      `json:"mss,omitempty"`
+	WScale     *int8       `json:"wscale,omitempty"`
+	SACKOK     bool        `json:"sack_ok,omitempty"`
+	Retransmit bool        `json:"retransmit,omitempty"`
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -387,6 +533,17 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 	}
 	if e.Kind == KindState {
 		j.From, j.To = e.From.String(), e.To.String()
+	}
+	if g := e.Seg; g != nil {
+		js := &jsonSeg{Dir: "in", Flags: FlagString(g.Flags), Seq: g.Seq, End: g.End, Ack: g.Ack, Absolute: g.Absolute,
+			Len: g.Len, Win: g.Win, RawWin: g.RawWin, SACK: g.SACK, MSS: g.MSS, SACKOK: g.SACKOK, Retransmit: g.Retransmit}
+		if g.Out {
+			js.Dir = "out"
+		}
+		if g.WScale >= 0 && g.Flags&header.TCPFlagSyn != 0 {
+			js.WScale = ptr(g.WScale)
+		}
+		j.Seg = js
 	}
 	return json.Marshal(j)
 }
@@ -466,6 +623,17 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	if j.From != "" {
 		e.From, _ = ParseState(j.From)
 		e.To, _ = ParseState(j.To)
+	}
+	if js := j.Seg; js != nil {
+		if js.Dir != "in" && js.Dir != "out" {
+			return fmt.Errorf("segment dir %q: want in or out", js.Dir)
+		}
+		g := &Segment{Out: js.Dir == "out", Flags: ParseFlags(js.Flags), Seq: js.Seq, End: js.End, Ack: js.Ack, Absolute: js.Absolute,
+			Len: js.Len, Win: js.Win, RawWin: js.RawWin, SACK: js.SACK, MSS: js.MSS, WScale: -1, SACKOK: js.SACKOK, Retransmit: js.Retransmit}
+		if js.WScale != nil {
+			g.WScale = *js.WScale
+		}
+		e.Seg = g
 	}
 	return nil
 }

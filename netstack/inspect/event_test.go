@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"math"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // A kernel event: tcp_probe's numbers, absolute sequence numbers, no
@@ -64,5 +67,63 @@ func TestEventPartialNumbers(t *testing.T) {
 	}
 	if err := json.Unmarshal(b, &back); err != nil || back.N.Known {
 		t.Errorf("read back %+v, %v: want no numbers", back.N, err)
+	}
+}
+
+// A segment event: its text is the ladder's label, its JSON carries every
+// field and reads back to the same segment; a bad direction is refused.
+func TestSegmentEventJSON(t *testing.T) {
+	ev := Event{
+		Time: time.Date(2026, 11, 29, 8, 0, 0, 123456000, time.UTC), Kind: KindSegment,
+		Stack: StackNetstack, Host: "apple",
+		Conn: ConnID{netip.MustParseAddrPort("10.0.2.2:9999"), netip.MustParseAddrPort("10.0.1.2:40000")},
+		ISS:  1000, IRS: 5000, ISSKnown: true, IRSKnown: true,
+		Seg: &Segment{Out: true, Flags: header.TCPFlagAck | header.TCPFlagPsh, Seq: 8, End: 22, Ack: 22, Len: 14,
+			Win: 524288, RawWin: 4096, SACK: [][2]uint32{{30, 40}}, WScale: -1, Retransmit: true},
+	}
+	if got, want := ev.Text(), "08:00:00.123456 apple/netstack 10.0.1.2:40000 segment > P. 8:22(14) ack 22 win 524288 sack 30:40 retx"; got != want {
+		t.Errorf("text %q\nwant %q", got, want)
+	}
+	b, err := json.Marshal(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"seg":{"dir":"out","flags":"P.","seq":8,"end":22,"ack":22,"len":14,"win":524288,"raw_win":4096,"sack":[[30,40]],"retransmit":true}`) {
+		t.Errorf("JSON %s", b)
+	}
+	var back Event
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back.Seg, ev.Seg) || back.Kind != KindSegment || back.ISS != 1000 || back.IRS != 5000 {
+		t.Errorf("read back %+v (seg %+v)", back, back.Seg)
+	}
+	syn := ev
+	syn.Seg = &Segment{Flags: header.TCPFlagSyn, RawWin: 64240, Win: 64240, MSS: 1460, WScale: 7, SACKOK: true}
+	b, _ = json.Marshal(&syn)
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back.Seg, syn.Seg) {
+		t.Errorf("SYN %s read back %+v (%v)", b, back.Seg, err)
+	}
+	if !strings.Contains(syn.Text(), "segment < S 0 win 64240 mss 1460 ws 7 sackOK") {
+		t.Errorf("SYN text %q", syn.Text())
+	}
+	bad := strings.Replace(string(b), `"dir":"in"`, `"dir":"sideways"`, 1)
+	if err := json.Unmarshal([]byte(bad), &back); err == nil {
+		t.Errorf("dir sideways accepted: %s", bad)
+	}
+}
+
+// parseSACK takes the blocks out of real options (NOPs first, as Linux
+// sends them) and no blocks out of malformed ones.
+func TestParseSACK(t *testing.T) {
+	opts := []byte{1, 1, 5, 18, 0, 0, 0, 10, 0, 0, 0, 20, 0, 0, 0, 30, 0, 0, 0, 40}
+	var b [4][2]uint32
+	if n := parseSACK(opts, &b); n != 2 || b[0] != [2]uint32{10, 20} || b[1] != [2]uint32{30, 40} {
+		t.Errorf("%d blocks %v", n, b)
+	}
+	for _, bad := range [][]byte{{5}, {5, 1}, {5, 18, 0}, {8, 10, 0, 0}} {
+		if n := parseSACK(bad, &b); n != 0 {
+			t.Errorf("%v: %d blocks", bad, n)
+		}
 	}
 }

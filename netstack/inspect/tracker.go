@@ -1,6 +1,7 @@
 package inspect
 
 import (
+	"encoding/binary"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -43,9 +44,10 @@ type Stats struct {
 	// Dropped is how many packet summaries, probe snapshots and
 	// observations were lost because the tracker was behind.
 	Dropped atomic.Uint64
-	// EventsDropped is how many events a slow subscriber missed.
+	// EventsDropped is how many events (segment events included) a slow
+	// subscriber missed.
 	EventsDropped atomic.Uint64
-	// Events is how many events were emitted.
+	// Events is how many events were emitted (segment events not counted).
 	Events atomic.Uint64
 }
 
@@ -72,6 +74,9 @@ type Tracker struct {
 
 	subsMu sync.Mutex
 	subs   map[*Subscription]struct{}
+	// segSubs is how many subscriptions asked for segments: with none the
+	// packet path and the tracker do no segment work.
+	segSubs atomic.Int32
 
 	// Owned by the tracker goroutine.
 	conns    map[ConnID]*conn
@@ -104,6 +109,10 @@ type segInfo struct {
 	payload  uint32
 	mss      uint16
 	wscale   int8 // -1: no option
+	sackOK   bool
+	// SACK blocks as on the wire (only while a subscriber wants segments).
+	nsack uint8
+	sack  [4][2]uint32
 }
 
 // snap is the stack's numbers for one connection at one instant: from the
@@ -191,6 +200,9 @@ func (t *Tracker) Close() {
 	for s := range t.subs {
 		delete(t.subs, s)
 		close(s.ch)
+		if s.segments {
+			t.segSubs.Add(-1)
+		}
 	}
 	t.subsMu.Unlock()
 }
@@ -219,7 +231,9 @@ func (t *Tracker) ObservePacket(now time.Time, dir trace.Direction, hdr []byte, 
 	s.wscale = -1
 	if opts := d.Options(); s.flags&header.TCPFlagSyn != 0 && len(opts) == d.TCPHdrLen-header.TCPMinimumSize {
 		o := header.ParseSynOptions(opts, s.flags&header.TCPFlagAck != 0)
-		s.mss, s.wscale = o.MSS, int8(o.WS)
+		s.mss, s.wscale, s.sackOK = o.MSS, int8(o.WS), o.SACKPermitted
+	} else if len(opts) > 0 && t.segSubs.Load() > 0 {
+		s.nsack = parseSACK(opts, &s.sack)
 	}
 	t.enqueue(it)
 }
@@ -243,6 +257,34 @@ func (t *Tracker) Probe(s *tcp.TCPEndpointState) {
 	p.mss = s.Sender.MaxPayloadSize
 	p.dupAcks = s.Sender.DupAckCount
 	t.enqueue(it)
+}
+
+// parseSACK copies the SACK blocks of a TCP header's options into blocks
+// (at most 4 fit in 40 bytes) without allocating, and returns how many.
+func parseSACK(opts []byte, blocks *[4][2]uint32) uint8 {
+	for i := 0; i < len(opts); {
+		switch kind := opts[i]; kind {
+		case header.TCPOptionEOL:
+			return 0
+		case header.TCPOptionNOP:
+			i++
+			continue
+		}
+		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
+			return 0 // malformed: no blocks
+		}
+		l := int(opts[i+1])
+		if opts[i] == header.TCPOptionSACK {
+			n := uint8(0)
+			for b := i + 2; b+8 <= i+l && n < 4; b += 8 {
+				blocks[n] = [2]uint32{binary.BigEndian.Uint32(opts[b:]), binary.BigEndian.Uint32(opts[b+4:])}
+				n++
+			}
+			return n
+		}
+		i += l
+	}
+	return 0
 }
 
 func connID(id tcp.TCPEndpointID) ConnID {
@@ -279,9 +321,17 @@ func (t *Tracker) Inject(ev Event) {
 type Subscription struct {
 	ch        chan Event
 	t         *Tracker
+	segments  bool
 	dropped   atomic.Uint64
 	delivered atomic.Uint64
 }
+
+// SubscribeOption changes what a subscription receives.
+type SubscribeOption func(*Subscription)
+
+// WithSegments adds a segment event (KindSegment) for every TCP segment of
+// a tracked connection, in order with the other events.
+func WithSegments() SubscribeOption { return func(s *Subscription) { s.segments = true } }
 
 // C delivers the events; it is closed when the subscription or the
 // tracker ends.
@@ -302,6 +352,9 @@ func (s *Subscription) Close() {
 	if _, ok := s.t.subs[s]; ok {
 		delete(s.t.subs, s)
 		close(s.ch)
+		if s.segments {
+			s.t.segSubs.Add(-1)
+		}
 	}
 }
 
@@ -316,8 +369,11 @@ func (t *Tracker) Subscribers() int {
 // Subscribe returns a subscription to every event from now on, with room
 // for buf events; a subscriber that falls further behind loses events
 // (counted in its Dropped and in the tracker's EventsDropped).
-func (t *Tracker) Subscribe(buf int) *Subscription {
+func (t *Tracker) Subscribe(buf int, opts ...SubscribeOption) *Subscription {
 	s := &Subscription{ch: make(chan Event, buf), t: t}
+	for _, o := range opts {
+		o(s)
+	}
 	t.subsMu.Lock()
 	defer t.subsMu.Unlock()
 	select {
@@ -325,16 +381,28 @@ func (t *Tracker) Subscribe(buf int) *Subscription {
 		close(s.ch)
 	default:
 		t.subs[s] = struct{}{}
+		if s.segments {
+			t.segSubs.Add(1)
+		}
 	}
 	return s
 }
 
+// wantSegments reports whether a subscriber asked for segments.
+func (t *Tracker) wantSegments() bool { return t.segSubs.Load() > 0 }
+
 func (t *Tracker) emit(ev Event) {
 	ev.Stack, ev.Host = StackNetstack, t.opts.Host
-	t.stats.Events.Add(1)
+	segment := ev.Kind == KindSegment
+	if !segment {
+		t.stats.Events.Add(1)
+	}
 	t.subsMu.Lock()
 	defer t.subsMu.Unlock()
 	for s := range t.subs {
+		if segment && !s.segments {
+			continue
+		}
 		select {
 		case s.ch <- ev:
 			s.delivered.Add(1)
@@ -467,10 +535,20 @@ func (t *Tracker) onPacket(it *item) {
 		t.conns[id] = c
 	}
 	c.lastSeen = it.t
-	if it.dir == trace.In {
-		c.rx(t, it)
-	} else {
+	// Before rx and tx move them: the highest sequence each side had sent,
+	// for the segment's retransmission mark.
+	out := it.dir == trace.Out
+	sentMax, sentAny := c.peerMax, c.peerSyn
+	if out {
+		sentMax, sentAny = c.sndMax, c.ourSyn
+	}
+	if out {
 		c.tx(t, it)
+	} else {
+		c.rx(t, it)
+	}
+	if t.wantSegments() {
+		c.segment(t, it, sentMax, sentAny)
 	}
 }
 

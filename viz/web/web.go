@@ -174,7 +174,7 @@ func (v *View) follow(ctx context.Context, path string) error {
 	defer cancel()
 	pollErr := make(chan error, 1)
 	go func() { pollErr <- v.poller(ctx, poll) }()
-	err = evc.Stream(ctx, "events", func(r *control.Response) error {
+	err = evc.Stream(ctx, "events", nil, func(r *control.Response) error {
 		if r.Dropped > 0 {
 			v.upstream.Store(r.Dropped)
 		}
