@@ -1,8 +1,12 @@
 package netstack_test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -11,8 +15,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/netstack"
+	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
+	"github.com/tcp-upper/tcp-upper/viz"
 )
 
 // wireSeg is a segment as the test compares it: direction, flags,
@@ -228,5 +235,105 @@ func TestSegmentSubscriberDrops(t *testing.T) {
 	stuck.Close()
 	if tr.Subscribers() != 1 {
 		t.Errorf("%d subscribers after Close, want 1", tr.Subscribers())
+	}
+}
+
+// TestLiveLadderSegments: the live ladder fed the segment stream of a
+// session in which the fault layer drops the client's first data segment
+// on its way in and our first reply on its way out draws one arrow per
+// segment in order, the stack's states at their heights between them, the
+// two dropped segments ending in a cross, and their retransmissions
+// marked.
+func TestLiveLadderSegments(t *testing.T) {
+	var rules []*fault.Rule
+	for _, r := range []string{"in data drop count=1", "out data drop count=1"} {
+		rule, err := fault.Parse(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules = append(rules, rule)
+	}
+	srv, cli := pair(t, plainLink, netstack.Options{Inspect: true, TimeWait: time.Second, Fault: fault.Options{Rules: rules}},
+		netstack.Options{TimeWait: time.Second})
+	sub := srv.Tracker().Subscribe(4096, inspect.WithSegments())
+	plain := srv.Tracker().Subscribe(100)
+	ln, err := srv.Listen(9999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := app.NewServer(ln, app.ServerOptions{}, nil)
+	go server.Serve()
+	t.Cleanup(func() { server.Shutdown(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Session(c, app.NewPipeLines(strings.NewReader("abc\n")), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if got := transitions(states(t, plain, 5, 5*time.Second)); got != "LISTEN -> SYN-RCVD -> ESTABLISHED -> CLOSE-WAIT -> LAST-ACK -> CLOSED" {
+		t.Fatalf("server: %s", got)
+	}
+	srv.Tracker().Sync()
+	var out bytes.Buffer
+	live, err := viz.NewLive(&out, viz.LadderOptions{Width: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live.Header("this stack 10.0.2.2")
+	for n := len(sub.C()); n > 0; n-- {
+		live.Add(<-sub.C())
+	}
+	live.Flush()
+	t.Logf("live ladder:\n%s", out.String())
+
+	// Each row reduced to what it shows: an arrow (direction, label, a
+	// cross) or a state.
+	arrow := regexp.MustCompile(`^\S+ +#1 \|(.*)\|(?: (\S+))?$`)
+	var rows []string
+	for _, ln := range strings.Split(out.String(), "\n") {
+		m := arrow.FindStringSubmatch(ln)
+		if m == nil {
+			continue
+		}
+		body := m[1]
+		var words []string
+		for _, w := range strings.Fields(body) {
+			if w != "dropped" && strings.Trim(w, "-<>X") != "" {
+				words = append(words, w)
+			}
+		}
+		label := strings.Join(words, " ")
+		switch {
+		case m[2] != "":
+			rows = append(rows, m[2])
+		case strings.Contains(body, "X"):
+			rows = append(rows, "X "+label)
+		case strings.Contains(body, ">"):
+			rows = append(rows, "> "+label)
+		case strings.Contains(body, "<"):
+			rows = append(rows, "< "+label)
+		}
+	}
+	got := strings.Join(rows, "\n")
+	re := regexp.MustCompile(`(?s)^> S 0 win \d+ mss \d+ ws \d+
+SYN-RCVD
+< S\. 0 ack 1 win \d+ mss \d+ ws \d+
+> \. ack 1 win \d+
+ESTABLISHED
+X P\. 1:5\(4\) ack 1
+> P\. 1:5\(4\) ack 1 win \d+ retx
+.*X P\. 1:5\(4\) ack 5 win \d+
+.*< P\. 1:5\(4\) ack 5 win \d+ retx
+.*> F\. 5 ack 5 win \d+
+.*CLOSE-WAIT
+LAST-ACK
+< F\. 5 ack 6 win \d+
+> \. ack 6 win \d+
+CLOSED$`)
+	if !re.MatchString(got) {
+		t.Errorf("rows:\n%s\nwant them to match\n%s", got, re)
 	}
 }

@@ -58,8 +58,9 @@ type Row struct {
 func Rows(c *Conn) []Row {
 	var rows []Row
 	last := [2]*Segment{}
-	// Without a capture (a live view) the stack's and the wire's events
-	// are all there is: a retransmission is a mark, not an arrow.
+	// Without a capture (a live view without segments) the stack's and
+	// the wire's events are all there is: a retransmission is a mark, not
+	// an arrow.
 	captured := false
 	for i := range c.Segs {
 		captured = captured || c.Segs[i].Captured
@@ -69,32 +70,47 @@ func Rows(c *Conn) []Row {
 		if ei >= len(c.Events) || si < len(c.Segs) && !c.Segs[si].Time.After(c.Events[ei].Time) {
 			s := &c.Segs[si]
 			si++
-			r := Row{Kind: RowSegment, Time: s.Time, Side: s.From, Seg: s, Text: SegmentLabel(s)}
-			r.Rule, r.Explained = ExplainSegment(c, s, last[s.From])
+			rows = append(rows, segmentRow(c, s, last[s.From]))
 			last[s.From] = s
-			rows = append(rows, r)
 			continue
 		}
 		ev := &c.Events[ei]
 		ei++
-		r := Row{Time: ev.Time, Side: c.Stack, Ev: ev}
-		switch ev.Kind {
-		case inspect.KindState:
-			r.Kind, r.Text = RowState, ev.To.String()
-		case inspect.KindFault:
-			continue // drawn as the arrow itself
-		case inspect.KindRetransmit:
-			if captured {
-				continue // drawn as the arrow itself
-			}
-			r.Kind, r.Text = RowMark, ev.Cause
-		default:
-			r.Kind, r.Text = RowMark, markText(ev)
+		if r, ok := eventRow(c, ev, captured); ok {
+			rows = append(rows, r)
 		}
-		r.Rule, r.Explained = ExplainEvent(ev)
-		rows = append(rows, r)
 	}
 	return rows
+}
+
+// segmentRow is the row of segment s of c; prev is the latest segment
+// before it from the same side.
+func segmentRow(c *Conn, s, prev *Segment) Row {
+	r := Row{Kind: RowSegment, Time: s.Time, Side: s.From, Seg: s, Text: SegmentLabel(s)}
+	r.Rule, r.Explained = ExplainSegment(c, s, prev)
+	return r
+}
+
+// eventRow is the row of the stack's event ev, if it has one: a fault is
+// drawn as its segment's arrow, a retransmission seen on the wire too when
+// there are arrows (captured).
+func eventRow(c *Conn, ev *inspect.Event, captured bool) (Row, bool) {
+	r := Row{Time: ev.Time, Side: c.Stack, Ev: ev}
+	switch ev.Kind {
+	case inspect.KindState:
+		r.Kind, r.Text = RowState, ev.To.String()
+	case inspect.KindFault, inspect.KindSegment:
+		return Row{}, false // drawn as the arrow itself
+	case inspect.KindRetransmit:
+		if captured {
+			return Row{}, false // drawn as the arrow itself
+		}
+		r.Kind, r.Text = RowMark, ev.Cause
+	default:
+		r.Kind, r.Text = RowMark, markText(ev)
+	}
+	r.Rule, r.Explained = ExplainEvent(ev)
+	return r, true
 }
 
 // SegmentLabel is an arrow's label: flags, relative seq:end(len), ack,
@@ -102,7 +118,7 @@ func Rows(c *Conn) []Row {
 // "P. 1:34(33) ack 1 win 64512".
 func SegmentLabel(s *Segment) string {
 	var b strings.Builder
-	b.WriteString(s.FlagString())
+	b.WriteString(inspect.FlagString(s.Flags))
 	if s.Len > 0 || s.Flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
 		fmt.Fprintf(&b, " %d", s.Seq)
 		if s.Len > 0 {

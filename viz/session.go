@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
@@ -97,23 +98,6 @@ func (s *Segment) Consumes() uint32 {
 		n++
 	}
 	return n
-}
-
-// FlagString is tcpdump's spelling of the flags (S, S., P., F., R., .).
-func (s *Segment) FlagString() string {
-	var b []byte
-	for _, f := range []struct {
-		bit  header.TCPFlags
-		name byte
-	}{{header.TCPFlagFin, 'F'}, {header.TCPFlagSyn, 'S'}, {header.TCPFlagRst, 'R'}, {header.TCPFlagPsh, 'P'}, {header.TCPFlagAck, '.'}, {header.TCPFlagUrg, 'U'}, {header.TCPFlagEce, 'E'}, {header.TCPFlagCwr, 'W'}} {
-		if s.Flags&f.bit != 0 {
-			b = append(b, f.name)
-		}
-	}
-	if len(b) == 0 {
-		return "none"
-	}
-	return string(b)
 }
 
 // Conn is one connection: its segments in time order and the stack's
@@ -244,31 +228,6 @@ type rawSeg struct {
 // 10.0.2.2:9999 > 10.0.1.2:49004: Flags [P.], seq 1:34, ack 5, length 33".
 var faultRE = regexp.MustCompile(`^injected (\S+), (in|out) rule #(\d+) \((.*)\): (\S+) > (\S+): Flags \[([^\]]*)\], seq (\d+)(?::\d+)?(?:, ack (\d+))?, length (\d+)`)
 
-func parseFlags(s string) header.TCPFlags {
-	var f header.TCPFlags
-	for _, c := range s {
-		switch c {
-		case 'F':
-			f |= header.TCPFlagFin
-		case 'S':
-			f |= header.TCPFlagSyn
-		case 'R':
-			f |= header.TCPFlagRst
-		case 'P':
-			f |= header.TCPFlagPsh
-		case '.':
-			f |= header.TCPFlagAck
-		case 'U':
-			f |= header.TCPFlagUrg
-		case 'E':
-			f |= header.TCPFlagEce
-		case 'W':
-			f |= header.TCPFlagCwr
-		}
-	}
-	return f
-}
-
 // decode takes a TCP segment out of an IPv4 packet.
 func decode(p *pcap.Packet) (rawSeg, bool) {
 	b := p.Data
@@ -336,11 +295,21 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 			add(r)
 		}
 	}
+	// The tracker's segment events (a live view's) are the wire as the
+	// capture would show it.
+	for i := range evs {
+		if r, ok := segmentOf(&evs[i]); ok {
+			add(r)
+		}
+	}
 	// Fault events: mark the captured segment the fault layer dropped
 	// (our stack's own, captured before the fault layer), or add the one
 	// it dropped before the capture point (the peer's, on the way in).
 	evByKey := map[connKey][]inspect.Event{}
 	for _, ev := range evs {
+		if ev.Kind == inspect.KindSegment {
+			continue
+		}
 		k := keyOf(ev.Conn.Local, ev.Conn.Remote)
 		evByKey[k] = append(evByKey[k], ev)
 		if ev.Kind != inspect.KindFault {
@@ -369,7 +338,7 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		seq, _ := strconv.ParseUint(m[8], 10, 32)
 		ack, _ := strconv.ParseUint(m[9], 10, 32)
 		n, _ := strconv.Atoi(m[10])
-		flags := parseFlags(m[7])
+		flags := inspect.ParseFlags(m[7])
 		rule := "rule #" + m[3] + " (" + m[4] + ")"
 		segs := byKey[keyOf(src, dst)]
 		// The captured segment it is: on the way out the capture sees a
@@ -452,6 +421,36 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		}
 	}
 	return s
+}
+
+// segmentOf is a segment event as the capture would have shown the
+// segment (the tracker sees packets where the capture does).
+func segmentOf(ev *inspect.Event) (rawSeg, bool) {
+	g := ev.Seg
+	if ev.Kind != inspect.KindSegment || g == nil {
+		return rawSeg{}, false
+	}
+	src, dst := ev.Conn.Remote, ev.Conn.Local
+	sndISN, rcvISN := ev.IRS, ev.ISS
+	if g.Out {
+		src, dst = dst, src
+		sndISN, rcvISN = rcvISN, sndISN
+	}
+	if g.Absolute {
+		sndISN, rcvISN = 0, 0
+	}
+	r := rawSeg{t: ev.Time, src: src, dst: dst, flags: g.Flags, seq: g.Seq + sndISN, len: int(g.Len), win: g.RawWin,
+		mss: int(g.MSS), ws: int(g.WScale), captured: true}
+	if g.Flags&header.TCPFlagAck != 0 {
+		r.ack = g.Ack + rcvISN
+	}
+	if g.Flags&header.TCPFlagSyn == 0 {
+		r.mss, r.ws = -1, -1
+	}
+	for _, b := range g.SACK {
+		r.sack = append(r.sack, header.SACKBlock{Start: seqnum.Value(b[0] + rcvISN), End: seqnum.Value(b[1] + rcvISN)})
+	}
+	return r, true
 }
 
 func firstTime(c *Conn) time.Time {

@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -72,7 +74,7 @@ func rowSummary(c *Conn) []string {
 		case RowMark:
 			out = append(out, r.Side.String()+":*"+strings.Fields(r.Text)[0])
 		case RowSegment:
-			tok := r.Seg.From.String() + ">" + r.Seg.FlagString()
+			tok := r.Seg.From.String() + ">" + inspect.FlagString(r.Seg.Flags)
 			if r.Seg.Retransmit {
 				tok += "/retx"
 			}

@@ -192,6 +192,10 @@ func cmdWeb(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return nil
 }
 
+// liveIdle is how long the live ladder waits for the stream's next record
+// before it draws the segments it holds back.
+const liveIdle = 50 * time.Millisecond
+
 // liveLadder draws a running server's ladder from its event stream until
 // Ctrl-C or the server exits.
 func liveLadder(ctx context.Context, t *target, opts viz.LadderOptions, stdout, stderr io.Writer) error {
@@ -208,10 +212,28 @@ func liveLadder(ctx context.Context, t *target, opts viz.LadderOptions, stdout, 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "attached to %s (pid %d); the stack's states, timers, retransmissions and injected drops as they happen (segments need a capture: ladder --pcap); Ctrl-C to stop\n", h.Hello.Program, h.Hello.PID)
+	fmt.Fprintf(stderr, "attached to %s (pid %d); every segment, and the stack's states, timers and injected drops, as they happen; Ctrl-C to stop\n", h.Hello.Program, h.Hello.PID)
 	live.Header("this stack " + h.Hello.Addr)
+	// The stream is read on its own goroutine; the ladder draws what it
+	// hands over and, once nothing more has come for liveIdle, the
+	// segments it holds back (a segment we sent waits for the fault
+	// layer's verdict, which comes after it).
+	rs := make(chan *control.Response, 256)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Stream(ctx, "events", control.EventsArgs{Segments: true}, func(r *control.Response) error {
+			select {
+			case rs <- r:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	idle := time.NewTimer(liveIdle)
+	defer idle.Stop()
 	var dropped uint64
-	err = c.Stream(ctx, "events", nil, func(r *control.Response) error {
+	take := func(r *control.Response) {
 		if r.Dropped > dropped {
 			fmt.Fprintf(stderr, "(%d events lost so far: this terminal reads too slowly)\n", r.Dropped)
 			dropped = r.Dropped
@@ -219,8 +241,27 @@ func liveLadder(ctx context.Context, t *target, opts viz.LadderOptions, stdout, 
 		if r.Event != nil {
 			live.Add(*r.Event)
 		}
-		return nil
-	})
+	}
+loop:
+	for {
+		select {
+		case r := <-rs:
+			take(r)
+			idle.Reset(liveIdle)
+		case <-idle.C:
+			live.Flush()
+		case err = <-done:
+			break loop
+		}
+	}
+	// What the stream delivered before it ended.
+	for n := len(rs); n > 0; n-- {
+		take(<-rs)
+	}
+	live.Flush()
+	if ctx.Err() != nil {
+		return nil // Ctrl-C
+	}
 	if err != nil && strings.Contains(err.Error(), "closed the connection") {
 		fmt.Fprintln(stderr, "the server exited")
 		return nil

@@ -1,7 +1,9 @@
 // Package control is the server's control socket: a Unix socket, owner
 // only, through which tcp-upper-lab asks a running server for its socket
 // table (ss), its counters (stats) and a live stream of connection events
-// (trace).
+// (events; with {"cmd":"events","args":{"segments":true}} also one segment
+// event per TCP segment of a tracked connection, in order with the stack's
+// events, which the live ladder draws as arrows).
 //
 // The protocol is JSON lines. The client sends one request object per line,
 // {"cmd":"ss"}; the server answers each with one Response line or, for a
@@ -55,10 +57,12 @@ type Response struct {
 	Sockets []Socket `json:"sockets,omitempty"`
 	// Counters are the stack's counters (stats).
 	Counters []Counter `json:"counters,omitempty"`
-	// Event is one event of a stream (events).
+	// Event is one event of a stream (events): a segment event (Kind
+	// "segment", its Seg set) only in a stream that asked for segments.
 	Event *inspect.Event `json:"event,omitempty"`
-	// Dropped is how many events this stream has lost so far because the
-	// client read too slowly; sent whenever it grows.
+	// Dropped is how many events (segment events included) this stream
+	// has lost so far because the client read too slowly; sent whenever
+	// it grows.
 	Dropped uint64 `json:"dropped,omitempty"`
 	// Data is the reply of commands registered by other layers.
 	Data json.RawMessage `json:"data,omitempty"`

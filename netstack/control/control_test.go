@@ -457,3 +457,59 @@ func TestErrorAnsweredAfterHalfClose(t *testing.T) {
 		}
 	}
 }
+
+// events with {"segments":true} streams a segment event per segment, in
+// order with the states, over the socket; a plain events stream at the
+// same time gets none; bad args get one error line naming the fix.
+func TestEventsWithSegments(t *testing.T) {
+	r := newRig(t)
+	send, recv, done := raw(t, r.path)
+	defer done()
+	send(`{"cmd":"events","args":{"segments":"yes"}}` + "\n")
+	if resp := recv(); !strings.Contains(resp.Error, `{"segments":true}`) {
+		t.Fatalf("bad args: %+v", resp)
+	}
+	send(`{"cmd":"events","args":{"segments":true}}` + "\n")
+	if resp := recv(); resp.Error != "" || resp.Event != nil {
+		t.Fatalf("first line %+v, want the empty one", resp)
+	}
+	psend, precv, pdone := raw(t, r.path)
+	defer pdone()
+	psend(`{"cmd":"events"}` + "\n")
+	precv()
+	for r.srv.Tracker().Subscribers() < 2 {
+		runtime.Gosched()
+	}
+	conn := r.dial(t)
+	conn.Write([]byte("abc\n"))
+	io.ReadFull(conn, make([]byte, 4))
+	conn.Close()
+	var got []string
+	for !strings.HasSuffix(strings.Join(got, " "), "CLOSED") {
+		resp := recv()
+		if resp.Event == nil {
+			continue
+		}
+		switch ev := resp.Event; ev.Kind {
+		case inspect.KindSegment:
+			got = append(got, ev.Seg.String())
+		case inspect.KindState:
+			got = append(got, ev.To.String())
+		}
+	}
+	s := strings.Join(got, ", ")
+	for _, want := range []string{"< S 0 win ", "SYN-RCVD, > S. 0 ack 1 win ", "< P. 1:5(4) ack 1 win ", "> P. 1:5(4) ack 5 win ", "< F. 5 ack 5 win ", "LAST-ACK, > F. 5 ack 6 win ", "< . ack 6 win "} {
+		if !strings.Contains(s, want) {
+			t.Errorf("stream lacks %q:\n%s", want, s)
+		}
+	}
+	for {
+		resp := precv()
+		if ev := resp.Event; ev != nil && ev.Kind == inspect.KindSegment {
+			t.Fatalf("the plain stream got a segment: %s", ev.Text())
+		}
+		if ev := resp.Event; ev != nil && ev.Kind == inspect.KindState && ev.To == inspect.Closed {
+			break
+		}
+	}
+}
