@@ -93,9 +93,20 @@ func TestWebView(t *testing.T) {
 	if lines < 2 {
 		t.Errorf("%d lines in the graphs, want cwnd and srtt/rto at least", lines)
 	}
-	ladder, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#ladder`)))
-	if !strings.Contains(ladder, "ESTABLISHED") || !strings.Contains(ladder, "SYN-RCVD") {
-		t.Errorf("ladder %q lacks the states", ladder)
+	// Its ladder: an arrow per segment (the page fetches it again with
+	// each table, every second), the states between them.
+	arrows := regexp.MustCompile(`(?s)-+ S 0 win \d+ mss \d+[^\n]*>\|.*\| SYN-RCVD.*\|<-+ S\. 0 ack 1 win \d+ mss \d+[^\n]*\|.*>\|.*\| ESTABLISHED.*P\. 1:7\(6\) ack 1 win \d+ -+>\|.*\|<-+ P\. 1:7\(6\) ack 7 win \d+ -+\|`)
+	var ladder string
+	for start := time.Now(); time.Since(start) < 3*time.Second; time.Sleep(100 * time.Millisecond) {
+		if ladder, err = chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`#ladder`))); err != nil {
+			t.Fatal(err)
+		}
+		if arrows.MatchString(ladder) {
+			break
+		}
+	}
+	if !arrows.MatchString(ladder) {
+		t.Errorf("ladder lacks the segments' arrows and the states in order:\n%s", ladder)
 	}
 
 	// A state change shows within 1 s: the client closes, the stack goes
@@ -153,7 +164,7 @@ func TestLiveLadder(t *testing.T) {
 	l := newLab(t)
 	ctl := t.TempDir() + "/ctl.sock"
 	startServer(t, l, "--control", ctl)
-	p := startIn(t, nil, "", bin("tcp-upper-lab"), "ladder", "--control", ctl, "--width", "72")
+	p := startIn(t, nil, "", bin("tcp-upper-lab"), "ladder", "--control", ctl, "--width", "110")
 	tr := startIn(t, nil, "", bin("tcp-upper-lab"), "trace", "--control", ctl, "--explain")
 	if !p.stderr.waitFor("attached to tcp-upper-server", 10*time.Second) || !tr.stderr.waitFor("attached to", 10*time.Second) {
 		t.Fatalf("ladder or trace did not attach: %q %q", p.stderr.String(), tr.stderr.String())
@@ -165,9 +176,23 @@ func TestLiveLadder(t *testing.T) {
 			t.Fatalf("no %q in:\n%s", want, p.stdout.String())
 		}
 	}
+	if _, err := c.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(c, make([]byte, 6))
 	c.Close()
 	if !p.stdout.waitFor("| CLOSED", 5*time.Second) {
 		t.Fatalf("the close did not show:\n%s", p.stdout.String())
+	}
+	// An arrow per segment, in order, the server's states between them
+	// at their heights: the handshake, the data and its echo, the close.
+	arrows := regexp.MustCompile(`(?s)#1 \|-+ S 0 win \d+ [^\n]*>\|\n[^\n]*#1 \| +\| SYN-RCVD\n.*#1 \|<-+ S\. 0 ack 1 win \d+ [^\n]*\|\n.*#1 \|-+ \. ack 1 win \d+ -+>\|\n[^\n]*#1 \| +\| ESTABLISHED\n` +
+		`.*#1 \|-+ P\. 1:7\(6\) ack 1 win \d+ -+>\|\n.*#1 \|<-+ P\. 1:7\(6\) ack 7 win \d+ -+\|\n` +
+		`.*#1 \|-+ F\. 7 ack 7 win \d+ -+>\|\n.*\| CLOSE-WAIT\n.*\| LAST-ACK\n.*#1 \|<-+ F\. 7 ack 8 win \d+ -+\|\n.*#1 \|-+ \. ack 8 win \d+ -+>\|\n[^\n]*#1 \| +\| CLOSED\n`)
+	p.stdout.waitFor("ack 8 win", 2*time.Second)
+	t.Logf("live ladder:\n%s", p.stdout.String())
+	if !arrows.MatchString(p.stdout.String()) {
+		t.Errorf("live ladder lacks the arrows and states in order:\n%s", p.stdout.String())
 	}
 	// trace --explain: each state change with its rule under it.
 	if !tr.stdout.waitFor("LISTEN -> SYN-RCVD", 5*time.Second) || !tr.stdout.waitFor("    why: RFC 9293 3.5, 3.10.7.2:", 5*time.Second) {
@@ -178,8 +203,8 @@ func TestLiveLadder(t *testing.T) {
 		t.Errorf("states out of order:\n%s", out)
 	}
 	for _, ln := range strings.Split(out, "\n") {
-		if len([]rune(ln)) > 72 {
-			t.Errorf("line wider than --width 72: %q", ln)
+		if len([]rune(ln)) > 110 {
+			t.Errorf("line wider than --width 110: %q", ln)
 		}
 	}
 }

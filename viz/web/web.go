@@ -1,8 +1,8 @@
 // Package web serves tcp-upper-lab web: a live page for a running server,
 // fed through its control socket. The page shows the connection table in
 // ss -tani's columns, the stream of the stack's events, its counters and
-// fault rules, and per connection its ladder (states and timers from the
-// events) and cwnd/srtt graphs. Updates are pushed with server-sent
+// fault rules, and per connection its ladder (an arrow per segment, states
+// and timers from the events) and cwnd/srtt graphs. Updates are pushed with server-sent
 // events; the assets are embedded.
 //
 // The page never slows the stack: the control socket already drops events
@@ -60,6 +60,10 @@ const (
 	MaxConns = 2000
 	// MaxEventsPerConn is how many events a connection keeps.
 	MaxEventsPerConn = 4000
+	// MaxSegmentsPerConn is how many segments (the ladder's arrows) a
+	// connection keeps: its first ones; the others are counted and the
+	// page says how many its ladder lacks.
+	MaxSegmentsPerConn = 4000
 	// ClientQueue is how many messages a browser may fall behind before
 	// its messages are dropped (and counted on its page).
 	ClientQueue = 4096
@@ -96,7 +100,10 @@ type View struct {
 
 type connEvents struct {
 	evs  []inspect.Event
-	last time.Time
+	segs []inspect.Event // segment events, for the ladder's arrows
+	// segsNotKept is how many segments came after MaxSegmentsPerConn.
+	segsNotKept int
+	last        time.Time
 }
 
 type client struct {
@@ -174,7 +181,7 @@ func (v *View) follow(ctx context.Context, path string) error {
 	defer cancel()
 	pollErr := make(chan error, 1)
 	go func() { pollErr <- v.poller(ctx, poll) }()
-	err = evc.Stream(ctx, "events", nil, func(r *control.Response) error {
+	err = evc.Stream(ctx, "events", control.EventsArgs{Segments: true}, func(r *control.Response) error {
 		if r.Dropped > 0 {
 			v.upstream.Store(r.Dropped)
 		}
@@ -243,10 +250,21 @@ func (v *View) addEvent(ev *inspect.Event) {
 		ce = &connEvents{}
 		v.conns[ev.Conn] = ce
 	}
+	ce.last = ev.Time
+	if ev.Kind == inspect.KindSegment {
+		// For the connection's ladder only: the page's event list is the
+		// stack's events.
+		if len(ce.segs) < MaxSegmentsPerConn {
+			ce.segs = append(ce.segs, *ev)
+		} else {
+			ce.segsNotKept++
+		}
+		v.mu.Unlock()
+		return
+	}
 	if len(ce.evs) < MaxEventsPerConn {
 		ce.evs = append(ce.evs, *ev)
 	}
-	ce.last = ev.Time
 	v.mu.Unlock()
 	v.broadcast("event", ev)
 	if ev.Kind == inspect.KindState {
@@ -419,7 +437,8 @@ func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveConn answers /conn?local=A:P&remote=B:P: the connection's ladder
-// (its stack's states and timers) and graphs, from the events kept.
+// (its segments, and its stack's states and timers) and graphs, from the
+// events and segments kept.
 func (v *View) serveConn(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		v.bad(w, r, http.StatusMethodNotAllowed, "GET only")
@@ -434,8 +453,10 @@ func (v *View) serveConn(w http.ResponseWriter, r *http.Request) {
 	v.mu.Lock()
 	ce := v.conns[inspect.ConnID{Local: local, Remote: remote}]
 	var evs []inspect.Event
+	notKept := 0
 	if ce != nil {
-		evs = append(evs, ce.evs...)
+		evs = append(append(evs, ce.evs...), ce.segs...)
+		notKept = ce.segsNotKept
 	}
 	v.mu.Unlock()
 	if len(evs) == 0 {
@@ -447,7 +468,10 @@ func (v *View) serveConn(w http.ResponseWriter, r *http.Request) {
 		Ladder string            `json:"ladder"`
 		Graphs map[string]string `json:"graphs"`
 		Events int               `json:"events"`
-	}{Graphs: map[string]string{}, Events: len(evs)}
+		// SegmentsNotKept: the ladder lacks the segments after the first
+		// MaxSegmentsPerConn.
+		SegmentsNotKept int `json:"segments_not_kept,omitempty"`
+	}{Graphs: map[string]string{}, Events: len(evs), SegmentsNotKept: notKept}
 	if len(s.Conns) > 0 {
 		out.Ladder = viz.LadderHTML(s, s.Conns[0], 80)
 	}

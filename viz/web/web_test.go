@@ -4,9 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
+	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/viz"
 )
 
@@ -117,5 +123,55 @@ func TestHostCheck(t *testing.T) {
 		if w.Code != code {
 			t.Errorf("Host %s: %d, want %d", host, w.Code, code)
 		}
+	}
+}
+
+// Segment events draw the connection's ladder arrows; they are not sent
+// to the page's event list; past MaxSegmentsPerConn they are counted.
+func TestConnLadderSegments(t *testing.T) {
+	v := New(Options{Resolve: func() (string, error) { return "", errors.New("none") }})
+	id := inspect.ConnID{Local: netip.MustParseAddrPort("10.0.2.2:9999"), Remote: netip.MustParseAddrPort("10.0.1.2:40000")}
+	t0 := time.Date(2026, 11, 29, 8, 0, 0, 0, time.UTC)
+	at := func(us int) time.Time { return t0.Add(time.Duration(us) * time.Microsecond) }
+	seg := func(us int, out bool, flags header.TCPFlags, seq, ack, n uint32) *inspect.Event {
+		return &inspect.Event{Time: at(us), Kind: inspect.KindSegment, Conn: id, ISS: 1000, IRS: 5000, ISSKnown: true, IRSKnown: true,
+			Seg: &inspect.Segment{Out: out, Flags: flags, Seq: seq, End: seq + n, Ack: ack, Len: n, Win: 64000, RawWin: 500, MSS: 1460, WScale: 7}}
+	}
+	syn, ack, psh := header.TCPFlagSyn, header.TCPFlagAck, header.TCPFlagPsh|header.TCPFlagAck
+	for _, ev := range []*inspect.Event{
+		seg(0, false, syn, 0, 0, 0),
+		{Time: at(10), Kind: inspect.KindState, Conn: id, From: inspect.Listen, To: inspect.SynRcvd, ISS: 1000, IRS: 5000, ISSKnown: true, IRSKnown: true},
+		seg(20, true, syn|ack, 0, 1, 0),
+		seg(30, false, ack, 1, 1, 0),
+		{Time: at(40), Kind: inspect.KindState, Conn: id, From: inspect.SynRcvd, To: inspect.Established, ISS: 1000, IRS: 5000, ISSKnown: true, IRSKnown: true},
+		seg(50, false, psh, 1, 1, 4),
+	} {
+		v.addEvent(ev)
+	}
+	for _, m := range v.recent {
+		if strings.Contains(string(m), `"kind":"segment"`) {
+			t.Errorf("a segment went to the page's event list: %s", m)
+		}
+	}
+	w := httptest.NewRecorder()
+	v.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:40000", nil))
+	var out struct {
+		Ladder          string `json:"ladder"`
+		SegmentsNotKept int    `json:"segments_not_kept"`
+	}
+	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &out) != nil {
+		t.Fatalf("/conn: %d %s", w.Code, w.Body.String())
+	}
+	re := regexp.MustCompile(`(?s)-+ S 0 win 500 mss 1460 ws 7 -+&gt;\|.*\| SYN-RCVD.*\|&lt;-+ S\. 0 ack 1 win 500 mss 1460 ws 7 -+\|.*-+ \. ack 1 win 64000 -+&gt;\|.*\| ESTABLISHED.*-+ P\. 1:5\(4\) ack 1 win 64000 -+&gt;\|`)
+	if !re.MatchString(out.Ladder) {
+		t.Errorf("ladder lacks the arrows and states in order:\n%s", out.Ladder)
+	}
+	for i := 0; i < MaxSegmentsPerConn; i++ {
+		v.addEvent(seg(100+i, false, ack, 5, 1, 0))
+	}
+	w = httptest.NewRecorder()
+	v.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:40000", nil))
+	if json.Unmarshal(w.Body.Bytes(), &out) != nil || out.SegmentsNotKept != 4 {
+		t.Errorf("segments not kept: %d, want 4", out.SegmentsNotKept)
 	}
 }

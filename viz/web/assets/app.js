@@ -79,6 +79,8 @@ async function loadDetail() {
   if (!r.ok) { $("ladder").textContent = await r.text(); $("graphs").innerHTML = ""; return; }
   const d = await r.json();
   $("ladder").innerHTML = d.ladder;
+  $("ladderlack").hidden = !d.segments_not_kept;
+  $("ladderlack").textContent = d.segments_not_kept ? "The ladder stops at its first segments: " + d.segments_not_kept + " later ones were not kept." : "";
   $("graphs").innerHTML = ["cwnd", "rtt", "inflight"].filter((k) => d.graphs[k]).map((k) => "<div class=\"graph\" id=\"graph-" + k + "\">" + d.graphs[k] + "</div>").join("");
 }
 
@@ -107,6 +109,9 @@ function connect() {
     const first = pendingSS === null;
     pendingSS = m.data;
     if (first) requestAnimationFrame(() => { const d = pendingSS; pendingSS = null; renderSS(JSON.parse(d)); });
+    // The table comes every second: so do the selected ladder's new arrows
+    // (segments are not sent to the page one by one).
+    if (selected) scheduleDetail();
   });
   es.addEventListener("stats", (m) => renderStats(JSON.parse(m.data)));
   es.addEventListener("faults", (m) => renderFaults(JSON.parse(m.data)));
