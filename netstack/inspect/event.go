@@ -5,8 +5,10 @@
 // annotates them with what the wire shows (duplicate ACKs, retransmitted
 // segments, the peer's windows), and answers the questions ss answers
 // about a kernel: which sockets, in which state, with what queues,
-// windows, RTT and timers. Its Event is also the schema of the kernel's
-// side (internal/kevents: Stack "kernel").
+// windows, RTT and timers. A subscriber that asks (WithSegments) also gets
+// every TCP segment of a tracked connection as a segment event, numbered
+// as the ladder prints it, in order with the others. Its Event is also the
+// schema of the kernel's side (internal/kevents: Stack "kernel").
 package inspect
 
 import (
