@@ -39,7 +39,8 @@ function eventRow(ev) {
   const what = ev.kind === "state" ? ev.from + " → " + ev.to : ev.kind;
   const nums = ev.cwnd === null || ev.cwnd === undefined ? "" :
     "snd.una=" + ev.snd_una + " snd.nxt=" + ev.snd_nxt + " rcv.nxt=" + ev.rcv_nxt + " cwnd=" + ev.cwnd +
-    " srtt=" + (ev.srtt_ms === null ? "-" : ev.srtt_ms.toFixed(3) + "ms") + " rto=" + (ev.rto_ms === null ? "-" : ev.rto_ms + "ms");
+    " srtt=" + (ev.srtt_ms === null ? "-" : ev.srtt_ms.toFixed(3) + "ms") +
+    " rttvar=" + (ev.rttvar_ms === null || ev.rttvar_ms === undefined ? "-" : ev.rttvar_ms.toFixed(3) + "ms") + " rto=" + (ev.rto_ms === null ? "-" : ev.rto_ms + "ms");
   const tr = document.createElement("tr");
   tr.className = "ev-" + ev.kind;
   tr.innerHTML = "<td>" + esc(ev.time.slice(11, 26)) + "</td><td>" + esc(ev.remote) + "</td><td class=\"what\">" + esc(what) +
