@@ -60,9 +60,14 @@ const (
 	MaxConns = 2000
 	// MaxEventsPerConn is how many events a connection keeps.
 	MaxEventsPerConn = 4000
-	// ClientQueue is how many messages a browser may fall behind before
-	// its messages are dropped (and counted on its page).
+	// ClientQueue is how many messages (an event each, or a table,
+	// counters, rules) a browser may fall behind before its messages are
+	// dropped (and counted on its page).
 	ClientQueue = 4096
+	// BatchEvery is how long a page's events are gathered before they
+	// are written, as one message: at thousands of events a second a
+	// message each would cost the browser more than drawing them.
+	BatchEvery = 50 * time.Millisecond
 	// Recent is how many of the latest events a new page is sent first.
 	Recent = 200
 	// pollEvery is how often the table, counters and rules are fetched;
@@ -88,7 +93,7 @@ type View struct {
 	clients map[*client]struct{}
 	status  statusMsg
 	last    map[string][]byte // latest ss/stats/faults message, for a new page
-	recent  [][]byte          // the latest events, for a new page
+	recent  [][]byte          // the latest events' JSON, for a new page
 
 	ssSoon   chan struct{}
 	upstream atomic.Uint64 // events the control socket dropped for us
@@ -100,8 +105,25 @@ type connEvents struct {
 }
 
 type client struct {
-	ch      chan []byte
-	dropped atomic.Uint64
+	ch chan outMsg
+	// droppedEvents and droppedOther count the stack's events and the
+	// other updates (table, counters, rules) this page's queue had no
+	// room for.
+	droppedEvents, droppedOther atomic.Uint64
+}
+
+// outMsg is a message queued for a page: an event's JSON (event), written
+// with the others queued with it as one "events" message, or a whole
+// server-sent event.
+type outMsg struct {
+	event bool
+	b     []byte
+}
+
+// droppedMsg is what the page is told of its drops (SSE "dropped").
+type droppedMsg struct {
+	Events uint64 `json:"events"`
+	Other  uint64 `json:"other"`
 }
 
 type statusMsg struct {
@@ -276,23 +298,30 @@ func (v *View) broadcast(typ string, data any) {
 	if err != nil {
 		return
 	}
-	msg := []byte("event: " + typ + "\ndata: " + string(b) + "\n\n")
+	msg := outMsg{event: typ == "event", b: b}
+	if !msg.event {
+		msg.b = []byte("event: " + typ + "\ndata: " + string(b) + "\n\n")
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if typ == "ss" || typ == "stats" || typ == "faults" || typ == "status" {
-		v.last[typ] = msg
+		v.last[typ] = msg.b
 	}
-	if typ == "event" {
+	if msg.event {
 		if len(v.recent) >= Recent {
 			v.recent = append(v.recent[:0], v.recent[1:]...)
 		}
-		v.recent = append(v.recent, msg)
+		v.recent = append(v.recent, b)
 	}
 	for c := range v.clients {
 		select {
 		case c.ch <- msg:
 		default:
-			c.dropped.Add(1)
+			if typ == "event" {
+				c.droppedEvents.Add(1)
+			} else {
+				c.droppedOther.Add(1)
+			}
 		}
 	}
 }
@@ -366,7 +395,7 @@ func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
-	c := &client{ch: make(chan []byte, ClientQueue)}
+	c := &client{ch: make(chan outMsg, ClientQueue)}
 	v.mu.Lock()
 	st, _ := json.Marshal(v.status)
 	w.Write([]byte("event: status\ndata: " + string(st) + "\n\n"))
@@ -377,9 +406,7 @@ func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	hello, _ := json.Marshal(map[string]any{"control": v.opts.AllowControl})
 	w.Write([]byte("event: hello\ndata: " + string(hello) + "\n\n"))
-	for _, m := range v.recent {
-		w.Write(m)
-	}
+	w.Write(eventsMsg(v.recent))
 	v.clients[c] = struct{}{}
 	v.mu.Unlock()
 	defer func() {
@@ -390,32 +417,90 @@ func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
 	fl.Flush()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	var reported uint64
+	batch := time.NewTimer(BatchEvery)
+	batch.Stop()
+	var reported droppedMsg
+	// What goes out at the next write: the messages taken from the queue,
+	// in order, consecutive events gathered into one.
+	var out []byte
+	var evs [][]byte
+	queued, waiting := 0, false
+	take := func(m outMsg) {
+		queued++
+		if m.event {
+			evs = append(evs, m.b)
+			return
+		}
+		out = append(out, eventsMsg(evs)...)
+		evs = evs[:0]
+		out = append(out, m.b...)
+	}
+	write := func() error {
+		out = append(out, eventsMsg(evs)...)
+		evs, queued = evs[:0], 0
+		_, err := w.Write(out)
+		out = out[:0]
+		fl.Flush()
+		return err
+	}
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case m := <-c.ch:
-			if _, err := w.Write(m); err != nil {
-				return
-			}
-			// Write what else is queued, then flush once.
+			take(m)
 			for n := len(c.ch); n > 0; n-- {
-				if _, err := w.Write(<-c.ch); err != nil {
+				take(<-c.ch)
+			}
+			// Out after BatchEvery, or at once when a queue's worth
+			// is waiting (what the page is sent stays bounded).
+			if queued >= ClientQueue {
+				if write() != nil {
 					return
 				}
+			} else if !waiting {
+				waiting = true
+				batch.Reset(BatchEvery)
 			}
-			fl.Flush()
+		case <-batch.C:
+			waiting = false
+			if write() != nil {
+				return
+			}
 		case <-tick.C:
-			if d := c.dropped.Load(); d != reported {
+			if d := (droppedMsg{c.droppedEvents.Load(), c.droppedOther.Load()}); d != reported {
 				reported = d
-				fmt.Fprintf(w, "event: dropped\ndata: %d\n\n", d)
+				b, _ := json.Marshal(d)
+				out = append(out, "event: dropped\ndata: "+string(b)+"\n\n"...)
 			} else {
-				w.Write([]byte(": keep-alive\n\n"))
+				out = append(out, ": keep-alive\n\n"...)
 			}
-			fl.Flush()
+			if write() != nil {
+				return
+			}
 		}
 	}
+}
+
+// eventsMsg is one server-sent "events" message carrying evs (each an
+// event's JSON) as an array; nothing for none.
+func eventsMsg(evs [][]byte) []byte {
+	if len(evs) == 0 {
+		return nil
+	}
+	n := 32
+	for _, e := range evs {
+		n += len(e) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, "event: events\ndata: ["...)
+	for i, e := range evs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, e...)
+	}
+	return append(b, "]\n\n"...)
 }
 
 // serveConn answers /conn?local=A:P&remote=B:P: the connection's ladder

@@ -87,17 +87,21 @@ func TestHandler(t *testing.T) {
 // A page that does not read loses messages, counted; the view never waits.
 func TestSlowPageDrops(t *testing.T) {
 	v := New(Options{Resolve: func() (string, error) { return "", errors.New("none") }})
-	c := &client{ch: make(chan []byte, 4)}
+	c := &client{ch: make(chan outMsg, 4)}
 	v.clients[c] = struct{}{}
 	for i := 0; i < 10; i++ {
 		v.broadcast("event", i)
 	}
-	if len(c.ch) != 4 || c.dropped.Load() != 6 {
-		t.Errorf("queued %d, dropped %d; want 4 and 6", len(c.ch), c.dropped.Load())
+	v.broadcast("stats", 0)
+	if len(c.ch) != 4 || c.droppedEvents.Load() != 6 || c.droppedOther.Load() != 1 {
+		t.Errorf("queued %d, dropped %d events and %d other; want 4, 6 and 1", len(c.ch), c.droppedEvents.Load(), c.droppedOther.Load())
 	}
 	// A page that comes later is sent the latest events first.
-	if len(v.recent) != 10 || !strings.HasPrefix(string(v.recent[9]), "event: event\ndata: 9\n") {
+	if len(v.recent) != 10 || string(v.recent[9]) != "9" {
 		t.Errorf("recent events %q", v.recent)
+	}
+	if m := string(eventsMsg(v.recent[8:])); m != "event: events\ndata: [8,9]\n\n" {
+		t.Errorf("events message %q", m)
 	}
 }
 
