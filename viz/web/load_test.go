@@ -256,23 +256,29 @@ func TestWebViewTenThousandEventsPerSecond(t *testing.T) {
 	if echoDuring > time.Second {
 		t.Errorf("an echo took %v during the flood", echoDuring)
 	}
-	// The page stayed live.
-	for _, what := range []string{"event", "table"} {
-		if d := delay(what); d < 0 || d > time.Second {
-			t.Errorf("the close in the %s on the page after %v, want within 1s", what, d)
-		}
+	// The page stayed live: the table within 1 s; the event too, unless
+	// it was among those dropped on the way (counted, as the issue asks:
+	// on this shared 2-core machine a few hundred are, now and then).
+	if d := delay("table"); d < 0 || d > time.Second {
+		t.Errorf("the close in the table on the page after %v, want within 1s", d)
+	}
+	if d := delay("event"); (d < 0 && page.Dropped+page.Upstream == 0) || d > time.Second {
+		t.Errorf("the close in the events on the page after %v, want within 1s", d)
+	} else if d < 0 {
+		t.Logf("the close's event was among the %d dropped on the way", page.Dropped+page.Upstream)
 	}
 	// What it could not show is counted on it.
 	if page.Received+page.Dropped+page.Upstream != emitted {
 		t.Errorf("the page counts %d received + %d dropped by the web view + %d dropped by the server = %d, the tracker emitted %d",
 			page.Received, page.Dropped, page.Upstream, page.Received+page.Dropped+page.Upstream, emitted)
 	}
-	// What the page says is what it counted (read at one instant: a
-	// frame still to come changes the not-drawn count).
+	// What the page says is what it counted (read after its next frame,
+	// which draws what is pending, and at one instant).
 	shot, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
 		Text string
 		C    pageCounts
-	}](`({Text: document.getElementById('eventcount').textContent, C: {Received: eventCounts.received, NotDrawn: eventCounts.notDrawn, Dropped: eventCounts.dropped, Upstream: eventCounts.upstream}})`))
+	}](`new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => done({Text: document.getElementById('eventcount').textContent,
+		C: {Received: eventCounts.received, NotDrawn: eventCounts.notDrawn, Dropped: eventCounts.dropped, Upstream: eventCounts.upstream}}))))`, chromedp.EvalAwaitPromise))
 	if err != nil {
 		t.Fatal(err)
 	}

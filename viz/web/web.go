@@ -197,8 +197,10 @@ func (v *View) follow(ctx context.Context, path string) error {
 	pollErr := make(chan error, 1)
 	go func() { pollErr <- v.poller(ctx, poll) }()
 	err = evc.Stream(ctx, "events", func(r *control.Response) error {
-		if r.Dropped > 0 {
-			v.upstream.Store(r.Dropped)
+		if r.Dropped > 0 && v.upstream.Swap(r.Dropped) != r.Dropped {
+			// A state change may be among the events lost: fetch the
+			// table soon, as after one.
+			v.tableSoon()
 		}
 		if r.Event != nil {
 			v.addEvent(r.Event)
@@ -272,10 +274,15 @@ func (v *View) addEvent(ev *inspect.Event) {
 	v.mu.Unlock()
 	v.broadcast("event", ev)
 	if ev.Kind == inspect.KindState {
-		select {
-		case v.ssSoon <- struct{}{}:
-		default:
-		}
+		v.tableSoon()
+	}
+}
+
+// tableSoon has the poller fetch the table within minPoll.
+func (v *View) tableSoon() {
+	select {
+	case v.ssSoon <- struct{}{}:
+	default:
 	}
 }
 
