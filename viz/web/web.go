@@ -2,13 +2,14 @@
 // fed through its control socket. The page shows the connection table in
 // ss -tani's columns, the stream of the stack's events, its counters and
 // fault rules, and per connection its ladder (states and timers from the
-// events) and cwnd/srtt graphs. Updates are pushed with server-sent
-// events; the assets are embedded.
+// events) and cwnd, srtt/rttvar/rto and in-flight graphs. Updates are
+// pushed with server-sent events (a page's events gathered for BatchEvery
+// into one message); the assets are embedded.
 //
 // The page never slows the stack: the control socket already drops events
 // for a reader that falls behind (and says how many), and here each
-// browser has a bounded queue: what it cannot take is dropped and counted
-// on its page.
+// browser has a bounded queue: what it cannot take is dropped and counted,
+// and the page shows both counts with the events it received.
 package web
 
 import (
