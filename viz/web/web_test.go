@@ -73,6 +73,31 @@ func TestHandler(t *testing.T) {
 	if !strings.Contains(out.Graphs["cwnd"], `class="cwnd"`) || !strings.Contains(out.Graphs["rtt"], `class="srtt"`) {
 		t.Errorf("graphs %v", out.Graphs)
 	}
+	// The round-trip graph draws rttvar when the events carry it
+	// (blackhole's do; data-loss-rto's were recorded before).
+	if strings.Contains(out.Graphs["rtt"], `class="rttvar"`) {
+		t.Errorf("data-loss-rto: an rttvar line without rttvar in the events")
+	}
+	bh := New(Options{Resolve: v.opts.Resolve})
+	evs, err := viz.ReadEvents("../testdata/blackhole/events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range evs {
+		bh.addEvent(&evs[i])
+	}
+	r0 := httptest.NewRequest("GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:44580", nil)
+	w0 := httptest.NewRecorder()
+	bh.Handler().ServeHTTP(w0, r0)
+	out.Graphs = nil
+	if w0.Code != 200 || json.Unmarshal(w0.Body.Bytes(), &out) != nil {
+		t.Fatalf("/conn of blackhole: %d %s", w0.Code, w0.Body.String())
+	}
+	for _, c := range []string{`class="srtt"`, `class="rttvar"`, `class="rto"`} {
+		if !strings.Contains(out.Graphs["rtt"], c) {
+			t.Errorf("blackhole's round-trip graph on the page lacks %s", c)
+		}
+	}
 	// Read-only without --allow-control, whatever the token.
 	ro := New(Options{Resolve: v.opts.Resolve, Token: "secret"}).Handler()
 	r := httptest.NewRequest("POST", "/fault", strings.NewReader(`{"op":"clear"}`))
