@@ -69,9 +69,9 @@ function addEvent(ev) {
   pendingEvents.push(ev);
   if (pendingEvents.length >= 4 * MAX_EVENT_ROWS) {
     // No frame for a while (a hidden tab): keep what the table can hold,
-    // and the state changes.
+    // and as many of the state changes before it.
     const old = pendingEvents.length - MAX_EVENT_ROWS;
-    const keep = pendingEvents.slice(0, old).filter((e) => e.kind === "state");
+    const keep = pendingEvents.slice(0, old).filter((e) => e.kind === "state").slice(-MAX_EVENT_ROWS);
     eventCounts.notDrawn += old - keep.length;
     pendingEvents = keep.concat(pendingEvents.slice(old));
   }
@@ -155,7 +155,13 @@ $("faultclear").addEventListener("click", () => changeFaults({op: "clear"}));
 function connect() {
   const es = new EventSource("/events");
   es.addEventListener("status", (m) => setStatus(JSON.parse(m.data)));
-  es.addEventListener("hello", (m) => { canControl = JSON.parse(m.data).control; $("faultform").hidden = !canControl; });
+  // The web view counts a page's drops from its connection: after a
+  // reconnection they add to those before.
+  let droppedBase = 0, otherBase = 0;
+  es.addEventListener("hello", (m) => {
+    canControl = JSON.parse(m.data).control; $("faultform").hidden = !canControl;
+    droppedBase = eventCounts.dropped; otherBase = droppedOther;
+  });
   // Draw the table once a frame at most, with the latest one.
   let pendingSS = null;
   es.addEventListener("ss", (m) => {
@@ -170,8 +176,8 @@ function connect() {
   es.addEventListener("events", (m) => { for (const ev of JSON.parse(m.data)) addEvent(ev); });
   es.addEventListener("dropped", (m) => {
     const d = JSON.parse(m.data);
-    eventCounts.dropped = d.events;
-    droppedOther = d.other;
+    eventCounts.dropped = droppedBase + d.events;
+    droppedOther = otherBase + d.other;
     renderCounts();
   });
   es.onerror = () => {
