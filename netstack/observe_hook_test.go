@@ -93,7 +93,7 @@ type liveNumbers struct {
 	connected              bool
 	sndUna, sndNxt, sndWnd uint32
 	cwnd, ssthresh         int
-	rto, srtt              time.Duration
+	rto, srtt, rttvar      time.Duration
 	rcvNxt, rcvAcc, rcvWnd uint32
 	iss                    uint32
 	haveISS                bool
@@ -112,6 +112,7 @@ func live(ep *tcp.Endpoint) liveNumbers {
 		n.ssthresh = int(s.FieldByName("Ssthresh").Int())
 		n.rto = time.Duration(s.FieldByName("RTO").Int())
 		n.srtt = time.Duration(s.FieldByName("rtt").FieldByName("SRTT").Int())
+		n.rttvar = time.Duration(s.FieldByName("rtt").FieldByName("RTTVar").Int())
 		n.rcvNxt = uint32(r.FieldByName("RcvNxt").Uint())
 		n.rcvAcc = uint32(r.FieldByName("RcvAcc").Uint())
 		// What the window field says, in bytes.
@@ -151,6 +152,7 @@ func compareLive(o *tcp.TCPObservation, n liveNumbers) string {
 		cmp("ssthresh", s.Ssthresh, n.ssthresh)
 		cmp("rto", s.RTO, n.rto)
 		cmp("srtt", s.RTTState.SRTT, n.srtt)
+		cmp("rttvar", s.RTTState.RTTVar, n.rttvar)
 		cmp("rcv.nxt", uint32(r.RcvNxt), n.rcvNxt)
 		cmp("rcv.acc", uint32(r.RcvAcc), n.rcvAcc)
 		cmp("rcv.wnd", uint32(o.RcvWnd), n.rcvWnd)

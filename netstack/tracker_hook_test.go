@@ -79,7 +79,7 @@ func TestTrackerEventsAreTheStacks(t *testing.T) {
 		want := inspect.Numbers{Known: true,
 			SndUna: uint32(s.SndUna) - iss, SndNxt: uint32(s.SndNxt) - iss, RcvNxt: uint32(o.Receiver.RcvNxt) - irs,
 			SndWnd: uint32(s.SndWnd), RcvWnd: uint32(o.RcvWnd), Cwnd: s.SndCwnd, Ssthresh: s.Ssthresh,
-			RTO: s.RTO, SRTTKnown: s.RTTState.SRTTInited, SRTT: s.RTTState.SRTT}
+			RTO: s.RTO, SRTTKnown: s.RTTState.SRTTInited, SRTT: s.RTTState.SRTT, RTTVar: s.RTTState.RTTVar}
 		if ev.N != want {
 			t.Errorf("%s\n numbers  %+v\n the hook %+v", ev.Text(), ev.N, want)
 		}

@@ -23,7 +23,7 @@ type Figure struct {
 // Figures draws every graph the session has data for: per connection the
 // time-sequence graph of each direction that carried data, throughput,
 // bytes in flight (the wire's and the stack's), and with the stack's
-// events its cwnd/ssthresh and srtt/rto.
+// events its cwnd/ssthresh and srtt/rttvar/rto.
 func Figures(s *Session) []Figure {
 	var out []Figure
 	for i, c := range s.Conns {
@@ -275,36 +275,51 @@ func cwnd(s *Session, c *Conn) *plot {
 	return p
 }
 
-// rtt is the stack's srtt and rto at each of its events, and the RTT
-// samples the wire shows (a data segment to the first ACK covering it,
+// rtt is the stack's srtt, rttvar and rto at each of its events, and the
+// RTT samples the wire shows (a data segment to the first ACK covering it,
 // retransmitted ones left out, as Karn's rule says).
 func rtt(s *Session, c *Conn) *plot {
-	p := newPlot("round-trip time", "time (s)", "ms")
+	p := newPlot("round-trip time", "time (s)", "ms (log scale)")
 	if c.HasEvents {
-		var sr, rto [][2]float64
+		var sr, rv, rto [][2]float64
+		reported := false // the events carry rttvar (ours do; tcp_probe's do not)
 		for i := range c.Events {
 			ev := &c.Events[i]
 			if ev.Kind == inspect.KindFault {
 				continue
 			}
 			x := s.Rel(ev.Time)
-			a, b := math.NaN(), math.NaN()
+			a, v, b := math.NaN(), math.NaN(), math.NaN()
 			if ev.N.Known {
 				b = float64(ev.N.RTO) / 1e6
 				if ev.N.SRTTKnown {
 					a = float64(ev.N.SRTT) / 1e6
 				}
+				if ev.N.RTTVarKnown() {
+					v = float64(ev.N.RTTVar) / 1e6
+				}
+				reported = reported || ev.N.Missing&inspect.FieldRTTVar == 0
 			}
 			sr = append(sr, [2]float64{x, a})
+			rv = append(rv, [2]float64{x, v})
 			rto = append(rto, [2]float64{x, b})
 		}
+		// On a lab's path srtt is microseconds and rto at least 200 ms: a
+		// linear axis would flatten srtt and rttvar onto zero.
+		p.logY = true
 		if hasKnown(sr) {
 			p.line("srtt", colCwnd, false, true, sr, "srtt (the stack's)")
+		}
+		if hasKnown(rv) {
+			p.line("rttvar", colSsth, true, true, rv, "rttvar (the stack's)")
 		}
 		if hasKnown(rto) {
 			p.line("rto", colRTO, true, true, rto, "rto (the stack's)")
 		}
-		p.note = "rttvar is not in the stack's events"
+		p.note = "the stack's, at its events: rto = srtt + 4 rttvar (at least its minimum), doubled at each expiry"
+		if !reported {
+			p.note = "rttvar is not in these events"
+		}
 	}
 	for _, d := range []Side{Client, Server} {
 		for i := range c.Segs {

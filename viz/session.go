@@ -375,6 +375,11 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 			add(rawSeg{t: ev.Time, src: src, dst: dst, flags: flags, seq: uint32(seq), ack: uint32(ack), len: n, mss: -1, ws: -1, dropped: true, rule: rule, fate: fate})
 		}
 	}
+	// A connection is drawn with one stack's events (Conn.Stack): ours
+	// when an experiment's events.jsonl also has the kernel client's.
+	for k, evs := range evByKey {
+		evByKey[k] = oneStack(evs)
+	}
 	for _, k := range order {
 		c := buildConn(byKey[k])
 		if evs := evByKey[k]; len(evs) > 0 {
@@ -604,3 +609,23 @@ func (s *Session) Rel(t time.Time) float64 { return t.Sub(s.Start).Seconds() }
 
 // ErrEmpty says a capture holds no TCP.
 var ErrEmpty = errors.New("no TCP segments in the capture")
+
+// oneStack is evs without the kernel's events if any are our stack's (the
+// tracker's, and the fault layer's it injects): the ladder and graphs
+// draw one end's states and numbers.
+func oneStack(evs []inspect.Event) []inspect.Event {
+	ours := false
+	for i := range evs {
+		ours = ours || evs[i].Stack != inspect.StackKernel
+	}
+	if !ours {
+		return evs
+	}
+	out := evs[:0:0]
+	for _, ev := range evs {
+		if ev.Stack != inspect.StackKernel {
+			out = append(out, ev)
+		}
+	}
+	return out
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"html"
 	"math"
+	"strconv"
 	"strings"
 )
 
@@ -18,6 +19,10 @@ type chart struct {
 	body                  strings.Builder
 	legend                []legendItem
 	note                  string
+	// logY draws the y axis in decades (the round-trip graph: an srtt of
+	// microseconds under an rto of seconds). Values at or below 0 sit on
+	// the axis.
+	logY bool
 }
 
 type legendItem struct{ class, colour, label string }
@@ -57,6 +62,9 @@ func (c *chart) extend(x, y float64) {
 		return
 	}
 	c.x0, c.x1 = math.Min(c.x0, x), math.Max(c.x1, x)
+	if c.logY && y <= 0 {
+		return
+	}
 	c.y0, c.y1 = math.Min(c.y0, y), math.Max(c.y1, y)
 }
 
@@ -65,6 +73,12 @@ func (c *chart) px(x float64) float64 {
 }
 
 func (c *chart) py(y float64) float64 {
+	if c.logY {
+		if y <= c.y0 {
+			return c.h - padB
+		}
+		return c.h - padB - math.Log10(y/c.y0)/math.Log10(c.y1/c.y0)*(c.h-padT-padB)
+	}
 	return c.h - padB - (y-c.y0)/(c.y1-c.y0)*(c.h-padT-padB)
 }
 
@@ -181,6 +195,9 @@ func niceStep(span float64, n int) float64 {
 	return 10 * mag
 }
 
+// strconvG prints a decade (0.001, 0.1, 10, 1000) as it is written.
+func strconvG(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+
 func fmtTick(v, step float64) string {
 	if math.Abs(v) < step*1e-6 {
 		v = 0 // not -0.0
@@ -198,7 +215,16 @@ func (p *plot) SVG() string {
 	if math.IsInf(c.x0, 1) {
 		c.x0, c.x1, c.y0, c.y1 = 0, 1, 0, 1
 	}
-	if c.y0 > 0 {
+	if c.logY && !math.IsInf(c.y0, 1) && c.y0 > 0 {
+		// Whole decades.
+		c.y0, c.y1 = math.Pow(10, math.Floor(math.Log10(c.y0))), math.Pow(10, math.Ceil(math.Log10(c.y1)))
+		if c.y1 <= c.y0 {
+			c.y1 = c.y0 * 10
+		}
+	} else {
+		c.logY = false
+	}
+	if c.y0 > 0 && !c.logY {
 		c.y0 = 0
 	}
 	if c.x1-c.x0 <= 0 {
@@ -211,7 +237,9 @@ func (p *plot) SVG() string {
 	if c.y1-c.y0 <= 0 {
 		c.y1 = c.y0 + 1
 	}
-	c.y1 += (c.y1 - c.y0) * 0.05
+	if !c.logY {
+		c.y1 += (c.y1 - c.y0) * 0.05
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" class="tcp-graph" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="11">`+"\n", c.w, c.h, c.w, c.h)
 	fmt.Fprintf(&b, `<title>%s</title>`+"\n", html.EscapeString(c.title))
@@ -233,8 +261,12 @@ func (p *plot) SVG() string {
 		X := c.px(v)
 		fmt.Fprintf(&b, `<g class="xtick"><line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="#dddddd"/><text x="%.1f" y="%.0f" text-anchor="middle">%s</text></g>`+"\n", X, T, X, B, X, B+14, fmtTick(v, xs))
 	}
+	for v := c.y0; c.logY && v <= c.y1*1.0001; v *= 10 {
+		Y := c.py(v)
+		fmt.Fprintf(&b, `<g class="ytick"><line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#dddddd"/><text x="%.0f" y="%.1f" text-anchor="end">%s</text></g>`+"\n", L, Y, R, Y, L-4, Y+4, strconvG(v))
+	}
 	ys := niceStep(c.y1-c.y0, 6)
-	for i, v0 := 0, math.Ceil(c.y0/ys)*ys; i <= 50; i++ {
+	for i, v0 := 0, math.Ceil(c.y0/ys)*ys; i <= 50 && !c.logY; i++ {
 		v := v0 + float64(i)*ys
 		if v > c.y1+ys*1e-9 {
 			break

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -17,7 +18,9 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // The committed experiments: capture.pcap and events.jsonl as
 // tcp-upper-lab run NAME --seed 7 left them (fast-retransmit's and
 // corruption's captures cut to 96 bytes a packet with editcap -s 96).
-var experiments = []string{"handshake", "syn-loss", "syn-ack-loss", "data-loss-rto", "fast-retransmit", "corruption", "time-wait"}
+// blackhole's events carry rttvar and the kernel client's events too (the
+// others were recorded before either).
+var experiments = []string{"handshake", "syn-loss", "syn-ack-loss", "data-loss-rto", "fast-retransmit", "corruption", "time-wait", "blackhole"}
 
 func load(t *testing.T, name string) *Session {
 	t.Helper()
@@ -108,6 +111,9 @@ func TestLadderStructure(t *testing.T) {
 		"fast-retransmit": {"server>./X", "client>.", "server:*3rd", "server:*fast", "server>./retx", "server:*recovery"},
 		"corruption":      {"server:ESTABLISHED", "client>./X", "client>./X", "client>./X", "client>./retx", "server>.", "client>./retx", "client>./retx"},
 		"time-wait":       {"server:FIN-WAIT-1", "server>F.", "client>F.", "server>./X", "server:TIME-WAIT", "client>F./retx", "server>.", "server:CLOSED"},
+		// The kernel client's events are in the file too: the ladder
+		// draws the server's states only, so SYN-SENT is not in it.
+		"blackhole": {"client>S", "server:SYN-RCVD", "server:ESTABLISHED", "server>P./X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx", "server:CLOSE-WAIT"},
 	} {
 		got := rowSummary(load(t, name).Conns[0])
 		if !inOrder(got, want) {
@@ -286,6 +292,64 @@ func TestLive(t *testing.T) {
 	for _, ln := range strings.Split(out, "\n") {
 		if len([]rune(ln)) > 80 {
 			t.Errorf("line of %d columns: %q", len([]rune(ln)), ln)
+		}
+	}
+}
+
+// The round-trip graph draws the stack's rttvar from its events: one
+// dashed staircase with a step at each of our stack's events that has it
+// (the kernel client's events in the same file have none and are not
+// drawn), rising from the first sample's (RFC 6298: half of it) to the
+// value after the transfer resumed. Events without rttvar (recorded before
+// it was reported) draw no line and say so.
+func TestRTTVarGraph(t *testing.T) {
+	evs, err := ReadEvents("testdata/blackhole/events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vals []float64
+	for _, ev := range evs {
+		if ev.Stack == inspect.StackNetstack && ev.N.RTTVarKnown() {
+			vals = append(vals, float64(ev.N.RTTVar)/1e6)
+		}
+		if ev.Stack == inspect.StackKernel && ev.N.RTTVarKnown() {
+			t.Errorf("a kernel event with rttvar: %s", ev.Text())
+		}
+	}
+	if len(vals) < 3 || vals[len(vals)-1] <= vals[0] {
+		t.Fatalf("testdata/blackhole: rttvar %v, want a rise", vals)
+	}
+	var svg string
+	for _, f := range Figures(load(t, "blackhole")) {
+		if f.Name == "c1-rtt" {
+			svg = f.SVG
+		}
+	}
+	if cs := classes(svg); count(cs, "srtt") != 1 || count(cs, "rttvar") != 1 || count(cs, "rto") != 1 {
+		t.Fatalf("rtt graph: %v, want one srtt, rttvar and rto line", cs)
+	}
+	m := regexp.MustCompile(`<polyline class="rttvar" points="([^"]*)"[^>]*stroke-dasharray[^>]*><title>rttvar \(the stack&#39;s\)</title>`).FindStringSubmatch(svg)
+	if m == nil {
+		t.Fatalf("no dashed rttvar polyline with its tooltip in\n%s", svg)
+	}
+	pts := strings.Fields(m[1])
+	if len(pts) != 2*len(vals)-1 {
+		t.Errorf("rttvar staircase of %d points, want %d (%d events with rttvar)", len(pts), 2*len(vals)-1, len(vals))
+	}
+	y := func(p string) float64 {
+		v, _ := strconv.ParseFloat(p[strings.IndexByte(p, ',')+1:], 64)
+		return v
+	}
+	if first, last := y(pts[0]), y(pts[len(pts)-1]); last >= first {
+		t.Errorf("rttvar line from y=%v to y=%v: want it to end higher (rttvar %v ms to %v ms)", first, last, vals[0], vals[len(vals)-1])
+	}
+	if !strings.Contains(svg, "rto = srtt + 4 rttvar") {
+		t.Error("no note on how rto follows from srtt and rttvar")
+	}
+
+	for _, f := range Figures(load(t, "data-loss-rto")) {
+		if f.Name == "c1-rtt" && (strings.Contains(f.SVG, `class="rttvar"`) || !strings.Contains(f.SVG, "rttvar is not in these events")) {
+			t.Errorf("data-loss-rto (no rttvar in its events): %v", classes(f.SVG))
 		}
 	}
 }

@@ -351,7 +351,7 @@ func (f *Follower) event(c *conn, at time.Time, kind inspect.Kind, cause string)
 	}
 	p := &c.probe
 	ev.N = inspect.Numbers{
-		Known: true, Missing: inspect.FieldRcvNxt | inspect.FieldRTO, SeqAbsolute: true,
+		Known: true, Missing: inspect.FieldRcvNxt | inspect.FieldRTO | inspect.FieldRTTVar, SeqAbsolute: true,
 		SndUna: p.SndUna, SndNxt: p.SndNxt, SndWnd: p.SndWnd, RcvWnd: p.RcvWnd,
 		Cwnd: int(p.SndCwnd), Ssthresh: int(p.Ssthresh),
 		SRTTKnown: p.SRTT > 0, SRTT: p.SRTT,

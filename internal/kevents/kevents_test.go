@@ -110,7 +110,7 @@ func TestClientTimeWait(t *testing.T) {
 		t.Errorf("SYN-SENT: %s", evs[0].Text())
 	}
 	fw1 := evs[2]
-	if !fw1.N.Known || !fw1.N.SeqAbsolute || fw1.N.SndNxt != 1005 || fw1.N.Cwnd != 10 || fw1.N.Missing != inspect.FieldRcvNxt|inspect.FieldRTO ||
+	if !fw1.N.Known || !fw1.N.SeqAbsolute || fw1.N.SndNxt != 1005 || fw1.N.Cwnd != 10 || fw1.N.Missing != inspect.FieldRcvNxt|inspect.FieldRTO|inspect.FieldRTTVar || fw1.N.RTTVarKnown() ||
 		!strings.Contains(fw1.Cause, "latest tcp_probe, 4.0ms before") {
 		t.Errorf("FIN-WAIT-1 numbers: %s (%+v)", fw1.Text(), fw1.N)
 	}

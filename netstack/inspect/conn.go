@@ -92,7 +92,7 @@ func (c *conn) numbers(p *snap) Numbers {
 		SndUna: p.sndUna - c.iss, SndNxt: p.sndNxt - c.iss, RcvNxt: p.rcvNxt - c.irs,
 		SndWnd: p.sndWnd, RcvWnd: p.rcvWnd,
 		Cwnd: p.cwnd, Ssthresh: p.ssthresh, RTO: p.rto,
-		SRTTKnown: p.srttKnown, SRTT: p.srtt,
+		SRTTKnown: p.srttKnown, SRTT: p.srtt, RTTVar: p.rttvar,
 	}
 }
 

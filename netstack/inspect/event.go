@@ -138,7 +138,7 @@ type Numbers struct {
 	// (null in JSON, - in text), not zero.
 	Known bool
 	// Missing are the numbers the stack does not report although Known
-	// (the kernel's tcp_probe has no rcv.nxt and no RTO): unknown, null in
+	// (the kernel's tcp_probe has no rcv.nxt, RTO or rttvar): unknown, null in
 	// JSON and - in text.
 	Missing Field
 	// SeqAbsolute says SndUna and SndNxt are the stack's own sequence
@@ -154,6 +154,10 @@ type Numbers struct {
 	// SRTTKnown is false until the stack has measured a round trip.
 	SRTTKnown bool
 	SRTT      time.Duration
+	// RTTVar is the round-trip time variation (RFC 6298 2), set with the
+	// first measurement as SRTT is: known when SRTTKnown and not Missing
+	// (the kernel's tcp_probe has no rttvar).
+	RTTVar time.Duration
 }
 
 // Field names one of Numbers' numbers, for Numbers.Missing.
@@ -169,10 +173,15 @@ const (
 	FieldCwnd
 	FieldSsthresh
 	FieldRTO
+	FieldRTTVar
 )
 
 // has reports whether n has number f.
 func (n *Numbers) has(f Field) bool { return n.Known && n.Missing&f == 0 }
+
+// RTTVarKnown reports whether n has the stack's rttvar: once it measured a
+// round trip, if it reports rttvar at all.
+func (n *Numbers) RTTVarKnown() bool { return n.SRTTKnown && n.has(FieldRTTVar) }
 
 // Whose TCP an event is about (Event.Stack).
 const (
@@ -347,7 +356,7 @@ func ParseFormat(s string) (Format, error) {
 
 // Text renders the event as one line, with its host and stack:
 //
-//	18:52:19.613971 apple/netstack 10.0.1.2:47762 SYN-RCVD -> ESTABLISHED (received the ACK of our SYN-ACK) snd.una=1 snd.nxt=1 rcv.nxt=1 snd.wnd=64256 rcv.wnd=64256 cwnd=10 ssthresh=inf srtt=0.210ms rto=201ms
+//	18:52:19.613971 apple/netstack 10.0.1.2:47762 SYN-RCVD -> ESTABLISHED (received the ACK of our SYN-ACK) snd.una=1 snd.nxt=1 rcv.nxt=1 snd.wnd=64256 rcv.wnd=64256 cwnd=10 ssthresh=inf srtt=0.210ms rttvar=0.105ms rto=201ms
 //
 // The kernel's sequence numbers are absolute (its ISN is not reported):
 // they are printed with a # (snd.una=#3735928559).
@@ -387,7 +396,7 @@ func (e *Event) Text() string {
 	n := &e.N
 	if !n.Known {
 		// The stack has no sender or receiver yet.
-		b.WriteString(" snd.una=- snd.nxt=- rcv.nxt=- snd.wnd=- rcv.wnd=- cwnd=- ssthresh=- srtt=- rto=-")
+		b.WriteString(" snd.una=- snd.nxt=- rcv.nxt=- snd.wnd=- rcv.wnd=- cwnd=- ssthresh=- srtt=- rttvar=- rto=-")
 		return b.String()
 	}
 	seq := "%d"
@@ -413,6 +422,11 @@ func (e *Event) Text() string {
 		b.WriteString(" srtt=" + ms(n.SRTT, 3))
 	} else {
 		b.WriteString(" srtt=-")
+	}
+	if n.RTTVarKnown() {
+		b.WriteString(" rttvar=" + ms(n.RTTVar, 3))
+	} else {
+		b.WriteString(" rttvar=-")
 	}
 	num("rto", FieldRTO, "%s", ms(n.RTO, 0))
 	return b.String()
@@ -462,6 +476,7 @@ type jsonEvent struct {
 	Cwnd     *int     `json:"cwnd"`
 	Ssthresh *int     `json:"ssthresh"` // -1: not yet set (infinite)
 	SRTTms   *float64 `json:"srtt_ms"`
+	RTTVarms *float64 `json:"rttvar_ms"`
 	RTOms    *float64 `json:"rto_ms"`
 	ISS      *uint32  `json:"iss"`
 	IRS      *uint32  `json:"irs"`
@@ -526,6 +541,7 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 		if n.SRTTKnown {
 			j.SRTTms = ptr(float64(n.SRTT) / 1e6)
 		}
+		j.RTTVarms = ptrIf(n.RTTVarKnown(), float64(n.RTTVar)/1e6)
 	}
 	if e.ISSKnown {
 		j.ISS = ptr(e.ISS)
@@ -588,6 +604,9 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	take(FieldRTO, j.RTOms != nil)
 	if j.SRTTms != nil {
 		n.Known, n.SRTTKnown, n.SRTT = true, true, time.Duration(*j.SRTTms*1e6)
+		// rttvar comes with srtt; a stack that has srtt and no rttvar
+		// does not report it.
+		take(FieldRTTVar, j.RTTVarms != nil)
 	}
 	if !n.Known {
 		n.Missing = 0
@@ -614,6 +633,9 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		}
 		if j.RTOms != nil {
 			n.RTO = time.Duration(*j.RTOms * 1e6)
+		}
+		if j.RTTVarms != nil {
+			n.RTTVar = time.Duration(*j.RTTVarms * 1e6)
 		}
 	}
 	if j.ISS != nil {

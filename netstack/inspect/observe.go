@@ -51,7 +51,7 @@ func (t *Tracker) Observe(o *tcp.TCPObservation) {
 		p.sndUna, p.sndNxt, p.sndWnd = uint32(s.SndUna), uint32(s.SndNxt), uint32(s.SndWnd)
 		p.rcvNxt, p.rcvWnd = uint32(o.Receiver.RcvNxt), uint32(o.RcvWnd)
 		p.cwnd, p.ssthresh, p.rto = s.SndCwnd, s.Ssthresh, s.RTO
-		p.srtt, p.srttKnown = s.RTTState.SRTT, s.RTTState.SRTTInited
+		p.srtt, p.srttKnown, p.rttvar = s.RTTState.SRTT, s.RTTState.SRTTInited, s.RTTState.RTTVar
 		p.mss = s.MaxPayloadSize
 		p.recoveryFirst = uint32(s.FastRecovery.First)
 	}

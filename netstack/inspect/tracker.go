@@ -133,6 +133,7 @@ type snap struct {
 	sndWnd           uint32
 	cwnd, ssthresh   int
 	srtt, rto        time.Duration
+	rttvar           time.Duration
 	srttKnown        bool
 	sndBufUsed, mss  int
 	recoveryFirst    uint32
@@ -253,6 +254,7 @@ func (t *Tracker) Probe(s *tcp.TCPEndpointState) {
 	p.sndWnd = uint32(s.Sender.SndWnd)
 	p.cwnd, p.ssthresh = s.Sender.SndCwnd, s.Sender.Ssthresh
 	p.srtt, p.srttKnown, p.rto = s.Sender.RTTState.SRTT, s.Sender.RTTState.SRTTInited, s.Sender.RTO
+	p.rttvar = s.Sender.RTTState.RTTVar
 	p.sndBufUsed = s.SndBufState.SndBufUsed
 	p.mss = s.Sender.MaxPayloadSize
 	p.dupAcks = s.Sender.DupAckCount

@@ -2,13 +2,14 @@
 // fed through its control socket. The page shows the connection table in
 // ss -tani's columns, the stream of the stack's events, its counters and
 // fault rules, and per connection its ladder (an arrow per segment, states
-// and timers from the events) and cwnd/srtt graphs. Updates are pushed with server-sent
-// events; the assets are embedded.
+// and timers from the events) and cwnd, srtt/rttvar/rto and in-flight
+// graphs. Updates are pushed with server-sent events (a page's events
+// gathered for BatchEvery into one message); the assets are embedded.
 //
 // The page never slows the stack: the control socket already drops events
 // for a reader that falls behind (and says how many), and here each
-// browser has a bounded queue: what it cannot take is dropped and counted
-// on its page.
+// browser has a bounded queue: what it cannot take is dropped and counted,
+// and the page shows both counts with the events it received.
 package web
 
 import (
@@ -64,9 +65,14 @@ const (
 	// connection keeps: its first ones; the others are counted and the
 	// page says how many its ladder lacks.
 	MaxSegmentsPerConn = 4000
-	// ClientQueue is how many messages a browser may fall behind before
-	// its messages are dropped (and counted on its page).
+	// ClientQueue is how many messages (an event each, or a table,
+	// counters, rules) a browser may fall behind before its messages are
+	// dropped (and counted on its page).
 	ClientQueue = 4096
+	// BatchEvery is how long a page's events are gathered before they
+	// are written, as one message: at thousands of events a second a
+	// message each would cost the browser more than drawing them.
+	BatchEvery = 50 * time.Millisecond
 	// Recent is how many of the latest events a new page is sent first.
 	Recent = 200
 	// pollEvery is how often the table, counters and rules are fetched;
@@ -92,7 +98,7 @@ type View struct {
 	clients map[*client]struct{}
 	status  statusMsg
 	last    map[string][]byte // latest ss/stats/faults message, for a new page
-	recent  [][]byte          // the latest events, for a new page
+	recent  [][]byte          // the latest events' JSON, for a new page
 
 	ssSoon   chan struct{}
 	upstream atomic.Uint64 // events the control socket dropped for us
@@ -107,8 +113,25 @@ type connEvents struct {
 }
 
 type client struct {
-	ch      chan []byte
-	dropped atomic.Uint64
+	ch chan outMsg
+	// droppedEvents and droppedOther count the stack's events and the
+	// other updates (table, counters, rules) this page's queue had no
+	// room for.
+	droppedEvents, droppedOther atomic.Uint64
+}
+
+// outMsg is a message queued for a page: an event's JSON (event), written
+// with the others queued with it as one "events" message, or a whole
+// server-sent event.
+type outMsg struct {
+	event bool
+	b     []byte
+}
+
+// droppedMsg is what the page is told of its drops (SSE "dropped").
+type droppedMsg struct {
+	Events uint64 `json:"events"`
+	Other  uint64 `json:"other"`
 }
 
 type statusMsg struct {
@@ -182,8 +205,10 @@ func (v *View) follow(ctx context.Context, path string) error {
 	pollErr := make(chan error, 1)
 	go func() { pollErr <- v.poller(ctx, poll) }()
 	err = evc.Stream(ctx, "events", control.EventsArgs{Segments: true}, func(r *control.Response) error {
-		if r.Dropped > 0 {
-			v.upstream.Store(r.Dropped)
+		if r.Dropped > 0 && v.upstream.Swap(r.Dropped) != r.Dropped {
+			// A state change may be among the events lost: fetch the
+			// table soon, as after one.
+			v.tableSoon()
 		}
 		if r.Event != nil {
 			v.addEvent(r.Event)
@@ -268,10 +293,15 @@ func (v *View) addEvent(ev *inspect.Event) {
 	v.mu.Unlock()
 	v.broadcast("event", ev)
 	if ev.Kind == inspect.KindState {
-		select {
-		case v.ssSoon <- struct{}{}:
-		default:
-		}
+		v.tableSoon()
+	}
+}
+
+// tableSoon has the poller fetch the table within minPoll.
+func (v *View) tableSoon() {
+	select {
+	case v.ssSoon <- struct{}{}:
+	default:
 	}
 }
 
@@ -294,23 +324,30 @@ func (v *View) broadcast(typ string, data any) {
 	if err != nil {
 		return
 	}
-	msg := []byte("event: " + typ + "\ndata: " + string(b) + "\n\n")
+	msg := outMsg{event: typ == "event", b: b}
+	if !msg.event {
+		msg.b = []byte("event: " + typ + "\ndata: " + string(b) + "\n\n")
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if typ == "ss" || typ == "stats" || typ == "faults" || typ == "status" {
-		v.last[typ] = msg
+		v.last[typ] = msg.b
 	}
-	if typ == "event" {
+	if msg.event {
 		if len(v.recent) >= Recent {
 			v.recent = append(v.recent[:0], v.recent[1:]...)
 		}
-		v.recent = append(v.recent, msg)
+		v.recent = append(v.recent, b)
 	}
 	for c := range v.clients {
 		select {
 		case c.ch <- msg:
 		default:
-			c.dropped.Add(1)
+			if typ == "event" {
+				c.droppedEvents.Add(1)
+			} else {
+				c.droppedOther.Add(1)
+			}
 		}
 	}
 }
@@ -384,7 +421,7 @@ func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
-	c := &client{ch: make(chan []byte, ClientQueue)}
+	c := &client{ch: make(chan outMsg, ClientQueue)}
 	v.mu.Lock()
 	st, _ := json.Marshal(v.status)
 	w.Write([]byte("event: status\ndata: " + string(st) + "\n\n"))
@@ -395,9 +432,7 @@ func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	hello, _ := json.Marshal(map[string]any{"control": v.opts.AllowControl})
 	w.Write([]byte("event: hello\ndata: " + string(hello) + "\n\n"))
-	for _, m := range v.recent {
-		w.Write(m)
-	}
+	w.Write(eventsMsg(v.recent))
 	v.clients[c] = struct{}{}
 	v.mu.Unlock()
 	defer func() {
@@ -408,32 +443,90 @@ func (v *View) serveEvents(w http.ResponseWriter, r *http.Request) {
 	fl.Flush()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	var reported uint64
+	batch := time.NewTimer(BatchEvery)
+	batch.Stop()
+	var reported droppedMsg
+	// What goes out at the next write: the messages taken from the queue,
+	// in order, consecutive events gathered into one.
+	var out []byte
+	var evs [][]byte
+	queued, waiting := 0, false
+	take := func(m outMsg) {
+		queued++
+		if m.event {
+			evs = append(evs, m.b)
+			return
+		}
+		out = append(out, eventsMsg(evs)...)
+		evs = evs[:0]
+		out = append(out, m.b...)
+	}
+	write := func() error {
+		out = append(out, eventsMsg(evs)...)
+		evs, queued = evs[:0], 0
+		_, err := w.Write(out)
+		out = out[:0]
+		fl.Flush()
+		return err
+	}
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case m := <-c.ch:
-			if _, err := w.Write(m); err != nil {
-				return
-			}
-			// Write what else is queued, then flush once.
+			take(m)
 			for n := len(c.ch); n > 0; n-- {
-				if _, err := w.Write(<-c.ch); err != nil {
+				take(<-c.ch)
+			}
+			// Out after BatchEvery, or at once when a queue's worth
+			// is waiting (what the page is sent stays bounded).
+			if queued >= ClientQueue {
+				if write() != nil {
 					return
 				}
+			} else if !waiting {
+				waiting = true
+				batch.Reset(BatchEvery)
 			}
-			fl.Flush()
+		case <-batch.C:
+			waiting = false
+			if write() != nil {
+				return
+			}
 		case <-tick.C:
-			if d := c.dropped.Load(); d != reported {
+			if d := (droppedMsg{c.droppedEvents.Load(), c.droppedOther.Load()}); d != reported {
 				reported = d
-				fmt.Fprintf(w, "event: dropped\ndata: %d\n\n", d)
+				b, _ := json.Marshal(d)
+				out = append(out, "event: dropped\ndata: "+string(b)+"\n\n"...)
 			} else {
-				w.Write([]byte(": keep-alive\n\n"))
+				out = append(out, ": keep-alive\n\n"...)
 			}
-			fl.Flush()
+			if write() != nil {
+				return
+			}
 		}
 	}
+}
+
+// eventsMsg is one server-sent "events" message carrying evs (each an
+// event's JSON) as an array; nothing for none.
+func eventsMsg(evs [][]byte) []byte {
+	if len(evs) == 0 {
+		return nil
+	}
+	n := 32
+	for _, e := range evs {
+		n += len(e) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, "event: events\ndata: ["...)
+	for i, e := range evs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, e...)
+	}
+	return append(b, "]\n\n"...)
 }
 
 // serveConn answers /conn?local=A:P&remote=B:P: the connection's ladder

@@ -79,6 +79,31 @@ func TestHandler(t *testing.T) {
 	if !strings.Contains(out.Graphs["cwnd"], `class="cwnd"`) || !strings.Contains(out.Graphs["rtt"], `class="srtt"`) {
 		t.Errorf("graphs %v", out.Graphs)
 	}
+	// The round-trip graph draws rttvar when the events carry it
+	// (blackhole's do; data-loss-rto's were recorded before).
+	if strings.Contains(out.Graphs["rtt"], `class="rttvar"`) {
+		t.Errorf("data-loss-rto: an rttvar line without rttvar in the events")
+	}
+	bh := New(Options{Resolve: v.opts.Resolve})
+	evs, err := viz.ReadEvents("../testdata/blackhole/events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range evs {
+		bh.addEvent(&evs[i])
+	}
+	r0 := httptest.NewRequest("GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:44580", nil)
+	w0 := httptest.NewRecorder()
+	bh.Handler().ServeHTTP(w0, r0)
+	out.Graphs = nil
+	if w0.Code != 200 || json.Unmarshal(w0.Body.Bytes(), &out) != nil {
+		t.Fatalf("/conn of blackhole: %d %s", w0.Code, w0.Body.String())
+	}
+	for _, c := range []string{`class="srtt"`, `class="rttvar"`, `class="rto"`} {
+		if !strings.Contains(out.Graphs["rtt"], c) {
+			t.Errorf("blackhole's round-trip graph on the page lacks %s", c)
+		}
+	}
 	// Read-only without --allow-control, whatever the token.
 	ro := New(Options{Resolve: v.opts.Resolve, Token: "secret"}).Handler()
 	r := httptest.NewRequest("POST", "/fault", strings.NewReader(`{"op":"clear"}`))
@@ -93,17 +118,21 @@ func TestHandler(t *testing.T) {
 // A page that does not read loses messages, counted; the view never waits.
 func TestSlowPageDrops(t *testing.T) {
 	v := New(Options{Resolve: func() (string, error) { return "", errors.New("none") }})
-	c := &client{ch: make(chan []byte, 4)}
+	c := &client{ch: make(chan outMsg, 4)}
 	v.clients[c] = struct{}{}
 	for i := 0; i < 10; i++ {
 		v.broadcast("event", i)
 	}
-	if len(c.ch) != 4 || c.dropped.Load() != 6 {
-		t.Errorf("queued %d, dropped %d; want 4 and 6", len(c.ch), c.dropped.Load())
+	v.broadcast("stats", 0)
+	if len(c.ch) != 4 || c.droppedEvents.Load() != 6 || c.droppedOther.Load() != 1 {
+		t.Errorf("queued %d, dropped %d events and %d other; want 4, 6 and 1", len(c.ch), c.droppedEvents.Load(), c.droppedOther.Load())
 	}
 	// A page that comes later is sent the latest events first.
-	if len(v.recent) != 10 || !strings.HasPrefix(string(v.recent[9]), "event: event\ndata: 9\n") {
+	if len(v.recent) != 10 || string(v.recent[9]) != "9" {
 		t.Errorf("recent events %q", v.recent)
+	}
+	if m := string(eventsMsg(v.recent[8:])); m != "event: events\ndata: [8,9]\n\n" {
+		t.Errorf("events message %q", m)
 	}
 }
 

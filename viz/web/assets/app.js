@@ -3,6 +3,7 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const MAX_EVENT_ROWS = 500;
+const MAX_ROWS_PER_FRAME = 100;
 let selected = null;      // {local, remote}
 let detailTimer = null;
 let canControl = false;
@@ -39,26 +40,80 @@ function eventRow(ev) {
   const what = ev.kind === "state" ? ev.from + " → " + ev.to : ev.kind;
   const nums = ev.cwnd === null || ev.cwnd === undefined ? "" :
     "snd.una=" + ev.snd_una + " snd.nxt=" + ev.snd_nxt + " rcv.nxt=" + ev.rcv_nxt + " cwnd=" + ev.cwnd +
-    " srtt=" + (ev.srtt_ms === null ? "-" : ev.srtt_ms.toFixed(3) + "ms") + " rto=" + (ev.rto_ms === null ? "-" : ev.rto_ms + "ms");
-  const tr = document.createElement("tr");
-  tr.className = "ev-" + ev.kind;
-  tr.innerHTML = "<td>" + esc(ev.time.slice(11, 26)) + "</td><td>" + esc(ev.remote) + "</td><td class=\"what\">" + esc(what) +
-    "</td><td>" + esc(ev.cause || "") + "</td><td><code>" + esc(nums) + "</code></td>";
-  return tr;
+    " srtt=" + (ev.srtt_ms === null ? "-" : ev.srtt_ms.toFixed(3) + "ms") +
+    " rttvar=" + (ev.rttvar_ms === null || ev.rttvar_ms === undefined ? "-" : ev.rttvar_ms.toFixed(3) + "ms") + " rto=" + (ev.rto_ms === null ? "-" : ev.rto_ms + "ms");
+  return "<tr class=\"ev-" + esc(ev.kind) + "\"><td>" + esc(ev.time.slice(11, 26)) + "</td><td>" + esc(ev.remote) + "</td><td class=\"what\">" + esc(what) +
+    "</td><td>" + esc(ev.cause || "") + "</td><td><code>" + esc(nums) + "</code></td></tr>";
 }
 
+// What became of the stack's events on their way to this page (tests read
+// window.eventCounts; the page shows it in #eventcount):
+//   received  the events this page was sent;
+//   notDrawn  received, but more came in one frame than are drawn
+//             (MAX_ROWS_PER_FRAME, state changes always are): never drawn;
+//   dropped   the events the web view dropped for this page (its queue was
+//             full: this page read too slowly);
+//   upstream  the events the server's control socket dropped for the web
+//             view (it read too slowly).
+const eventCounts = {received: 0, notDrawn: 0, dropped: 0, upstream: 0};
+window.eventCounts = eventCounts;
+
+// Events are drawn once a frame, newest first: at thousands a second a
+// row each as they come would keep the browser from drawing anything else.
+let pendingEvents = [];
+let frameAsked = false;
+
 function addEvent(ev) {
-  const body = $("events").tBodies[0];
-  body.insertBefore(eventRow(ev), body.firstChild);
-  while (body.rows.length > MAX_EVENT_ROWS) body.deleteRow(body.rows.length - 1);
+  eventCounts.received++;
   if (selected && ev.local === selected.local && ev.remote === selected.remote) scheduleDetail();
+  pendingEvents.push(ev);
+  if (pendingEvents.length >= 4 * MAX_EVENT_ROWS) {
+    // No frame for a while (a hidden tab): keep what the table can hold,
+    // and as many of the state changes before it.
+    const old = pendingEvents.length - MAX_EVENT_ROWS;
+    const keep = pendingEvents.slice(0, old).filter((e) => e.kind === "state").slice(-MAX_EVENT_ROWS);
+    eventCounts.notDrawn += old - keep.length;
+    pendingEvents = keep.concat(pendingEvents.slice(old));
+  }
+  if (!frameAsked) { frameAsked = true; requestAnimationFrame(drawEvents); }
 }
+
+function drawEvents() {
+  frameAsked = false;
+  const evs = pendingEvents;
+  pendingEvents = [];
+  // The newest MAX_ROWS_PER_FRAME, and every state change: those are few
+  // and what one watches for. More rows than that a frame nobody reads,
+  // and drawing them takes the CPU the server shares.
+  const rows = [];
+  for (let i = evs.length - 1; i >= 0; i--) {
+    if (rows.length < MAX_ROWS_PER_FRAME || evs[i].kind === "state") rows.push(eventRow(evs[i]));
+  }
+  eventCounts.notDrawn += evs.length - rows.length;
+  const body = $("events").tBodies[0];
+  body.insertAdjacentHTML("afterbegin", rows.join(""));
+  while (body.rows.length > MAX_EVENT_ROWS) body.deleteRow(body.rows.length - 1);
+  renderCounts();
+}
+
+function renderCounts() {
+  const c = eventCounts;
+  $("eventcount").textContent = c.received + " events received, " + c.notDrawn + " not drawn (more than " + MAX_ROWS_PER_FRAME + " in a frame), " +
+    c.dropped + " dropped by the web view for this page, " + c.upstream + " dropped by the server for the web view";
+  const lost = c.dropped + c.upstream;
+  const el = $("dropped");
+  el.hidden = lost === 0 && !droppedOther;
+  el.textContent = lost + " events" + (droppedOther ? " and " + droppedOther + " other updates" : "") + " dropped on the way to this page: " +
+    (c.dropped || droppedOther ? "this page read too slowly" : "the web view read the server too slowly");
+}
+let droppedOther = 0;
 
 function renderStats(st) {
   const rows = [];
   for (const c of st.counters || []) rows.push("<tr><td>" + esc(c.name) + "</td><td>" + c.value + "</td></tr>");
   if (st.events_lost_upstream) rows.push("<tr><td>events the server dropped for this view</td><td>" + st.events_lost_upstream + "</td></tr>");
   $("counters").tBodies[0].innerHTML = rows.join("");
+  if ((st.events_lost_upstream || 0) !== eventCounts.upstream) { eventCounts.upstream = st.events_lost_upstream || 0; renderCounts(); }
 }
 
 function renderFaults(f) {
@@ -102,7 +157,13 @@ $("faultclear").addEventListener("click", () => changeFaults({op: "clear"}));
 function connect() {
   const es = new EventSource("/events");
   es.addEventListener("status", (m) => setStatus(JSON.parse(m.data)));
-  es.addEventListener("hello", (m) => { canControl = JSON.parse(m.data).control; $("faultform").hidden = !canControl; });
+  // The web view counts a page's drops from its connection: after a
+  // reconnection they add to those before.
+  let droppedBase = 0, otherBase = 0;
+  es.addEventListener("hello", (m) => {
+    canControl = JSON.parse(m.data).control; $("faultform").hidden = !canControl;
+    droppedBase = eventCounts.dropped; otherBase = droppedOther;
+  });
   // Draw the table once a frame at most, with the latest one.
   let pendingSS = null;
   es.addEventListener("ss", (m) => {
@@ -115,8 +176,15 @@ function connect() {
   });
   es.addEventListener("stats", (m) => renderStats(JSON.parse(m.data)));
   es.addEventListener("faults", (m) => renderFaults(JSON.parse(m.data)));
-  es.addEventListener("event", (m) => addEvent(JSON.parse(m.data)));
-  es.addEventListener("dropped", (m) => { const el = $("dropped"); el.hidden = false; el.textContent = m.data + " updates dropped: this page read too slowly"; });
+  // The stack's events come a batch a message (the web view gathers them
+  // for BatchEvery, 50 ms).
+  es.addEventListener("events", (m) => { for (const ev of JSON.parse(m.data)) addEvent(ev); });
+  es.addEventListener("dropped", (m) => {
+    const d = JSON.parse(m.data);
+    eventCounts.dropped = droppedBase + d.events;
+    droppedOther = otherBase + d.other;
+    renderCounts();
+  });
   es.onerror = () => {
     // EventSource retries by itself; say so meanwhile.
     setStatus({up: false, error: "lost the web view's server; reconnecting", since: new Date().toISOString()});
