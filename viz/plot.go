@@ -77,7 +77,8 @@ func hasData(c *Conn, d Side) bool {
 // timeSeq is tcptrace's time-sequence graph of what d sends: each data
 // segment a bar from seq to seq+len in d's colour (retransmissions in red
 // with an R, drops with a cross), the receiver's ACK line and window line
-// (ACK + window) as steps in its colour, its SACK blocks as green bars.
+// (ACK + window) as steps in its colour, its SACK blocks as green bars,
+// and each side's state changes its stack reported (stateLines).
 func timeSeq(s *Session, c *Conn, d Side) *plot {
 	if !hasData(c, d) {
 		return nil
@@ -139,7 +140,29 @@ func timeSeq(s *Session, c *Conn, d Side) *plot {
 	o := d.Other()
 	p.line("ack", dirColour(o), false, true, acks, o.String()+"'s ACK")
 	p.line("rwnd", dirColour(o), true, true, rwnd, label)
+	stateLines(p, s, c)
 	return p
+}
+
+// stateLines marks each side's state changes, as its stack reported them,
+// with a dotted line in the side's colour (classes "state-client",
+// "state-server"; "~" before a state whose time is a bound, Approximate).
+func stateLines(p *plot, s *Session, c *Conn) {
+	for i := range c.Events {
+		ev := &c.Events[i]
+		if ev.Kind != inspect.KindState {
+			continue
+		}
+		side := c.SideOf(ev)
+		name := ev.To.String()
+		if Approximate(ev) {
+			name = "~" + name
+		}
+		x := s.Rel(ev.Time)
+		p.vline("state-"+side.String(), dirColour(side), x, name,
+			fmt.Sprintf("%.6fs %s: %s -> %s", x, stackName(c, side), ev.From, name))
+		p.addLegend("state-"+side.String(), dirColour(side), stackName(c, side)+" states")
+	}
 }
 
 // throughput is the new data each side sent per interval (tcptrace's
@@ -370,7 +393,7 @@ func rtt(s *Session, c *Conn) *plot {
 		}
 		for _, side := range stackSides(c) {
 			if c.Reported[side] == inspect.StackKernel {
-				p.note += "; the kernel's tcp_probe has no rttvar or rto"
+				p.note = "each stack's, at its events: rto = srtt + 4 rttvar, doubled at each expiry; the kernel's have no rttvar or rto"
 				break
 			}
 		}

@@ -420,6 +420,82 @@ func TestFigures(t *testing.T) {
 	}
 }
 
+// The graphs draw both stacks' numbers when both reported: blackhole's
+// cwnd and srtt lines for the kernel client (classes ending -client,
+// legend "client (kernel)") beside our server's, as many steps as the
+// kernel's events that carry the number (a null one is a gap, never 0),
+// no rto or rttvar line for the kernel (tcp_probe has neither); the
+// time-sequence graph marks each side's state changes.
+func TestFiguresBothEnds(t *testing.T) {
+	s := load(t, "blackhole")
+	c := s.Conns[0]
+	var cw, sr int
+	for _, ev := range sideEvents(c, Client) {
+		if ev.Stack != inspect.StackKernel {
+			t.Fatalf("a %s event on the kernel client's side: %s", ev.Stack, ev.Text())
+		}
+		if has(&ev.N, inspect.FieldCwnd) {
+			cw++
+		}
+		if ev.N.Known && ev.N.SRTTKnown {
+			sr++
+		}
+		if has(&ev.N, inspect.FieldRTO) || ev.N.RTTVarKnown() {
+			t.Errorf("a kernel event with rto or rttvar: %s", ev.Text())
+		}
+	}
+	if cw < 2 || sr < 2 {
+		t.Fatalf("blackhole: %d kernel events with cwnd, %d with srtt", cw, sr)
+	}
+	figs := map[string]string{}
+	for _, f := range Figures(s) {
+		figs[f.Name] = f.SVG
+	}
+	points := func(svg, class string) int {
+		m := regexp.MustCompile(`<polyline class="` + class + `" points="([^"]*)"`).FindStringSubmatch(svg)
+		if m == nil {
+			return 0
+		}
+		return len(strings.Fields(m[1]))
+	}
+	if n := points(figs["c1-cwnd"], "cwnd-client"); n != 2*cw-1 {
+		t.Errorf("the kernel's cwnd staircase has %d points, want %d", n, 2*cw-1)
+	}
+	if n := points(figs["c1-rtt"], "srtt-client"); n != 2*sr-1 {
+		t.Errorf("the kernel's srtt staircase has %d points, want %d", n, 2*sr-1)
+	}
+	for _, want := range []string{"cwnd", "ssthresh"} {
+		if count(classes(figs["c1-cwnd"]), want) != 1 {
+			t.Errorf("no %s line of our server: %v", want, classes(figs["c1-cwnd"]))
+		}
+	}
+	rt := classes(figs["c1-rtt"])
+	if count(rt, "srtt") != 1 || count(rt, "rto") != 1 || count(rt, "rttvar") != 1 || count(rt, "rto-client") != 0 || count(rt, "rttvar-client") != 0 {
+		t.Errorf("rtt graph: %v", rt)
+	}
+	for _, name := range []string{"c1-cwnd", "c1-rtt"} {
+		if !strings.Contains(figs[name], "client (kernel)") || !strings.Contains(figs[name], "server (netstack)") {
+			t.Errorf("%s: legend lacks a stack", name)
+		}
+	}
+	ts := classes(figs["c1-timeseq-server"])
+	states := 0
+	for i := range c.Events {
+		if c.Events[i].Kind == inspect.KindState {
+			states++
+		}
+	}
+	if n := count(ts, "state-client") + count(ts, "state-server"); n != states || count(ts, "state-client") == 0 || count(ts, "state-server") == 0 {
+		t.Errorf("time-sequence graph: %d state lines (client %d, server %d), want %d", n, count(ts, "state-client"), count(ts, "state-server"), states)
+	}
+	// One side's events: its lines only, in the old colours.
+	for _, f := range Figures(load(t, "data-loss-rto")) {
+		if cs := classes(f.SVG); count(cs, "cwnd-client")+count(cs, "srtt-client")+count(cs, "state-client") != 0 {
+			t.Errorf("%s: client lines without the client's events: %v", f.Name, cs)
+		}
+	}
+}
+
 var externalRE = regexp.MustCompile(`(?i)(src\s*=|href\s*=\s*"(?:https?:|//)|url\(|@import|<link|<script[^>]+src)`)
 
 // report.html stands alone: nothing fetched, and it holds the lesson, the
