@@ -527,6 +527,32 @@ func TestReportSelfContained(t *testing.T) {
 	}
 }
 
+// report.html has both ends: the kernel client's states in its ladder
+// (with their rules as tooltips), its lines in the graphs, its events in
+// the timeline with their side.
+func TestReportBothEnds(t *testing.T) {
+	var b bytes.Buffer
+	if err := Report(&b, load(t, "blackhole"), ReportInfo{Name: "blackhole"}); err != nil {
+		t.Fatal(err)
+	}
+	h := b.String()
+	ladder := h[strings.Index(h, `<pre class="ladder">`):]
+	ladder = ladder[:strings.Index(ladder, "</pre>")]
+	for _, want := range []string{
+		`title="RFC 9293 3.5: the application connects`, " SYN-SENT |", " FIN-WAIT-2 |", "~TIME-WAIT |", "client: the kernel&#39;s tracepoints",
+	} {
+		if !strings.Contains(ladder, want) {
+			t.Errorf("the report's ladder lacks %q:\n%s", want, ladder)
+		}
+	}
+	for _, want := range []string{`class="cwnd-client"`, `class="srtt-client"`, `class="state-client"`,
+		"<td>client (kernel)</td><td>SYN-SENT → ESTABLISHED</td>", "<td>server (netstack)</td><td>LISTEN → SYN-RCVD</td>"} {
+		if !strings.Contains(h, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}
+
 // The live ladder: rows as events come, each connection numbered.
 func TestLive(t *testing.T) {
 	evs, err := ReadEvents("testdata/data-loss-rto/events.jsonl")
