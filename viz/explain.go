@@ -51,6 +51,11 @@ func ExplainEvent(ev *inspect.Event) (Rule, bool) {
 			return Rule{"RFC 9293 3.8.6.1, RFC 1122 4.2.2.17", "the peer's window is zero: the sender MUST keep probing it, with exponential backoff, so that a lost window update cannot deadlock the connection", 2}, true
 		}
 		return Rule{"RFC 9293 3.8.6", "the receive window closes when the application does not read: the sender may not send beyond it; it reopens as the application reads", 0}, true
+	case inspect.KindRetransmit:
+		if ev.Stack != inspect.StackKernel {
+			return Rule{}, false // the wire's: its arrow is explained
+		}
+		return Rule{"RFC 9293 3.8.1, RFC 6298 5.4 / RFC 5681 3.2 / RFC 8985", "the kernel sent a segment again (tracepoint tcp_retransmit_skb): its retransmission timer ran out (doubling the RTO), or fast retransmit or a loss probe sent it; the tracepoint does not say which", 0}, true
 	case inspect.KindFault:
 		return Rule{"fault layer", "injected by a rule of ours, not by TCP: " + ev.Cause, 0}, true
 	}

@@ -105,7 +105,8 @@ func segmentRow(c *Conn, s, prev *Segment) Row {
 
 // eventRow is the row of a stack's event ev, if it has one, on the side of
 // the stack that reported it: a fault is drawn as its segment's arrow, a
-// retransmission seen on the wire too when there are arrows (captured).
+// retransmission our tracker saw on the wire too when there are arrows
+// (captured); the kernel's retransmissions, from its tracepoint, are marks.
 func eventRow(c *Conn, ev *inspect.Event, captured bool) (Row, bool) {
 	r := Row{Time: ev.Time, Side: c.SideOf(ev), Ev: ev}
 	switch ev.Kind {
@@ -114,10 +115,16 @@ func eventRow(c *Conn, ev *inspect.Event, captured bool) (Row, bool) {
 	case inspect.KindFault, inspect.KindSegment:
 		return Row{}, false // drawn as the arrow itself
 	case inspect.KindRetransmit:
-		if captured {
+		switch {
+		case ev.Stack == inspect.StackKernel:
+			// The kernel's own report (its tracepoint), not the wire's:
+			// a mark beside the arrow.
+			r.Kind, r.Text = RowMark, "retransmit (tcp_retransmit_skb)"
+		case captured:
 			return Row{}, false // drawn as the arrow itself
+		default:
+			r.Kind, r.Text = RowMark, ev.Cause
 		}
-		r.Kind, r.Text = RowMark, ev.Cause
 	default:
 		r.Kind, r.Text = RowMark, markText(ev)
 	}

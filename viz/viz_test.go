@@ -114,9 +114,9 @@ func TestLadderStructure(t *testing.T) {
 		"data-loss-rto":   {"server:ESTABLISHED", "server>P./X", "server:*RTO", "server>P./retx", "server:FIN-WAIT-1", "server>F."},
 		"fast-retransmit": {"server>./X", "client>.", "server:*3rd", "server:*fast", "server>./retx", "server:*recovery"},
 		"corruption":      {"server:ESTABLISHED", "client>./X", "client>./X", "client>./X", "client>./retx", "server>.", "client>./retx", "client>./retx"},
-		"time-wait":       {"client:ESTABLISHED", "server:FIN-WAIT-1", "server>F.", "client:CLOSE-WAIT", "client:LAST-ACK", "client>F.", "server>./X", "server:TIME-WAIT", "client>F./retx", "server>.", "client:CLOSED", "server:CLOSED"},
+		"time-wait":       {"client:ESTABLISHED", "server:FIN-WAIT-1", "server>F.", "client:CLOSE-WAIT", "client:LAST-ACK", "client>F.", "server>./X", "server:TIME-WAIT", "client:*retransmit", "client>F./retx", "server>.", "client:CLOSED", "server:CLOSED"},
 		// Both ends' states: the kernel client's on the left.
-		"blackhole": {"client:SYN-SENT", "client>S", "server:SYN-RCVD", "client:ESTABLISHED", "server:ESTABLISHED", "server>P./X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx", "client:FIN-WAIT-1", "client>F.", "client:FIN-WAIT-2", "server:CLOSE-WAIT", "server:LAST-ACK", "server>F.", "server:CLOSED", "client:TIME-WAIT"},
+		"blackhole": {"client:SYN-SENT", "client>S", "server:SYN-RCVD", "client:ESTABLISHED", "server:ESTABLISHED", "server>P./X", "server:*RTO", "server>P./retx/X", "client:*retransmit", "client>P./retx", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx", "client:FIN-WAIT-1", "client>F.", "client:FIN-WAIT-2", "server:CLOSE-WAIT", "server:LAST-ACK", "server>F.", "server:CLOSED", "client:TIME-WAIT"},
 	} {
 		got := rowSummary(load(t, name).Conns[0])
 		if !inOrder(got, want) {
