@@ -5,11 +5,12 @@
 // notable segment (--explain).
 //
 // The wire comes from a capture (pcap or pcapng, read by netstack/pcap);
-// states, timers and the stack's numbers come only from the stack's own
-// events (events.jsonl, as the server's --events-format json and the
-// experiments write it): nothing here infers a state from the wire. A
-// number the stack did not have (null in JSON) is left out, never drawn
-// as zero.
+// states, timers and numbers come only from the stacks' own events
+// (events.jsonl, as the server's --events-format json and the experiments
+// write it: ours, and the kernel client's from its tracepoints), each
+// drawn on the side whose stack reported it: nothing here infers a state
+// from the wire. A number a stack did not have (null in JSON) is left
+// out, never drawn as zero.
 package viz
 
 import (
