@@ -204,6 +204,23 @@ func TestDemoBothEnds(t *testing.T) {
 	if !regexp.MustCompile(`ant/kernel 10\.0\.2\.2:9999 FIN-WAIT-2 -> TIME-WAIT .*TIME-WAIT entry(,| at \S+,) timer (59|60)s`).MatchString(out) {
 		t.Errorf("the kernel client's TIME-WAIT does not name sock_diag's entry and timer")
 	}
+	// The ladder at the end draws both ends: the kernel client's states
+	// left of its lifeline, ours right of the server's.
+	if i := strings.Index(out, "== the ladder of the session"); i < 0 {
+		t.Errorf("no ladder at the end")
+	} else {
+		ladder := out[i:]
+		for _, re := range []string{
+			`client: the kernel's tracepoints +server: our stack's events`,
+			`(?m)^[0-9.]+ +SYN-SENT \| +\|$`, `(?m)^[0-9.]+ +ESTABLISHED \| +\|$`, `(?m)^[0-9.]+ +FIN-WAIT-1 \| +\|$`,
+			`(?m)^[0-9.]+ +~?TIME-WAIT \| +\|$`, `(?m)^[0-9.]+ +CLOSE-WAIT \| +\|$`, `(?m)^[0-9.]+ +LAST-ACK \| +\|$`,
+			`(?m)^[0-9.]+ +\| +\| SYN-RCVD$`,
+		} {
+			if !regexp.MustCompile(re).MatchString(ladder) {
+				t.Errorf("the demo's ladder lacks %s", re)
+			}
+		}
+	}
 	if t.Failed() {
 		t.Logf("demo printed:\n%s", out)
 	}

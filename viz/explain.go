@@ -51,6 +51,11 @@ func ExplainEvent(ev *inspect.Event) (Rule, bool) {
 			return Rule{"RFC 9293 3.8.6.1, RFC 1122 4.2.2.17", "the peer's window is zero: the sender MUST keep probing it, with exponential backoff, so that a lost window update cannot deadlock the connection", 2}, true
 		}
 		return Rule{"RFC 9293 3.8.6", "the receive window closes when the application does not read: the sender may not send beyond it; it reopens as the application reads", 0}, true
+	case inspect.KindRetransmit:
+		if ev.Stack != inspect.StackKernel {
+			return Rule{}, false // the wire's: its arrow is explained
+		}
+		return Rule{"RFC 9293 3.8.1, RFC 6298 5.4 / RFC 5681 3.2 / RFC 8985", "the kernel sent a segment again (tracepoint tcp_retransmit_skb): its retransmission timer ran out (doubling the RTO), or fast retransmit or a loss probe sent it; the tracepoint does not say which", 0}, true
 	case inspect.KindFault:
 		return Rule{"fault layer", "injected by a rule of ours, not by TCP: " + ev.Cause, 0}, true
 	}
@@ -59,6 +64,19 @@ func ExplainEvent(ev *inspect.Event) (Rule, bool) {
 
 func explainState(ev *inspect.Event) (Rule, bool) {
 	f, t := ev.From, ev.To
+	if ev.Stack == inspect.StackKernel {
+		// The same clauses, said of Linux: a difference row compares
+		// our stack with it, so none applies to its own rows.
+		switch {
+		case (f == inspect.FinWait2 || f == inspect.Closing) && t == inspect.TimeWait:
+			return Rule{"RFC 9293 3.6, 3.10.7.4 (FIN bit)", "both FINs are acknowledged: the kernel waits in TIME-WAIT (2 MSL in the RFC; a fixed 60 s on Linux) so that a lost last ACK can be sent again and old duplicates die out", 0}, true
+		case f == inspect.TimeWait && t == inspect.Closed:
+			return Rule{"RFC 9293 3.6, RFC 6191, RFC 1337", fmt.Sprintf("TIME-WAIT ended after %s: the 4-tuple is free again (Linux ends it early on a RST unless tcp_rfc1337 is set, or when a new connection takes the port pair with a higher sequence number or timestamp, RFC 6191)", ev.Held.Round(1e6)), 0}, true
+		}
+		r, ok := explainState(&inspect.Event{Kind: ev.Kind, From: f, To: t, Cause: ev.Cause, Held: ev.Held})
+		r.Diff = 0
+		return r, ok
+	}
 	switch {
 	case f == inspect.Listen && t == inspect.SynRcvd:
 		return Rule{"RFC 9293 3.5, 3.10.7.2", "a SYN reached the listening socket: the peer's ISN becomes IRS, we pick our ISN and answer SYN-ACK", 0}, true
@@ -112,7 +130,7 @@ func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 		switch {
 		case s.Captured:
 			where = "after the capture saw it leave our stack: the peer never gets it"
-		case c.HasEvents && s.From == c.Stack:
+		case c.Reported[s.From] == inspect.StackNetstack:
 			where = "as it left our stack: the peer never gets it"
 		}
 		return Rule{"fault layer", "dropped by " + s.DropRule + ", " + where, 0}, true

@@ -51,6 +51,18 @@ type Row struct {
 	Rule Rule
 	// Explained: Rule is set.
 	Explained bool
+	// Approx: the stack's event says its time is a bound, not the
+	// instant (Approximate); the state is drawn "~STATE".
+	Approx bool
+}
+
+// Approximate reports whether a state event's cause says its time is a
+// bound, not a tracepoint's instant: the kernel's TIME-WAIT mini-socket
+// changes, which no tracepoint marks, are seen by sock_diag lookups
+// (internal/kevents: "which no tracepoint marks", "... before this time").
+func Approximate(ev *inspect.Event) bool {
+	return ev.Stack == inspect.StackKernel &&
+		(strings.Contains(ev.Cause, "which no tracepoint marks") || strings.Contains(ev.Cause, "before this time"))
 }
 
 // Rows returns the ladder's rows for c, in time order (a segment before an
@@ -91,21 +103,28 @@ func segmentRow(c *Conn, s, prev *Segment) Row {
 	return r
 }
 
-// eventRow is the row of the stack's event ev, if it has one: a fault is
-// drawn as its segment's arrow, a retransmission seen on the wire too when
-// there are arrows (captured).
+// eventRow is the row of a stack's event ev, if it has one, on the side of
+// the stack that reported it: a fault is drawn as its segment's arrow, a
+// retransmission our tracker saw on the wire too when there are arrows
+// (captured); the kernel's retransmissions, from its tracepoint, are marks.
 func eventRow(c *Conn, ev *inspect.Event, captured bool) (Row, bool) {
-	r := Row{Time: ev.Time, Side: c.Stack, Ev: ev}
+	r := Row{Time: ev.Time, Side: c.SideOf(ev), Ev: ev}
 	switch ev.Kind {
 	case inspect.KindState:
-		r.Kind, r.Text = RowState, ev.To.String()
+		r.Kind, r.Text, r.Approx = RowState, ev.To.String(), Approximate(ev)
 	case inspect.KindFault, inspect.KindSegment:
 		return Row{}, false // drawn as the arrow itself
 	case inspect.KindRetransmit:
-		if captured {
+		switch {
+		case ev.Stack == inspect.StackKernel:
+			// The kernel's own report (its tracepoint), not the wire's:
+			// a mark beside the arrow.
+			r.Kind, r.Text = RowMark, "retransmit (tcp_retransmit_skb)"
+		case captured:
 			return Row{}, false // drawn as the arrow itself
+		default:
+			r.Kind, r.Text = RowMark, ev.Cause
 		}
-		r.Kind, r.Text = RowMark, ev.Cause
 	default:
 		r.Kind, r.Text = RowMark, markText(ev)
 	}
@@ -257,11 +276,7 @@ func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
 	put(h, max(cv.cl-len(left)/2, 0), left)
 	put(h, min(cv.sl-len(right)/2, cv.w-len(right)), right)
 	fmt.Fprintln(w, line(h))
-	note := "no stack events: the wire only"
-	if c.HasEvents {
-		note = "states and timers: the " + c.Stack.String() + "'s stack, from its own events"
-	}
-	fmt.Fprintln(w, strings.Repeat(" ", cv.margin)+note)
+	writeSources(w, cv, c)
 	fmt.Fprintln(w, line(cv.blank()))
 
 	stamp := func(t time.Time) string {
@@ -270,9 +285,47 @@ func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
 		}
 		return fmt.Sprintf("%*.6f", cv.margin-1, s.Rel(t))
 	}
+	approx := false
 	for _, r := range Rows(c) {
 		writeRow(w, cv, r, stamp(r.Time), "", opts.Explain)
+		approx = approx || r.Approx
 	}
+	if approx {
+		for _, text := range wrap("~STATE: no tracepoint marks this change (the kernel's TIME-WAIT mini-socket, seen by sock_diag): its event's time is within a few ms of it, and its cause says how close", cv.w-cv.margin) {
+			fmt.Fprintln(w, strings.Repeat(" ", cv.margin)+text)
+		}
+	}
+}
+
+// writeSources writes whose states and timers are drawn on each side and
+// where they come from: "client: the kernel's tracepoints" on the left,
+// "server: our stack's events" on the right (on two lines when one is too
+// narrow).
+func writeSources(w io.Writer, cv canvas, c *Conn) {
+	if !c.HasEvents() {
+		fmt.Fprintln(w, strings.Repeat(" ", cv.margin)+"no stack events: the wire only")
+		return
+	}
+	var notes [2]string
+	for _, side := range []Side{Client, Server} {
+		switch c.Reported[side] {
+		case inspect.StackKernel:
+			notes[side] = side.String() + ": the kernel's tracepoints"
+		case "":
+			notes[side] = side.String() + ": no events"
+		default:
+			notes[side] = side.String() + ": our stack's events"
+		}
+	}
+	if cv.margin+len(notes[Client])+3+len(notes[Server]) > cv.w {
+		fmt.Fprintln(w, strings.Repeat(" ", cv.margin)+notes[Client])
+		fmt.Fprintln(w, strings.Repeat(" ", cv.margin)+notes[Server])
+		return
+	}
+	h := []rune(strings.Repeat(" ", cv.w))
+	put(h, cv.margin, notes[Client])
+	put(h, cv.w-len(notes[Server]), notes[Server])
+	fmt.Fprintln(w, line(h))
 }
 
 // writeRow draws one row (with the line above for a long label and the
@@ -287,13 +340,21 @@ func writeRow(w io.Writer, cv canvas, r Row, stamp, tag string, explain bool) {
 	}
 	switch r.Kind {
 	case RowState:
+		text := r.Text
+		if r.Approx {
+			text = "~" + text
+		}
 		if r.Side == Client {
-			put(l, cv.cl-1-len(r.Text), r.Text)
+			put(l, cv.cl-1-len(text), text)
 		} else {
-			put(l, cv.sl+2, r.Text)
+			put(l, cv.sl+2, text)
 		}
 		if r.Ev.From == inspect.TimeWait && r.Ev.Held > 0 {
 			mark := "TIME-WAIT expired (" + fmtDur(r.Ev.Held) + ")"
+			if strings.Contains(r.Ev.Cause, "took the port pair") {
+				// The kernel's: a new connection ended it early.
+				mark = "TIME-WAIT taken over (" + fmtDur(r.Ev.Held) + ")"
+			}
 			putMark(l, cv, r.Side, mark)
 		}
 		fmt.Fprintln(w, line(l))

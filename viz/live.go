@@ -36,7 +36,8 @@ type Live struct {
 // liveConn is what the live ladder keeps of a connection.
 type liveConn struct {
 	n    int
-	c    Conn        // Stack, Addr and the latest segments (for the explanations)
+	c    Conn        // Addr, Reported and the latest segments (for the explanations)
+	us   Side        // the side of the stack whose events these are
 	last [2]*Segment // the latest segment from each side
 	held *Segment    // a segment we sent, not drawn yet
 	// sent is the highest sequence number (relative) each side's drawn
@@ -80,7 +81,9 @@ func (l *Live) conn(ev *inspect.Event) *liveConn {
 		return lc
 	}
 	lc = &liveConn{n: len(l.conns) + 1}
-	lc.c = Conn{WScale: [2]int{-1, -1}, HasEvents: true, Stack: Server}
+	lc.c = Conn{WScale: [2]int{-1, -1}}
+	lc.us = Server
+	lc.c.Reported[Server] = stackOf(ev)
 	lc.c.Addr[Client], lc.c.Addr[Server] = ev.Conn.Remote, ev.Conn.Local
 	l.conns[ev.Conn] = lc
 	name := fmt.Sprintf("#%d is %s (peer) and %s (this stack)", lc.n, ev.Conn.Remote, ev.Conn.Local)
@@ -106,8 +109,9 @@ func (lc *liveConn) side(ev *inspect.Event) {
 	}
 	lc.sided = true
 	if client {
-		lc.c.Stack = Client
+		lc.us = Client
 		lc.c.Addr[Client], lc.c.Addr[Server] = lc.c.Addr[Server], lc.c.Addr[Client]
+		lc.c.Reported[Client], lc.c.Reported[Server] = lc.c.Reported[Server], ""
 	}
 }
 
@@ -123,7 +127,7 @@ func (l *Live) Add(ev inspect.Event) {
 		l.segments = true
 		s := l.segment(lc, &ev)
 		l.release(lc)
-		if s.From == lc.c.Stack && !s.Dropped {
+		if s.From == lc.us && !s.Dropped {
 			lc.held = s
 			return
 		}
@@ -156,7 +160,7 @@ func (l *Live) Flush() {
 // segment turns a segment event into the ladder's segment.
 func (l *Live) segment(lc *liveConn, ev *inspect.Event) *Segment {
 	g := ev.Seg
-	from := lc.c.Stack
+	from := lc.us
 	if !g.Out {
 		from = from.Other()
 	}
@@ -186,9 +190,9 @@ func (l *Live) fault(lc *liveConn, ev inspect.Event) {
 	}
 	d := s.Conns[0].Segs[0]
 	out := faultOut(&ev)
-	d.From = lc.c.Stack
+	d.From = lc.us
 	if !out {
-		d.From = lc.c.Stack.Other()
+		d.From = lc.us.Other()
 	}
 	if h := lc.held; out && h != nil && h.AbsSeq == d.AbsSeq && h.Flags == d.Flags && h.Len == d.Len {
 		h.Dropped, h.DropRule, h.Fate = true, d.DropRule, d.Fate

@@ -77,7 +77,8 @@ func hasData(c *Conn, d Side) bool {
 // timeSeq is tcptrace's time-sequence graph of what d sends: each data
 // segment a bar from seq to seq+len in d's colour (retransmissions in red
 // with an R, drops with a cross), the receiver's ACK line and window line
-// (ACK + window) as steps in its colour, its SACK blocks as green bars.
+// (ACK + window) as steps in its colour, its SACK blocks as green bars,
+// and each side's state changes its stack reported (stateLines).
 func timeSeq(s *Session, c *Conn, d Side) *plot {
 	if !hasData(c, d) {
 		return nil
@@ -139,7 +140,29 @@ func timeSeq(s *Session, c *Conn, d Side) *plot {
 	o := d.Other()
 	p.line("ack", dirColour(o), false, true, acks, o.String()+"'s ACK")
 	p.line("rwnd", dirColour(o), true, true, rwnd, label)
+	stateLines(p, s, c)
 	return p
+}
+
+// stateLines marks each side's state changes, as its stack reported them,
+// with a dotted line in the side's colour (classes "state-client",
+// "state-server"; "~" before a state whose time is a bound, Approximate).
+func stateLines(p *plot, s *Session, c *Conn) {
+	for i := range c.Events {
+		ev := &c.Events[i]
+		if ev.Kind != inspect.KindState {
+			continue
+		}
+		side := c.SideOf(ev)
+		name := ev.To.String()
+		if Approximate(ev) {
+			name = "~" + name
+		}
+		x := s.Rel(ev.Time)
+		p.vline("state-"+side.String(), dirColour(side), x, name,
+			fmt.Sprintf("%.6fs %s: %s -> %s", x, stackName(c, side), ev.From, name))
+		p.addLegend("state-"+side.String(), dirColour(side), stackName(c, side)+" states")
+	}
 }
 
 // throughput is the new data each side sent per interval (tcptrace's
@@ -208,21 +231,18 @@ func inflight(s *Session, c *Conn) *plot {
 		}
 		p.line("inflight-wire", dirColour(d), true, true, pts, d.String()+"'s, seen on the wire")
 	}
-	if c.HasEvents {
+	for _, side := range stackSides(c) {
 		var pts [][2]float64
-		for i := range c.Events {
-			ev := &c.Events[i]
-			if ev.Kind == inspect.KindFault {
-				continue
-			}
+		for _, ev := range sideEvents(c, side) {
 			y := math.NaN()
-			if ev.N.Known {
-				y = float64(ev.N.SndNxt - ev.N.SndUna)
+			if has(&ev.N, inspect.FieldSndUna|inspect.FieldSndNxt) {
+				// Absolute or relative, the difference is the same.
+				y = float64(int32(ev.N.SndNxt - ev.N.SndUna))
 			}
 			pts = append(pts, [2]float64{s.Rel(ev.Time), y})
 		}
 		if hasKnown(pts) {
-			p.line("inflight-stack", colCwnd, false, true, pts, "snd.nxt - snd.una (the stack's)")
+			p.line(sideClass("inflight-stack", side), stackColour(c, side, colCwnd), false, true, pts, "snd.nxt - snd.una, "+stackName(c, side))
 		}
 	}
 	if p.Empty() {
@@ -240,66 +260,114 @@ func hasKnown(pts [][2]float64) bool {
 	return false
 }
 
-// cwnd is the stack's congestion window and slow-start threshold at each
-// of its events; an unknown number or an unset ssthresh is a gap.
-func cwnd(s *Session, c *Conn) *plot {
-	if !c.HasEvents {
-		return nil
+// stackSides are the sides whose stacks reported events, client first.
+func stackSides(c *Conn) []Side {
+	var out []Side
+	for _, side := range []Side{Client, Server} {
+		if c.Reported[side] != "" {
+			out = append(out, side)
+		}
 	}
-	p := newPlot("congestion window ("+c.Stack.String()+"'s stack)", "time (s)", "segments")
-	var cw, ss [][2]float64
+	return out
+}
+
+// sideEvents are the events of side's stack that carry its numbers (a
+// fault event has none).
+func sideEvents(c *Conn, side Side) []*inspect.Event {
+	var out []*inspect.Event
 	for i := range c.Events {
 		ev := &c.Events[i]
-		if ev.Kind == inspect.KindFault {
-			continue
+		if ev.Kind != inspect.KindFault && c.SideOf(ev) == side {
+			out = append(out, ev)
 		}
-		x := s.Rel(ev.Time)
-		a, b := math.NaN(), math.NaN()
-		if ev.N.Known {
-			a = float64(ev.N.Cwnd)
-			if ev.N.Ssthresh > 0 && ev.N.Ssthresh < math.MaxInt32 {
+	}
+	return out
+}
+
+// stackName is a side's name in a legend: "server (netstack)", "client
+// (kernel)".
+func stackName(c *Conn, side Side) string { return side.String() + " (" + c.Reported[side] + ")" }
+
+// sideClass is an SVG class for side's line: the server's is base, the
+// client's base-client.
+func sideClass(base string, side Side) string {
+	if side == Client {
+		return base + "-client"
+	}
+	return base
+}
+
+// stackColour is the colour of side's own line: one when only one side
+// reported, else the side's colour.
+func stackColour(c *Conn, side Side, one string) string {
+	if len(stackSides(c)) == 1 {
+		return one
+	}
+	return dirColour(side)
+}
+
+// has reports whether the stack had all the numbers f (a kernel's event
+// lacks some: rcv.nxt, rto, rttvar).
+func has(n *inspect.Numbers, f inspect.Field) bool { return n.Known && n.Missing&f == 0 }
+
+// cwnd is each stack's congestion window and slow-start threshold at each
+// of its events; an unknown number or an unset ssthresh is a gap.
+func cwnd(s *Session, c *Conn) *plot {
+	p := newPlot("congestion window", "time (s)", "segments")
+	for _, side := range stackSides(c) {
+		var cw, ss [][2]float64
+		for _, ev := range sideEvents(c, side) {
+			x := s.Rel(ev.Time)
+			a, b := math.NaN(), math.NaN()
+			if has(&ev.N, inspect.FieldCwnd) {
+				a = float64(ev.N.Cwnd)
+			}
+			if has(&ev.N, inspect.FieldSsthresh) && ev.N.Ssthresh > 0 && ev.N.Ssthresh < math.MaxInt32 {
 				b = float64(ev.N.Ssthresh)
 			}
+			cw = append(cw, [2]float64{x, a})
+			ss = append(ss, [2]float64{x, b})
 		}
-		cw = append(cw, [2]float64{x, a})
-		ss = append(ss, [2]float64{x, b})
+		if !hasKnown(cw) {
+			continue
+		}
+		p.line(sideClass("cwnd", side), stackColour(c, side, colCwnd), false, true, cw, "cwnd, "+stackName(c, side))
+		if hasKnown(ss) {
+			p.line(sideClass("ssthresh", side), stackColour(c, side, colSsth), true, true, ss, "ssthresh, "+stackName(c, side))
+		}
 	}
-	if !hasKnown(cw) {
+	if p.Empty() {
 		return nil
 	}
 	p.note = "at each of the stack's events; ssthresh drawn once set"
-	p.line("cwnd", colCwnd, false, true, cw, "cwnd")
-	if hasKnown(ss) {
-		p.line("ssthresh", colSsth, true, true, ss, "ssthresh")
+	if len(stackSides(c)) == 2 {
+		p.note = "at each of each stack's events; ssthresh drawn once set"
 	}
 	return p
 }
 
-// rtt is the stack's srtt, rttvar and rto at each of its events, and the
+// rtt is each stack's srtt, rttvar and rto at each of its events (those it
+// has: the kernel's tcp_probe reports srtt only), and the
 // RTT samples the wire shows (a data segment to the first ACK covering it,
 // retransmitted ones left out, as Karn's rule says).
 func rtt(s *Session, c *Conn) *plot {
 	p := newPlot("round-trip time", "time (s)", "ms (log scale)")
-	if c.HasEvents {
+	reported := false // some events carry rttvar (ours do; tcp_probe's do not)
+	for _, side := range stackSides(c) {
 		var sr, rv, rto [][2]float64
-		reported := false // the events carry rttvar (ours do; tcp_probe's do not)
-		for i := range c.Events {
-			ev := &c.Events[i]
-			if ev.Kind == inspect.KindFault {
-				continue
-			}
+		for _, ev := range sideEvents(c, side) {
 			x := s.Rel(ev.Time)
 			a, v, b := math.NaN(), math.NaN(), math.NaN()
-			if ev.N.Known {
+			if has(&ev.N, inspect.FieldRTO) {
 				b = float64(ev.N.RTO) / 1e6
-				if ev.N.SRTTKnown {
-					a = float64(ev.N.SRTT) / 1e6
-				}
-				if ev.N.RTTVarKnown() {
-					v = float64(ev.N.RTTVar) / 1e6
-				}
-				reported = reported || ev.N.Missing&inspect.FieldRTTVar == 0
 			}
+			if ev.N.Known && ev.N.SRTTKnown {
+				a = float64(ev.N.SRTT) / 1e6
+			}
+			if ev.N.RTTVarKnown() {
+				v = float64(ev.N.RTTVar) / 1e6
+			}
+			reported = reported || has(&ev.N, inspect.FieldRTTVar)
 			sr = append(sr, [2]float64{x, a})
 			rv = append(rv, [2]float64{x, v})
 			rto = append(rto, [2]float64{x, b})
@@ -307,18 +375,27 @@ func rtt(s *Session, c *Conn) *plot {
 		// On a lab's path srtt is microseconds and rto at least 200 ms: a
 		// linear axis would flatten srtt and rttvar onto zero.
 		p.logY = true
+		who := stackName(c, side)
 		if hasKnown(sr) {
-			p.line("srtt", colCwnd, false, true, sr, "srtt (the stack's)")
+			p.line(sideClass("srtt", side), stackColour(c, side, colCwnd), false, true, sr, "srtt, "+who)
 		}
 		if hasKnown(rv) {
-			p.line("rttvar", colSsth, true, true, rv, "rttvar (the stack's)")
+			p.line(sideClass("rttvar", side), colSsth, true, true, rv, "rttvar, "+who)
 		}
 		if hasKnown(rto) {
-			p.line("rto", colRTO, true, true, rto, "rto (the stack's)")
+			p.line(sideClass("rto", side), colRTO, true, true, rto, "rto, "+who)
 		}
+	}
+	if c.HasEvents() {
 		p.note = "the stack's, at its events: rto = srtt + 4 rttvar (at least its minimum), doubled at each expiry"
 		if !reported {
 			p.note = "rttvar is not in these events"
+		}
+		for _, side := range stackSides(c) {
+			if c.Reported[side] == inspect.StackKernel {
+				p.note = "each stack's, at its events: rto = srtt + 4 rttvar, doubled at each expiry; the kernel's have no rttvar or rto"
+				break
+			}
 		}
 	}
 	for _, d := range []Side{Client, Server} {

@@ -32,7 +32,8 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;paddin
 
 // Report writes one self-contained HTML page: the lesson, the verdicts,
 // the ladder (with each rule as a tooltip and, under it, the explained
-// ladder), the graphs as inline SVG and the stack's events as a table.
+// ladder), the graphs as inline SVG and both stacks' events as a table
+// (each with its side and stack).
 // It references nothing outside itself.
 func Report(w io.Writer, s *Session, info ReportInfo) error {
 	var b strings.Builder
@@ -69,7 +70,7 @@ func Report(w io.Writer, s *Session, info ReportInfo) error {
 			fmt.Fprintf(&b, "<div class=\"fig\" id=\"%s\">\n%s</div>\n", e(f.Name), f.SVG)
 		}
 	}
-	b.WriteString("<h2>Timeline (the stack's events)</h2>\n<table class=\"timeline\"><tr><th>t (s)</th><th>connection</th><th>event</th><th>cause</th><th>numbers</th><th>rule</th></tr>\n")
+	b.WriteString("<h2>Timeline (the stacks' events)</h2>\n<table class=\"timeline\"><tr><th>t (s)</th><th>connection</th><th>side (stack)</th><th>event</th><th>cause</th><th>numbers</th><th>rule</th></tr>\n")
 	for _, c := range s.Conns {
 		for k := range c.Events {
 			ev := &c.Events[k]
@@ -85,8 +86,8 @@ func Report(w io.Writer, s *Session, info ReportInfo) error {
 			if r, ok := ExplainEvent(ev); ok {
 				rule = r.Cite
 			}
-			fmt.Fprintf(&b, "<tr><td>%.6f</td><td>%s</td><td>%s</td><td>%s</td><td><code>%s</code></td><td>%s</td></tr>\n",
-				s.Rel(ev.Time), e(ev.Conn.Remote.String()), e(what), e(ev.Cause), e(nums), e(rule))
+			fmt.Fprintf(&b, "<tr><td>%.6f</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td><code>%s</code></td><td>%s</td></tr>\n",
+				s.Rel(ev.Time), e(c.Name()), e(stackName(c, c.SideOf(ev))), e(what), e(ev.Cause), e(nums), e(rule))
 		}
 	}
 	b.WriteString("</table>\n<p class=\"why\">Written by tcp-upper-lab; this page fetches nothing.</p>\n</body></html>\n")

@@ -5,11 +5,12 @@
 // notable segment (--explain).
 //
 // The wire comes from a capture (pcap or pcapng, read by netstack/pcap);
-// states, timers and the stack's numbers come only from the stack's own
-// events (events.jsonl, as the server's --events-format json and the
-// experiments write it): nothing here infers a state from the wire. A
-// number the stack did not have (null in JSON) is left out, never drawn
-// as zero.
+// states, timers and numbers come only from the stacks' own events
+// (events.jsonl, as the server's --events-format json and the experiments
+// write it: ours, and the kernel client's from its tracepoints), each
+// drawn on the side whose stack reported it: nothing here infers a state
+// from the wire. A number a stack did not have (null in JSON) is left
+// out, never drawn as zero.
 package viz
 
 import (
@@ -109,11 +110,35 @@ type Conn struct {
 	WScale [2]int
 	MSS    [2]int
 	Segs   []Segment
-	// Events are the stack's events about this connection, in time order;
-	// Stack is the end whose stack reported them (HasEvents false: none).
-	Events    []inspect.Event
-	Stack     Side
-	HasEvents bool
+	// Events are the stacks' events about this connection, in time
+	// order: our stack's and, when the file has them, the kernel's (an
+	// experiment records the kernel client's). Each belongs to the side
+	// whose stack reported it (SideOf: the event's local address is that
+	// side's). Reported names each side's stack (inspect.StackNetstack or
+	// StackKernel), empty when that side reported nothing.
+	Events   []inspect.Event
+	Reported [2]string
+}
+
+// SideOf is the side whose stack reported ev: the one at its local
+// address.
+func (c *Conn) SideOf(ev *inspect.Event) Side {
+	if ev.Conn.Local == c.Addr[Client] {
+		return Client
+	}
+	return Server
+}
+
+// HasEvents reports whether either side's stack reported events.
+func (c *Conn) HasEvents() bool { return c.Reported[Client] != "" || c.Reported[Server] != "" }
+
+// stackOf is the stack that reported ev: ours unless it says the kernel
+// (events recorded before they carried a stack are ours).
+func stackOf(ev *inspect.Event) string {
+	if ev.Stack == inspect.StackKernel {
+		return inspect.StackKernel
+	}
+	return inspect.StackNetstack
 }
 
 // Name is "client > server".
@@ -375,21 +400,13 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 			add(rawSeg{t: ev.Time, src: src, dst: dst, flags: flags, seq: uint32(seq), ack: uint32(ack), len: n, mss: -1, ws: -1, dropped: true, rule: rule, fate: fate})
 		}
 	}
-	// A connection is drawn with one stack's events (Conn.Stack): ours
-	// when an experiment's events.jsonl also has the kernel client's.
-	for k, evs := range evByKey {
-		evByKey[k] = oneStack(evs)
+	for _, evs := range evByKey {
+		sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
 	}
 	for _, k := range order {
 		c := buildConn(byKey[k])
 		if evs := evByKey[k]; len(evs) > 0 {
-			c.Events = evs
-			c.HasEvents = true
-			c.Stack = Server
-			if evs[0].Conn.Local == c.Addr[Client] {
-				c.Stack = Client
-			}
-			sort.SliceStable(c.Events, func(i, j int) bool { return c.Events[i].Time.Before(c.Events[j].Time) })
+			c.setEvents(evs)
 			// The stack's ISNs name the sides' sequence spaces when the
 			// capture has no SYN.
 			fixISN(c, evs)
@@ -409,15 +426,17 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 	})
 	for _, k := range evOnly {
 		evs := evByKey[k]
-		sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
-		c := &Conn{WScale: [2]int{-1, -1}, Events: evs, HasEvents: true, Stack: Server}
-		local, remote := evs[0].Conn.Local, evs[0].Conn.Remote
+		// The end that connected (SYN-SENT) is the client; without one,
+		// the first event's stack is taken for the server.
+		c := &Conn{WScale: [2]int{-1, -1}}
+		c.Addr[Server], c.Addr[Client] = evs[0].Conn.Local, evs[0].Conn.Remote
 		for _, ev := range evs {
-			if ev.Kind == inspect.KindState && ev.From == inspect.SynSent {
-				c.Stack = Client // it connected: it is the client
+			if ev.Kind == inspect.KindState && (ev.From == inspect.SynSent || ev.To == inspect.SynSent) {
+				c.Addr[Client], c.Addr[Server] = ev.Conn.Local, ev.Conn.Remote
+				break
 			}
 		}
-		c.Addr[c.Stack], c.Addr[c.Stack.Other()] = local, remote
+		c.setEvents(evs)
 		s.Conns = append(s.Conns, c)
 	}
 	for _, c := range s.Conns {
@@ -469,15 +488,26 @@ func firstTime(c *Conn) time.Time {
 	return t
 }
 
+// setEvents gives c its stacks' events (in time order) and notes which
+// sides reported them.
+func (c *Conn) setEvents(evs []inspect.Event) {
+	c.Events = evs
+	for i := range evs {
+		c.Reported[c.SideOf(&evs[i])] = stackOf(&evs[i])
+	}
+}
+
 // fixISN recomputes relative numbers when the capture had no SYN of a
-// side but the stack's events know its ISN.
+// side but a stack's events know both ISNs.
 func fixISN(c *Conn, evs []inspect.Event) {
-	for _, ev := range evs {
+	for i := range evs {
+		ev := &evs[i]
 		if !ev.ISSKnown || !ev.IRSKnown {
 			continue
 		}
 		isn := c.ISN
-		isn[c.Stack], isn[c.Stack.Other()] = ev.ISS, ev.IRS
+		side := c.SideOf(ev)
+		isn[side], isn[side.Other()] = ev.ISS, ev.IRS
 		if isn != c.ISN && !c.hasSYN() {
 			c.ISN = isn
 			c.relativize()
@@ -609,23 +639,3 @@ func (s *Session) Rel(t time.Time) float64 { return t.Sub(s.Start).Seconds() }
 
 // ErrEmpty says a capture holds no TCP.
 var ErrEmpty = errors.New("no TCP segments in the capture")
-
-// oneStack is evs without the kernel's events if any are our stack's (the
-// tracker's, and the fault layer's it injects): the ladder and graphs
-// draw one end's states and numbers.
-func oneStack(evs []inspect.Event) []inspect.Event {
-	ours := false
-	for i := range evs {
-		ours = ours || evs[i].Stack != inspect.StackKernel
-	}
-	if !ours {
-		return evs
-	}
-	out := evs[:0:0]
-	for _, ev := range evs {
-		if ev.Stack != inspect.StackKernel {
-			out = append(out, ev)
-		}
-	}
-	return out
-}

@@ -23,6 +23,10 @@ type chart struct {
 	// microseconds under an rto of seconds). Values at or below 0 sit on
 	// the axis.
 	logY bool
+	// lastLabel is where the latest labelled vline is (in pixels), once
+	// one is (labelled), while drawing.
+	labelled  bool
+	lastLabel float64
 }
 
 type legendItem struct{ class, colour, label string }
@@ -135,6 +139,29 @@ func (p *plot) mark(class, colour, shape string, x, y float64, tip string) {
 	})
 }
 
+// vline is a dotted vertical line at x across the plot (an instant: a
+// state change), with label written down from the top beside it unless
+// the previous vline was labelled within 12 pixels (a cluster shows its
+// first label; every line has its tooltip, tip).
+func (p *plot) vline(class, colour string, x float64, label, tip string) {
+	if math.IsNaN(x) {
+		return
+	}
+	p.x0, p.x1 = math.Min(p.x0, x), math.Max(p.x1, x)
+	p.els = append(p.els, func(c *chart, b *strings.Builder) {
+		X := c.px(x)
+		T, B := padT, c.h-padB
+		fmt.Fprintf(b, `<line class="%s" x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="%s" stroke-width="1" stroke-dasharray="1,3"><title>%s</title></line>`+"\n",
+			class, X, T, X, B, colour, html.EscapeString(tip))
+		if c.labelled && X-c.lastLabel < 12 {
+			return
+		}
+		c.labelled, c.lastLabel = true, X
+		fmt.Fprintf(b, `<text class="%s label" transform="translate(%.1f %.0f) rotate(90)" fill="%s" font-size="9">%s<title>%s</title></text>`+"\n",
+			class, X+2, T+2, colour, html.EscapeString(label), html.EscapeString(tip))
+	})
+}
+
 // line draws a polyline through pts; a NaN y (a number the stack did not
 // have) breaks it. step draws it as a staircase (a value holds until the
 // next).
@@ -178,6 +205,22 @@ func (p *plot) line(class, colour string, dashed, step bool, pts [][2]float64, l
 				class, r, colour, dash, html.EscapeString(label))
 		}
 	})
+}
+
+// legendWidth is how wide a legend item is drawn.
+func legendWidth(l legendItem) float64 { return 24 + 6.2*float64(len(l.label)) }
+
+// legendRows is how many rows the legend takes.
+func legendRows(c *chart) int {
+	rows, x := 1, padL
+	for _, l := range c.legend {
+		w := legendWidth(l)
+		if x+w > c.w && x > padL {
+			rows, x = rows+1, padL
+		}
+		x += w
+	}
+	return rows
 }
 
 // niceStep is a round tick spacing giving about n ticks over span.
@@ -240,6 +283,11 @@ func (p *plot) SVG() string {
 	if !c.logY {
 		c.y1 += (c.y1 - c.y0) * 0.05
 	}
+	// Room for the legend: two rows under the x label, more make the
+	// graph taller.
+	if rows := legendRows(c); rows > 2 {
+		c.h += 14 * float64(rows-2)
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" class="tcp-graph" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="11">`+"\n", c.w, c.h, c.w, c.h)
 	fmt.Fprintf(&b, `<title>%s</title>`+"\n", html.EscapeString(c.title))
@@ -282,9 +330,9 @@ func (p *plot) SVG() string {
 	}
 	b.WriteString("</g>\n")
 	// Legend, under the x label.
-	x, y := L, c.h-30
+	x, y := L, c.h-padB+44
 	for _, l := range c.legend {
-		w := 24 + 6.2*float64(len(l.label))
+		w := legendWidth(l)
 		if x+w > c.w && x > L {
 			x, y = L, y+14
 		}

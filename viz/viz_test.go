@@ -10,7 +10,10 @@ import (
 	"strings"
 	"testing"
 
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -18,8 +21,9 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // The committed experiments: capture.pcap and events.jsonl as
 // tcp-upper-lab run NAME --seed 7 left them (fast-retransmit's and
 // corruption's captures cut to 96 bytes a packet with editcap -s 96).
-// blackhole's events carry rttvar and the kernel client's events too (the
-// others were recorded before either).
+// blackhole's events carry rttvar; blackhole's, handshake's and
+// time-wait's carry the kernel client's events too (the others were
+// recorded before the kernel's were).
 var experiments = []string{"handshake", "syn-loss", "syn-ack-loss", "data-loss-rto", "fast-retransmit", "corruption", "time-wait", "blackhole"}
 
 func load(t *testing.T, name string) *Session {
@@ -104,20 +108,202 @@ func inOrder(got, want []string) bool {
 // The lessons' stories, in the right order: arrows, states, marks.
 func TestLadderStructure(t *testing.T) {
 	for name, want := range map[string][]string{
-		"handshake":       {"client>S", "server:SYN-RCVD", "server>S.", "client>.", "server:ESTABLISHED"},
+		"handshake":       {"client:SYN-SENT", "client>S", "server:SYN-RCVD", "server>S.", "client:ESTABLISHED", "client>.", "server:ESTABLISHED", "client:FIN-WAIT-1", "client>F.", "client:FIN-WAIT-2", "client:TIME-WAIT", "server:CLOSE-WAIT", "server:LAST-ACK", "server>F.", "client>.", "server:CLOSED"},
 		"syn-loss":        {"client>S/X", "client>S/retx/X", "client>S/retx", "server:SYN-RCVD", "server>S.", "server:ESTABLISHED"},
 		"syn-ack-loss":    {"client>S", "server:SYN-RCVD", "server>S./X", "server>S./retx", "server:ESTABLISHED"},
 		"data-loss-rto":   {"server:ESTABLISHED", "server>P./X", "server:*RTO", "server>P./retx", "server:FIN-WAIT-1", "server>F."},
 		"fast-retransmit": {"server>./X", "client>.", "server:*3rd", "server:*fast", "server>./retx", "server:*recovery"},
 		"corruption":      {"server:ESTABLISHED", "client>./X", "client>./X", "client>./X", "client>./retx", "server>.", "client>./retx", "client>./retx"},
-		"time-wait":       {"server:FIN-WAIT-1", "server>F.", "client>F.", "server>./X", "server:TIME-WAIT", "client>F./retx", "server>.", "server:CLOSED"},
-		// The kernel client's events are in the file too: the ladder
-		// draws the server's states only, so SYN-SENT is not in it.
-		"blackhole": {"client>S", "server:SYN-RCVD", "server:ESTABLISHED", "server>P./X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx", "server:CLOSE-WAIT"},
+		"time-wait":       {"client:ESTABLISHED", "server:FIN-WAIT-1", "server>F.", "client:CLOSE-WAIT", "client:LAST-ACK", "client>F.", "server>./X", "server:TIME-WAIT", "client:*retransmit", "client>F./retx", "server>.", "client:CLOSED", "server:CLOSED"},
+		// Both ends' states: the kernel client's on the left.
+		"blackhole": {"client:SYN-SENT", "client>S", "server:SYN-RCVD", "client:ESTABLISHED", "server:ESTABLISHED", "server>P./X", "server:*RTO", "server>P./retx/X", "client:*retransmit", "client>P./retx", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx/X", "server:*RTO", "server>P./retx", "client:FIN-WAIT-1", "client>F.", "client:FIN-WAIT-2", "server:CLOSE-WAIT", "server:LAST-ACK", "server>F.", "server:CLOSED", "client:TIME-WAIT"},
 	} {
 		got := rowSummary(load(t, name).Conns[0])
 		if !inOrder(got, want) {
 			t.Errorf("%s: want in order %v\ngot %v", name, want, got)
+		}
+	}
+}
+
+// rowIndex is the index of the first row at or after from that ok accepts
+// (-1: none).
+func rowIndex(rows []Row, from int, ok func(r *Row) bool) int {
+	for i := max(from, 0); i < len(rows); i++ {
+		if ok(&rows[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// Both ends' own states: each event on the side whose stack reported it
+// (its local address), the kernel client's states on the left in the
+// order its tracepoints gave them, at heights that fit the arrows: the
+// kernel's ESTABLISHED after the SYN-ACK reached it and before its ACK,
+// FIN-WAIT-1 before its FIN, FIN-WAIT-2 after the ACK of it, CLOSE-WAIT
+// after the server's FIN, LAST-ACK before its own, CLOSED after the ACK
+// of it. The TIME-WAIT that sock_diag saw (no tracepoint marks it) is
+// marked approximate.
+func TestLadderBothEnds(t *testing.T) {
+	for name, want := range map[string][]string{
+		"handshake": {"SYN-SENT", "ESTABLISHED", "FIN-WAIT-1", "FIN-WAIT-2", "TIME-WAIT"},
+		"blackhole": {"SYN-SENT", "ESTABLISHED", "FIN-WAIT-1", "FIN-WAIT-2", "TIME-WAIT"},
+		"time-wait": {"SYN-SENT", "ESTABLISHED", "CLOSE-WAIT", "LAST-ACK", "CLOSED"},
+	} {
+		c := load(t, name).Conns[0]
+		if c.Reported != [2]string{inspect.StackKernel, inspect.StackNetstack} {
+			t.Fatalf("%s: reported %q, want the kernel client and our server", name, c.Reported)
+		}
+		rows := Rows(c)
+		var states []string
+		at := map[string]int{}
+		for i := range rows {
+			r := &rows[i]
+			if r.Ev == nil {
+				continue
+			}
+			if wantSide := map[string]Side{inspect.StackKernel: Client, inspect.StackNetstack: Server}[stackOf(r.Ev)]; r.Side != wantSide {
+				t.Errorf("%s: %s's row %q on the %s's side", name, stackOf(r.Ev), r.Text, r.Side)
+			}
+			if r.Kind == RowState && r.Side == Client {
+				states = append(states, r.Text)
+				at[r.Text] = i
+				if r.Approx != (r.Text == "TIME-WAIT") {
+					t.Errorf("%s: %s approximate %v", name, r.Text, r.Approx)
+				}
+			}
+		}
+		if strings.Join(states, " ") != strings.Join(want, " ") {
+			t.Errorf("%s: the client's states %v, want %v", name, states, want)
+		}
+		seg := func(from Side, ok func(g *Segment) bool) func(r *Row) bool {
+			return func(r *Row) bool { return r.Kind == RowSegment && r.Seg.From == from && ok(r.Seg) }
+		}
+		flags := func(f header.TCPFlags) func(g *Segment) bool {
+			return func(g *Segment) bool { return g.Flags&f == f }
+		}
+		syn := rowIndex(rows, 0, seg(Client, flags(header.TCPFlagSyn)))
+		synAck := rowIndex(rows, 0, seg(Server, flags(header.TCPFlagSyn|header.TCPFlagAck)))
+		ack := rowIndex(rows, synAck+1, seg(Client, func(*Segment) bool { return true }))
+		if !(at["SYN-SENT"] < syn && synAck < at["ESTABLISHED"] && at["ESTABLISHED"] < ack) {
+			t.Errorf("%s: SYN-SENT at row %d, SYN %d, SYN-ACK %d, ESTABLISHED %d, ACK %d", name, at["SYN-SENT"], syn, synAck, at["ESTABLISHED"], ack)
+		}
+		fin := rowIndex(rows, 0, seg(Client, flags(header.TCPFlagFin)))
+		finEnd := rows[fin].Seg.Seq + rows[fin].Seg.Consumes()
+		finAcked := rowIndex(rows, fin, seg(Server, func(g *Segment) bool { return !g.Dropped && int32(g.Ack-finEnd) >= 0 }))
+		if i, ok := at["FIN-WAIT-1"]; ok && !(i < fin && finAcked < at["FIN-WAIT-2"]) {
+			t.Errorf("%s: FIN-WAIT-1 at row %d, FIN %d, its ACK %d, FIN-WAIT-2 %d", name, i, fin, finAcked, at["FIN-WAIT-2"])
+		}
+		if i, ok := at["CLOSE-WAIT"]; ok {
+			peerFin := rowIndex(rows, 0, seg(Server, flags(header.TCPFlagFin)))
+			if !(peerFin < i && at["LAST-ACK"] < fin && finAcked < at["CLOSED"]) {
+				t.Errorf("%s: server's FIN at row %d, CLOSE-WAIT %d, LAST-ACK %d, FIN %d, its ACK %d, CLOSED %d", name, peerFin, i, at["LAST-ACK"], fin, finAcked, at["CLOSED"])
+			}
+		}
+		// Drawn left of the client's lifeline, the server's right of
+		// the server's; the header says whose they are.
+		var b bytes.Buffer
+		if err := Ladder(&b, load(t, name), LadderOptions{Width: 80}); err != nil {
+			t.Fatal(err)
+		}
+		out := b.String()
+		for _, st := range want {
+			if !regexp.MustCompile(`(?m)^[0-9.]+ +~?` + st + ` \|  +\|$`).MatchString(out) {
+				t.Errorf("%s: no %s left of the client's lifeline in\n%s", name, st, out)
+			}
+		}
+		if !regexp.MustCompile(`(?m)\| +\| ESTABLISHED$`).MatchString(out) {
+			t.Errorf("%s: the server's ESTABLISHED not right of its lifeline", name)
+		}
+		if !strings.Contains(out, "client: the kernel's tracepoints") || !strings.Contains(out, "server: our stack's events") {
+			t.Errorf("%s: the header does not say whose states are where:\n%s", name, out[:strings.Index(out, "0.000000")])
+		}
+	}
+}
+
+// One end's events only: what there is is drawn, on the side whose local
+// address the events have, and the header says the other side has none.
+// The side is the event's address, not the stack's name: our stack as the
+// client, the kernel as the server.
+func TestLadderOneEnd(t *testing.T) {
+	all, err := ReadEvents("testdata/blackhole/events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pick := func(stack, as string) []inspect.Event {
+		var out []inspect.Event
+		for _, ev := range all {
+			if ev.Stack == stack {
+				ev.Stack = as
+				out = append(out, ev)
+			}
+		}
+		return out
+	}
+	pkts, err := pcap.ReadFile("testdata/blackhole/capture.pcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		what        string
+		evs         []inspect.Event
+		side        Side
+		left, right string
+	}{
+		{"the kernel client's only", pick(inspect.StackKernel, inspect.StackKernel), Client, "client: the kernel's tracepoints", "server: no events"},
+		{"our server's only", pick(inspect.StackNetstack, inspect.StackNetstack), Server, "client: no events", "server: our stack's events"},
+		{"our stack as the client", pick(inspect.StackKernel, inspect.StackNetstack), Client, "client: our stack's events", "server: no events"},
+		{"the kernel as the server", pick(inspect.StackNetstack, inspect.StackKernel), Server, "client: no events", "server: the kernel's tracepoints"},
+	} {
+		s := Build(pkts, tc.evs)
+		c := s.Conns[0]
+		states := 0
+		for _, r := range Rows(c) {
+			if r.Kind == RowState {
+				states++
+				if r.Side != tc.side {
+					t.Errorf("%s: %s on the %s's side", tc.what, r.Text, r.Side)
+				}
+			}
+		}
+		if states < 4 {
+			t.Errorf("%s: %d state rows", tc.what, states)
+		}
+		var b bytes.Buffer
+		if err := Ladder(&b, s, LadderOptions{Width: 80}); err != nil {
+			t.Fatal(err)
+		}
+		head := strings.Split(b.String(), "\n")[1]
+		if !strings.Contains(head, tc.left) || !strings.Contains(head, tc.right) {
+			t.Errorf("%s: header %q, want %q and %q", tc.what, head, tc.left, tc.right)
+		}
+	}
+	// A capture without events: the wire only.
+	var b bytes.Buffer
+	if err := Ladder(&b, Build(pkts, nil), LadderOptions{Width: 80}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "no stack events: the wire only") {
+		t.Errorf("no events:\n%s", b.String())
+	}
+}
+
+// Narrow and wall-clock ladders keep both ends' states in their columns:
+// the header goes on two lines when one is too narrow.
+func TestLadderBothEndsNarrow(t *testing.T) {
+	for _, opts := range []LadderOptions{{Width: MinWidth}, {Width: MinWidth, Absolute: true}, {Width: 120, Absolute: true}} {
+		var b bytes.Buffer
+		if err := Ladder(&b, load(t, "blackhole"), opts); err != nil {
+			t.Fatal(err)
+		}
+		out := b.String()
+		for i, l := range strings.Split(out, "\n") {
+			if n := len([]rune(l)); n > opts.Width {
+				t.Errorf("%+v: line %d is %d columns: %q", opts, i+1, n, l)
+			}
+		}
+		if !regexp.MustCompile(`(?m) ESTABLISHED \|  +\|$`).MatchString(out) || !strings.Contains(out, "client: the kernel's tracepoints") {
+			t.Errorf("%+v:\n%s", opts, out)
 		}
 	}
 }
@@ -234,6 +420,82 @@ func TestFigures(t *testing.T) {
 	}
 }
 
+// The graphs draw both stacks' numbers when both reported: blackhole's
+// cwnd and srtt lines for the kernel client (classes ending -client,
+// legend "client (kernel)") beside our server's, as many steps as the
+// kernel's events that carry the number (a null one is a gap, never 0),
+// no rto or rttvar line for the kernel (tcp_probe has neither); the
+// time-sequence graph marks each side's state changes.
+func TestFiguresBothEnds(t *testing.T) {
+	s := load(t, "blackhole")
+	c := s.Conns[0]
+	var cw, sr int
+	for _, ev := range sideEvents(c, Client) {
+		if ev.Stack != inspect.StackKernel {
+			t.Fatalf("a %s event on the kernel client's side: %s", ev.Stack, ev.Text())
+		}
+		if has(&ev.N, inspect.FieldCwnd) {
+			cw++
+		}
+		if ev.N.Known && ev.N.SRTTKnown {
+			sr++
+		}
+		if has(&ev.N, inspect.FieldRTO) || ev.N.RTTVarKnown() {
+			t.Errorf("a kernel event with rto or rttvar: %s", ev.Text())
+		}
+	}
+	if cw < 2 || sr < 2 {
+		t.Fatalf("blackhole: %d kernel events with cwnd, %d with srtt", cw, sr)
+	}
+	figs := map[string]string{}
+	for _, f := range Figures(s) {
+		figs[f.Name] = f.SVG
+	}
+	points := func(svg, class string) int {
+		m := regexp.MustCompile(`<polyline class="` + class + `" points="([^"]*)"`).FindStringSubmatch(svg)
+		if m == nil {
+			return 0
+		}
+		return len(strings.Fields(m[1]))
+	}
+	if n := points(figs["c1-cwnd"], "cwnd-client"); n != 2*cw-1 {
+		t.Errorf("the kernel's cwnd staircase has %d points, want %d", n, 2*cw-1)
+	}
+	if n := points(figs["c1-rtt"], "srtt-client"); n != 2*sr-1 {
+		t.Errorf("the kernel's srtt staircase has %d points, want %d", n, 2*sr-1)
+	}
+	for _, want := range []string{"cwnd", "ssthresh"} {
+		if count(classes(figs["c1-cwnd"]), want) != 1 {
+			t.Errorf("no %s line of our server: %v", want, classes(figs["c1-cwnd"]))
+		}
+	}
+	rt := classes(figs["c1-rtt"])
+	if count(rt, "srtt") != 1 || count(rt, "rto") != 1 || count(rt, "rttvar") != 1 || count(rt, "rto-client") != 0 || count(rt, "rttvar-client") != 0 {
+		t.Errorf("rtt graph: %v", rt)
+	}
+	for _, name := range []string{"c1-cwnd", "c1-rtt"} {
+		if !strings.Contains(figs[name], "client (kernel)") || !strings.Contains(figs[name], "server (netstack)") {
+			t.Errorf("%s: legend lacks a stack", name)
+		}
+	}
+	ts := classes(figs["c1-timeseq-server"])
+	states := 0
+	for i := range c.Events {
+		if c.Events[i].Kind == inspect.KindState {
+			states++
+		}
+	}
+	if n := count(ts, "state-client") + count(ts, "state-server"); n != states || count(ts, "state-client") == 0 || count(ts, "state-server") == 0 {
+		t.Errorf("time-sequence graph: %d state lines (client %d, server %d), want %d", n, count(ts, "state-client"), count(ts, "state-server"), states)
+	}
+	// One side's events: its lines only, in the old colours.
+	for _, f := range Figures(load(t, "data-loss-rto")) {
+		if cs := classes(f.SVG); count(cs, "cwnd-client")+count(cs, "srtt-client")+count(cs, "state-client") != 0 {
+			t.Errorf("%s: client lines without the client's events: %v", f.Name, cs)
+		}
+	}
+}
+
 var externalRE = regexp.MustCompile(`(?i)(src\s*=|href\s*=\s*"(?:https?:|//)|url\(|@import|<link|<script[^>]+src)`)
 
 // report.html stands alone: nothing fetched, and it holds the lesson, the
@@ -262,6 +524,32 @@ func TestReportSelfContained(t *testing.T) {
 	Index(&idx, []IndexEntry{{Name: "a", Href: "a/report.html", Pass: true}})
 	if !strings.Contains(idx.String(), `href="a/report.html"`) || externalRE.FindString(strings.ReplaceAll(idx.String(), `href="a/report.html"`, "")) != "" {
 		t.Errorf("index: %s", idx.String())
+	}
+}
+
+// report.html has both ends: the kernel client's states in its ladder
+// (with their rules as tooltips), its lines in the graphs, its events in
+// the timeline with their side.
+func TestReportBothEnds(t *testing.T) {
+	var b bytes.Buffer
+	if err := Report(&b, load(t, "blackhole"), ReportInfo{Name: "blackhole"}); err != nil {
+		t.Fatal(err)
+	}
+	h := b.String()
+	ladder := h[strings.Index(h, `<pre class="ladder">`):]
+	ladder = ladder[:strings.Index(ladder, "</pre>")]
+	for _, want := range []string{
+		`title="RFC 9293 3.5: the application connects`, " SYN-SENT |", " FIN-WAIT-2 |", "~TIME-WAIT |", "client: the kernel&#39;s tracepoints",
+	} {
+		if !strings.Contains(ladder, want) {
+			t.Errorf("the report's ladder lacks %q:\n%s", want, ladder)
+		}
+	}
+	for _, want := range []string{`class="cwnd-client"`, `class="srtt-client"`, `class="state-client"`,
+		"<td>client (kernel)</td><td>SYN-SENT → ESTABLISHED</td>", "<td>server (netstack)</td><td>LISTEN → SYN-RCVD</td>"} {
+		if !strings.Contains(h, want) {
+			t.Errorf("report lacks %q", want)
+		}
 	}
 }
 
@@ -328,7 +616,7 @@ func TestRTTVarGraph(t *testing.T) {
 	if cs := classes(svg); count(cs, "srtt") != 1 || count(cs, "rttvar") != 1 || count(cs, "rto") != 1 {
 		t.Fatalf("rtt graph: %v, want one srtt, rttvar and rto line", cs)
 	}
-	m := regexp.MustCompile(`<polyline class="rttvar" points="([^"]*)"[^>]*stroke-dasharray[^>]*><title>rttvar \(the stack&#39;s\)</title>`).FindStringSubmatch(svg)
+	m := regexp.MustCompile(`<polyline class="rttvar" points="([^"]*)"[^>]*stroke-dasharray[^>]*><title>rttvar, server \(netstack\)</title>`).FindStringSubmatch(svg)
 	if m == nil {
 		t.Fatalf("no dashed rttvar polyline with its tooltip in\n%s", svg)
 	}

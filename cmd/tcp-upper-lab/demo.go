@@ -170,8 +170,8 @@ func (m *memFile) Truncate(n int64) error {
 	return nil
 }
 
-// ladder prints the ladder of the session so far: the server's capture
-// and its stack's events.
+// ladder prints the ladder of the session so far: the server's capture,
+// its stack's events and the kernel client's (each drawn on its side).
 func (d *demo) ladder(s *server) {
 	if err := s.pcap.Flush(); err != nil {
 		return

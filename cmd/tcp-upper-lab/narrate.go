@@ -39,7 +39,7 @@ type narrator struct {
 	all     []string // every trace line, for comparing with tcpdump
 
 	events  []inspect.Event // events not yet printed (the demo's goroutine only)
-	printed []inspect.Event // our stack's events printed so far, for the ladder
+	printed []inspect.Event // the stacks' events printed so far (ours, the kernel client's), for the ladder
 
 	ann annotator
 }
@@ -154,7 +154,12 @@ func (n *narrator) checkpoint() {
 					done = true
 					break
 				}
-				items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: ev.Text(), host: lab.Ant})
+				text := ev.Text()
+				if rule, ok := viz.ExplainEvent(&ev); ok && n.d.explain {
+					text += "\n      why: " + rule.String()
+				}
+				items = append(items, item{at: ev.Time.Format("15:04:05.000000"), ev: true, text: text, host: lab.Ant})
+				n.printed = append(n.printed, ev)
 			default:
 				done = true
 			}

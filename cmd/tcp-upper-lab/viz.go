@@ -83,7 +83,7 @@ func cmdLadder(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	usage := prog + " ladder DIR | --pcap FILE [--events FILE] | --name LAB | --control PATH   [--width N] [--abs] [--explain]"
 	fs := cli.NewFlagSet(prog+" ladder", stderr, usage)
 	pcapPath := fs.String("pcap", "", "a capture (pcap or pcapng; tcpdump -w, the server's --pcap)")
-	events := fs.String("events", "", "the stack's events as JSON lines (--events --events-format json), with --pcap")
+	events := fs.String("events", "", "the stacks' events as JSON lines (--events --events-format json, or an experiment's events.jsonl: ours and the kernel client's), with --pcap")
 	width := fs.Int("width", 80, "columns")
 	abs := fs.Bool("abs", false, "wall-clock times in the margin (default: seconds from the start)")
 	explain := fs.Bool("explain", false, "under each state change, timer and notable segment: the rule that caused it")
@@ -114,7 +114,7 @@ func cmdPlot(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	usage := prog + " plot DIR | FILE.pcap | --pcap FILE [--events FILE] [--out DIR]"
 	fs := cli.NewFlagSet(prog+" plot", stderr, usage)
 	pcapPath := fs.String("pcap", "", "a capture (pcap or pcapng; tcpdump -w, the server's --pcap)")
-	events := fs.String("events", "", "the stack's events as JSON lines (--events --events-format json)")
+	events := fs.String("events", "", "the stacks' events as JSON lines (--events --events-format json, or an experiment's events.jsonl: ours and the kernel client's)")
 	out := fs.String("out", "", "where the SVG files go (default: DIR itself, or the capture's directory)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
