@@ -267,7 +267,7 @@ func (e *Endpoint) deliver(v *buffer.View, o tun.Offload) {
 		v.Release()
 		return
 	}
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: headersApart(v)})
 	if o.NeedsCsum || o.GSO != tun.GSONone {
 		pkt.GSOOptions = stack.GSO{
 			Type:       stack.GSOTCPv4,
@@ -285,6 +285,34 @@ func (e *Endpoint) deliver(v *buffer.View, o tun.Offload) {
 	}
 	d.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
+}
+
+// headersApart makes v a packet payload with the IP and TCP headers of a
+// TCP segment in a small chunk of their own, ahead of the rest of v's.
+//
+// gVisor's IPv4 receive (ipv4.endpoint.HandlePacket) keeps a second
+// reference to the chunk under the IP header while it pulls the header up
+// again, and buffer.Buffer.PullUp copies a shared chunk whole before it
+// hands out a piece of it: with the headers in the read buffer, every
+// segment cost a clear and a copy of that buffer (64 KiB with offloads),
+// 3-5% of the server's CPU under bulk. A header chunk is all it copies
+// now. Anything but a well-formed, unfragmented TCP segment with payload
+// stays in one piece: the stack pulls up no more than the IP header and
+// the TCP header (data offset) of a segment, so the payload is never
+// pulled up across the two.
+func headersApart(v *buffer.View) buffer.Buffer {
+	var d pkt.Parsed
+	b := v.AsSlice()
+	d.Decode(b)
+	n := d.IPHdrLen + d.TCPHdrLen
+	if !d.IsTCP() || d.More || n >= len(b) {
+		return buffer.MakeWithView(v)
+	}
+	h := buffer.MakeWithView(buffer.NewViewWithData(b[:n]))
+	v.TrimFront(n)
+	rest := buffer.MakeWithView(v)
+	h.Merge(&rest)
+	return h
 }
 
 type checksumVerdict int
