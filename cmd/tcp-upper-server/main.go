@@ -57,13 +57,14 @@ type config struct {
 	userTO   time.Duration
 	obs      watch.Flags
 	cpuProf  string
+	memProf  string
 	user     *account // --user: whom to become once the device and files are open
 }
 
 // netstackOnly are the server's own flags that mean nothing to the
 // kernel's TCP (the observation flags are observe's); the rest (port,
 // --idle-close, --max-conns, --user-timeout, --user, --log-level,
-// --cpuprofile) serve both stacks.
+// --cpuprofile, --memprofile) serve both stacks.
 var netstackOnly = cli.NetstackOnly{
 	"tun":      "the kernel's TCP needs no TUN",
 	"tun-addr": "the kernel's TCP needs no TUN",
@@ -93,6 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c.obs.Register(fs)
 	userName := fs.String("user", "", "after opening the TUN, the control socket and the pcap file, run as this user (setgroups, setgid, setuid); needs root")
 	fs.StringVar(&c.cpuProf, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (go tool pprof), for performance work")
+	fs.StringVar(&c.memProf, "memprofile", "", "at exit, write a Go allocation profile of the whole run to this file (go tool pprof -sample_index=alloc_space), for performance work")
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -187,6 +189,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return cli.Exit(stderr, prog, fmt.Errorf("--cpuprofile: %w", err))
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if c.memProf != "" {
+		f, err := os.Create(c.memProf)
+		if err != nil {
+			return cli.Exit(stderr, prog, fmt.Errorf("--memprofile: %w", err))
+		}
+		defer func() {
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				fmt.Fprintf(stderr, "%s: --memprofile: %v\n", prog, err)
+			}
+			f.Close()
+		}()
 	}
 	if c.stack == "kernel" {
 		return cli.Exit(stderr, prog, serveKernel(ctx, c, stdout, stderr, log))
