@@ -54,6 +54,8 @@ func Probes() []Probe {
 			RFC: "RFC 1122 4.2.2.17 (exponential backoff)", Expect: "intervals ×2 ×2", run: probeZeroWindowBackoff},
 		{Name: "half-close", Doc: "data and FIN in one segment",
 			RFC: "RFC 9293 3.10.7.4 (FIN: CLOSE-WAIT, sending continues)", Expect: "echoed, then FIN", run: probeHalfClose},
+		{Name: "passive-close", Doc: "after an echo, the client's FIN alone: how the server acknowledges it when its application closes on reading the end",
+			RFC: "RFC 9293 3.10.7.4 (ACK the FIN), RFC 1122 4.2.3.2 (the ACK may wait)", run: probePassiveClose},
 		{Name: "bad-checksum", Doc: "data with a wrong TCP checksum, then the same data right",
 			RFC: "RFC 9293 3.1, RFC 1122 4.2.2.7 (MUST discard)", Expect: "ignored", run: probeBadChecksum},
 		{Name: "closed-port", Doc: "SYN to a port nobody listens on",
@@ -498,6 +500,43 @@ func probeHalfClose(e *env, c *conn) (string, error) {
 	default:
 		return "no echo, no FIN within 1s", nil
 	}
+}
+
+func probePassiveClose(e *env, c *conn) (string, error) {
+	if err := c.dial(fullOpts); err != nil {
+		return "", err
+	}
+	if err := c.send(header.TCPFlagAck|header.TCPFlagPsh, []byte("bye")); err != nil {
+		return "", err
+	}
+	if data, _, _ := c.readEcho(3, false, time.Second); string(data) != "BYE" {
+		return fmt.Sprintf("no echo within 1s (got %q)", data), nil
+	}
+	if err := c.send(header.TCPFlagAck|header.TCPFlagFin, nil); err != nil {
+		return "", err
+	}
+	first, ok := c.recv(time.Second)
+	switch {
+	case !ok:
+		return "no answer to our FIN within 1s", nil
+	case first.Flags&header.TCPFlagRst != 0:
+		return "RST", nil
+	case first.Ack != c.sndNxt:
+		return fmt.Sprintf("first answer acknowledges %d, not our FIN", first.Ack-c.iss), nil
+	}
+	fin := first
+	if first.Flags&header.TCPFlagFin == 0 {
+		if fin, ok = c.recv(time.Second); !ok || fin.Flags&header.TCPFlagFin == 0 {
+			return "ACK, no FIN within 1s", nil
+		}
+	}
+	c.rcvNxt = fin.Seq + uint32(len(fin.Payload)) + 1
+	c.ack()
+	c.reset = true // nothing left to clean up: both FINs went
+	if fin.Seq == first.Seq && first.Flags&header.TCPFlagFin != 0 {
+		return "FIN and ACK in one segment", nil
+	}
+	return fmt.Sprintf("ACK, then FIN %v later", fin.at.Sub(first.at).Round(10*time.Microsecond)), nil
 }
 
 func probeBadChecksum(e *env, c *conn) (string, error) {

@@ -26,8 +26,8 @@ func compareLabs() map[string]bool {
 }
 
 // TestCompare runs tcp-upper-lab compare as root on the probes our gVisor
-// patches fix (an ACK above SND.NXT or too old, PAWS, a SYN in TIME-WAIT:
-// 0003, 0004, 0006) and on a few basic ones, and asserts that our stack
+// patches fix (an ACK above SND.NXT or too old, PAWS, a SYN in TIME-WAIT,
+// the ACK of a FIN: 0003, 0004, 0006, 0014) and on a few basic ones, and asserts that our stack
 // does what the kernel does in each, as the RFC requires; then that the
 // compare lab and its servers are gone.
 func TestCompare(t *testing.T) {
@@ -43,6 +43,9 @@ func TestCompare(t *testing.T) {
 		"closed-port":         "RST",
 		"rst-exact":           "reset",
 		"syn-options":         "MSS 1460",
+		// Linux's tcp_fin, patch 0014: the ACK of the client's FIN
+		// rides on the server's FIN.
+		"passive-close": "FIN and ACK in one segment",
 	}
 	var names []string
 	for n := range want {

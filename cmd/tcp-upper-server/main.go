@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -54,16 +55,18 @@ type config struct {
 	idle     time.Duration
 	maxConns int
 	backlog  int
+	procs    int
 	userTO   time.Duration
 	obs      watch.Flags
 	cpuProf  string
+	memProf  string
 	user     *account // --user: whom to become once the device and files are open
 }
 
 // netstackOnly are the server's own flags that mean nothing to the
 // kernel's TCP (the observation flags are observe's); the rest (port,
 // --idle-close, --max-conns, --user-timeout, --user, --log-level,
-// --cpuprofile) serve both stacks.
+// --cpuprofile, --memprofile, --procs) serve both stacks.
 var netstackOnly = cli.NetstackOnly{
 	"tun":      "the kernel's TCP needs no TUN",
 	"tun-addr": "the kernel's TCP needs no TUN",
@@ -89,10 +92,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.idle, "idle-close", 0, "close a connection that has received nothing for this long, so the server closes first and TIME-WAIT lands in our stack (0: never)")
 	fs.IntVar(&c.maxConns, "max-conns", 0, "serve at most N connections at once; more are closed as soon as they are accepted, counted and logged (0: no limit)")
 	fs.IntVar(&c.backlog, "backlog", 4096, "listen backlog of our stack: with this many handshakes pending, SYNs are answered with SYN cookies")
+	fs.IntVar(&c.procs, "procs", 0, "Go threads running the server's Go code at once (GOMAXPROCS), on either stack; 0: Go's default (the GOMAXPROCS variable, or one per CPU). With 1, a segment our stack reads from the TUN reaches the application's goroutine on the same thread instead of waking another: faster connections and request/response on a busy machine, less parallel bulk on an idle one (see docs/PERFORMANCE.md)")
 	fs.DurationVar(&c.userTO, "user-timeout", 0, "abort a connection whose sent data or FIN stays unacknowledged this long (TCP_USER_TIMEOUT), so a vanished peer is freed (0: the stack's retransmission limit)")
 	c.obs.Register(fs)
 	userName := fs.String("user", "", "after opening the TUN, the control socket and the pcap file, run as this user (setgroups, setgid, setuid); needs root")
 	fs.StringVar(&c.cpuProf, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (go tool pprof), for performance work")
+	fs.StringVar(&c.memProf, "memprofile", "", "at exit, write a Go allocation profile of the whole run to this file (go tool pprof -sample_index=alloc_space), for performance work")
 	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
@@ -109,6 +114,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.backlog < 1 || c.backlog > 65535 {
 		return nil, cli.Usagef("bad --backlog %d: want 1 to 65535", c.backlog)
+	}
+	if c.procs < 0 || c.procs > 1024 {
+		return nil, cli.Usagef("bad --procs %d: want 1 to 1024, or 0 for Go's default", c.procs)
 	}
 	if c.userTO < 0 {
 		return nil, cli.Usagef("bad --user-timeout %v: want a positive duration, or 0 for none", c.userTO)
@@ -188,6 +196,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
+	if c.memProf != "" {
+		f, err := os.Create(c.memProf)
+		if err != nil {
+			return cli.Exit(stderr, prog, fmt.Errorf("--memprofile: %w", err))
+		}
+		defer func() {
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				fmt.Fprintf(stderr, "%s: --memprofile: %v\n", prog, err)
+			}
+			f.Close()
+		}()
+	}
+	c.applyProcs()
 	if c.stack == "kernel" {
 		return cli.Exit(stderr, prog, serveKernel(ctx, c, stdout, stderr, log))
 	}
@@ -302,6 +323,13 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 	}
 	shutdown(n, log)
 	return nil
+}
+
+// applyProcs sets GOMAXPROCS to --procs unless it is 0 (Go's default).
+func (c *config) applyProcs() {
+	if c.procs > 0 {
+		runtime.GOMAXPROCS(c.procs)
+	}
 }
 
 // serve runs srv (the kernel's stack) until ctx ends (SIGINT/SIGTERM: a

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -73,6 +75,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--max-conns", "-1"}, "bad --max-conns -1"},
 		{[]string{"--backlog", "0"}, "bad --backlog 0"},
 		{[]string{"--backlog", "70000"}, "bad --backlog 70000"},
+		{[]string{"--procs", "-1"}, "bad --procs -1"},
 		{[]string{"--user-timeout", "-1s"}, "bad --user-timeout -1s"},
 		{[]string{"--time-wait", "5"}, `bad --time-wait "5": want a duration such as 10s, 500ms`},
 		{[]string{"--idle-close", "soon"}, `bad --idle-close "soon": want a duration such as 10s, 500ms`},
@@ -114,6 +117,30 @@ func TestHelp(t *testing.T) {
 	for _, f := range []string{"-port", "-stack", "-tun", "-addr", "-tun-addr", "-mtu"} {
 		if !strings.Contains(stderr.String(), f) {
 			t.Errorf("-h does not mention %s: %s", f, stderr.String())
+		}
+	}
+}
+
+// --procs sets GOMAXPROCS; 0, the default, leaves Go's choice.
+func TestProcs(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{nil, 7},
+		{[]string{"--procs", "0"}, 7},
+		{[]string{"--procs", "1"}, 1},
+		{[]string{"--stack", "kernel", "--procs", "2"}, 2},
+	} {
+		runtime.GOMAXPROCS(7)
+		c, err := parseFlags(tc.args, io.Discard)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		c.applyProcs()
+		if got := runtime.GOMAXPROCS(0); got != tc.want {
+			t.Errorf("%v: GOMAXPROCS %d, want %d", tc.args, got, tc.want)
 		}
 	}
 }

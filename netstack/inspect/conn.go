@@ -278,7 +278,7 @@ func (c *conn) stateCause(t *Tracker, at time.Time, from, to State, o *snap) str
 	case from == CloseWait && to == LastAck:
 		return "we closed too: FIN to be sent"
 	case from == Established && to == CloseWait:
-		return "received FIN: the peer closed its side; ACK sent"
+		return "received FIN: the peer closed its side; ACK delayed, to ride on our FIN"
 	case from == FinWait1 && to == FinWait2:
 		return "our FIN was acknowledged"
 	case from == FinWait1 && to == Closing:

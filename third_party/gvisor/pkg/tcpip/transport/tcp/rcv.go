@@ -97,8 +97,9 @@ func newReceiver(ep *Endpoint, irs seqnum.Value, rcvWnd seqnum.Size, rcvWndScale
 // ackReceived acknowledges the data received up to RcvNxt, now or within
 // delayedAckTimeout (tcp-upper patch 0011). At once: while in quick-ack
 // mode and not interactive, when at least two full-sized segments are
-// unacknowledged, or while out-of-order data waits (the peer needs the
-// SACK blocks). Otherwise the timer sends it, unless a segment of ours
+// unacknowledged, while out-of-order data waits (the peer needs the
+// SACK blocks), or after a FIN, except one that moved us to CLOSE-WAIT
+// (patch 0014). Otherwise the timer sends it, unless a segment of ours
 // carries it first (getSendParams stops the timer).
 // +checklocks:r.ep.mu
 func (r *receiver) ackReceived() {
@@ -109,7 +110,7 @@ func (r *receiver) ackReceived() {
 		r.quickAcks--
 	case unacked >= 2*seqnum.Size(r.ep.snd.MaxPayloadSize):
 	case r.pendingRcvdSegments.Len() > 0:
-	case r.closed:
+	case r.closed && r.ep.EndpointState() != StateCloseWait: // patch 0014: see consumeSegment
 	default:
 		if !r.delAckTimer.enabled() {
 			r.delAckTimer.enable(delayedAckTimeout)
@@ -132,7 +133,10 @@ func (r *receiver) dataSent() {
 // connection is not interactive after all (tcp-upper patch 0011).
 // +checklocks:r.ep.mu
 func (r *receiver) delAckTimerExpired() tcpip.Error {
-	if !r.delAckTimer.checkExpiration() {
+	// The endpoint may have been cleaned up (its timers reset) while
+	// this expiry waited for the lock, as the sender's timers check
+	// (tcp-upper patch 0014).
+	if r.delAckTimer.isUninitialized() || !r.delAckTimer.checkExpiration() {
 		return nil
 	}
 	if !r.ep.EndpointState().connected() || r.RcvNxt == r.ep.snd.MaxSentAck {
@@ -352,8 +356,23 @@ func (r *receiver) consumeSegment(s *segment, segSeq seqnum.Value, segLen seqnum
 	if s.flags.Contains(header.TCPFlagFin) {
 		r.RcvNxt++
 
-		// Send ACK immediately.
-		r.ep.snd.sendAck()
+		if r.ep.EndpointState() == StateEstablished {
+			// tcp-upper patch 0014: as Linux's tcp_fin, a FIN that
+			// ends ESTABLISHED (we go to CLOSE-WAIT) makes the
+			// connection interactive and its ACK is delayed: an
+			// application that closes when it reads the end sends
+			// its FIN with the ACK, one segment instead of two. The
+			// timer sends it within delayedAckTimeout otherwise, and
+			// ackReceived sends it at once if data is owed an ACK
+			// at once.
+			r.interactive = true
+			if !r.delAckTimer.enabled() {
+				r.delAckTimer.enable(delayedAckTimeout)
+			}
+		} else {
+			// Send ACK immediately.
+			r.ep.snd.sendAck()
+		}
 
 		// Tell any readers that no more data will come.
 		r.closed = true
