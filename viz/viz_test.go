@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -638,6 +639,32 @@ func TestRTTVarGraph(t *testing.T) {
 	for _, f := range Figures(load(t, "data-loss-rto")) {
 		if f.Name == "c1-rtt" && (strings.Contains(f.SVG, `class="rttvar"`) || !strings.Contains(f.SVG, "rttvar is not in these events")) {
 			t.Errorf("data-loss-rto (no rttvar in its events): %v", classes(f.SVG))
+		}
+	}
+}
+
+// A class drawn for both directions has a legend item for each: the
+// handshake experiment's data went both ways, so throughput, the wire's
+// bytes in flight and the wire's RTT samples name both.
+func TestLegendBothDirections(t *testing.T) {
+	figs := map[string]string{}
+	for _, f := range Figures(load(t, "handshake")) {
+		figs[f.Name] = f.SVG
+	}
+	legend := regexp.MustCompile(`<g class="legend">.*?<text[^>]*>([^<]*)</text></g>`)
+	for name, want := range map[string][]string{
+		"c1-throughput": {"client → server", "server → client"},
+		"c1-inflight":   {"client&#39;s, seen on the wire", "server&#39;s, seen on the wire"},
+		"c1-rtt":        {"client&#39;s RTT samples (wire)", "server&#39;s RTT samples (wire)"},
+	} {
+		var got []string
+		for _, m := range legend.FindAllStringSubmatch(figs[name], -1) {
+			got = append(got, m[1])
+		}
+		for _, w := range want {
+			if !slices.Contains(got, w) {
+				t.Errorf("%s: legend %q lacks %q", name, got, w)
+			}
 		}
 	}
 }
