@@ -321,9 +321,14 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		}
 	}
 	// The tracker's segment events (a live view's) are the wire as the
-	// capture would show it.
+	// capture would show it: for a connection the capture does not have
+	// (one it has would get each segment twice).
+	inCapture := make(map[connKey]bool, len(order))
+	for _, k := range order {
+		inCapture[k] = true
+	}
 	for i := range evs {
-		if r, ok := segmentOf(&evs[i]); ok {
+		if r, ok := segmentOf(&evs[i]); ok && !inCapture[keyOf(r.src, r.dst)] {
 			add(r)
 		}
 	}

@@ -668,3 +668,41 @@ func TestLegendBothDirections(t *testing.T) {
 		}
 	}
 }
+
+// Segment events (the control socket's, which the live views draw) name
+// the segments a capture has too: with the capture, each segment is drawn
+// once, from the capture; without it, from the events, the same labels.
+func TestSegmentEventsWithCapture(t *testing.T) {
+	pkts, err := pcap.ReadFile("testdata/handshake/capture.pcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := ReadEvents("testdata/handshake/events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Build(pkts, evs).Conns[0]
+	// Our server's segment events for the capture's segments, as the
+	// tracker numbers them.
+	var segEvs []inspect.Event
+	for _, g := range c.Segs {
+		segEvs = append(segEvs, inspect.Event{Time: g.Time, Kind: inspect.KindSegment, Stack: inspect.StackNetstack,
+			Conn: inspect.ConnID{Local: c.Addr[Server], Remote: c.Addr[Client]}, ISS: c.ISN[Server], ISSKnown: true, IRS: c.ISN[Client], IRSKnown: true,
+			Seg: &inspect.Segment{Out: g.From == Server, Flags: g.Flags, Seq: g.Seq, End: g.Seq + uint32(g.Len), Ack: g.Ack, Len: uint32(g.Len),
+				Win: g.Win, RawWin: g.RawWin, MSS: uint16(max(g.MSS, 0)), WScale: int8(g.WScale)}})
+	}
+	labels := func(c *Conn) []string {
+		var out []string
+		for i := range c.Segs {
+			out = append(out, SegmentLabel(&c.Segs[i]))
+		}
+		return out
+	}
+	want := labels(c)
+	if got := labels(Build(pkts, append(slices.Clone(evs), segEvs...)).Conns[0]); !slices.Equal(got, want) {
+		t.Errorf("capture and segment events: %d segments\n%q\nwant the capture's %d\n%q", len(got), got, len(want), want)
+	}
+	if got := labels(Build(nil, append(slices.Clone(evs), segEvs...)).Conns[0]); !slices.Equal(got, want) {
+		t.Errorf("segment events alone:\n%q\nwant\n%q", got, want)
+	}
+}
