@@ -244,7 +244,9 @@ func (l *Live) drawSeg(lc *liveConn, s *Segment) {
 	}
 	s = &c.Segs[len(c.Segs)-1]
 	r := segmentRow(c, s, lc.last[s.From])
-	lc.last[s.From] = s
+	// A copy: cutting c.Segs back moves the segments within its array.
+	last := *s
+	lc.last[s.From] = &last
 	l.draw(lc, r)
 }
 

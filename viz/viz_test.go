@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"flag"
 	"os"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
@@ -704,5 +706,41 @@ func TestSegmentEventsWithCapture(t *testing.T) {
 	}
 	if got := labels(Build(nil, append(slices.Clone(evs), segEvs...)).Conns[0]); !slices.Equal(got, want) {
 		t.Errorf("segment events alone:\n%q\nwant\n%q", got, want)
+	}
+}
+
+// The live ladder explains a duplicate ACK after its connection's kept
+// segments were cut back (liveKeep): the peer's previous ACK, from before
+// the cut, is still the one compared.
+func TestLiveDupAckAfterCut(t *testing.T) {
+	var b bytes.Buffer
+	l, err := NewLive(&b, LadderOptions{Width: 80, Explain: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := inspect.ConnID{Local: netip.MustParseAddrPort("10.0.2.2:9999"), Remote: netip.MustParseAddrPort("10.0.1.2:40000")}
+	at := time.Unix(1e9, 0)
+	seg := func(g inspect.Segment) {
+		at = at.Add(time.Microsecond)
+		g.End = g.Seq + g.Len
+		l.Add(inspect.Event{Time: at, Kind: inspect.KindSegment, Stack: inspect.StackNetstack, Conn: id, Seg: &g})
+	}
+	data := uint32(1)
+	send := func(n int) {
+		for range n {
+			seg(inspect.Segment{Out: true, Flags: header.TCPFlagAck, Seq: data, Len: 10, Ack: 1, Win: 65535, WScale: -1})
+			data += 10
+		}
+	}
+	ack := inspect.Segment{Flags: header.TCPFlagAck, Ack: 1, Win: 65535, WScale: -1}
+	// Past the first cut (the kept segments' array no longer grows), the
+	// peer's ACK, then past the next cut, the same ACK again.
+	send(2*liveKeep + 50)
+	seg(ack)
+	send(2 * liveKeep)
+	seg(ack)
+	l.Flush()
+	if n := strings.Count(b.String(), "duplicate ACK"); n != 1 {
+		t.Errorf("%d duplicate ACKs explained, want 1 (the peer's second ACK 1)", n)
 	}
 }
