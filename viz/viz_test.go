@@ -3,8 +3,8 @@ package viz
 import (
 	"bytes"
 	"flag"
-	"os"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
