@@ -30,6 +30,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 )
@@ -368,7 +369,7 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		seq, _ := strconv.ParseUint(m[8], 10, 32)
 		ack, _ := strconv.ParseUint(m[9], 10, 32)
 		n, _ := strconv.Atoi(m[10])
-		flags := inspect.ParseFlags(m[7])
+		flags := pkt.ParseFlags(m[7])
 		rule := "rule #" + m[3] + " (" + m[4] + ")"
 		segs := byKey[keyOf(src, dst)]
 		// The captured segment it is: on the way out the capture sees a

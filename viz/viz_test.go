@@ -15,6 +15,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 )
@@ -84,7 +85,7 @@ func rowSummary(c *Conn) []string {
 		case RowMark:
 			out = append(out, r.Side.String()+":*"+strings.Fields(r.Text)[0])
 		case RowSegment:
-			tok := r.Seg.From.String() + ">" + inspect.FlagString(r.Seg.Flags)
+			tok := r.Seg.From.String() + ">" + pkt.FlagString(r.Seg.Flags)
 			if r.Seg.Retransmit {
 				tok += "/retx"
 			}
