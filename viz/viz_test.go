@@ -745,3 +745,43 @@ func TestLiveDupAckAfterCut(t *testing.T) {
 		t.Errorf("%d duplicate ACKs explained, want 1 (the peer's second ACK 1)", n)
 	}
 }
+
+// A segment our stack sent on a connection that then goes idle is drawn
+// once it has waited, however busy other connections keep the stream
+// (FlushOlder); one held back a moment is not.
+func TestLiveFlushOlder(t *testing.T) {
+	var b bytes.Buffer
+	l, err := NewLive(&b, LadderOptions{Width: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Unix(1e9, 0)
+	l.now = func() time.Time { return clock }
+	at := clock
+	seg := func(remote string, g inspect.Segment) {
+		at = at.Add(time.Microsecond)
+		g.End = g.Seq + g.Len
+		id := inspect.ConnID{Local: netip.MustParseAddrPort("10.0.2.2:9999"), Remote: netip.MustParseAddrPort(remote)}
+		l.Add(inspect.Event{Time: at, Kind: inspect.KindSegment, Stack: inspect.StackNetstack, Conn: id, Seg: &g})
+	}
+	// #1's last segment: our FIN, then #1 is quiet while #2 is busy.
+	seg("10.0.1.2:40001", inspect.Segment{Out: true, Flags: header.TCPFlagFin | header.TCPFlagAck, Seq: 5, Ack: 5, Win: 1000, WScale: -1})
+	for i := range 100 {
+		seg("10.0.1.2:40002", inspect.Segment{Flags: header.TCPFlagAck, Ack: 1, Win: 1000, WScale: -1})
+		seg("10.0.1.2:40002", inspect.Segment{Out: true, Flags: header.TCPFlagPsh | header.TCPFlagAck, Seq: 1 + uint32(i), Len: 1, Ack: 1, Win: 1000, WScale: -1})
+		clock = clock.Add(time.Millisecond)
+		l.FlushOlder(50 * time.Millisecond)
+		fin := strings.Contains(b.String(), "F. 5 ack 5")
+		if want := i >= 49; fin != want {
+			t.Fatalf("after %d ms: #1's FIN drawn %v, want %v:\n%s", i+1, fin, want, b.String())
+		}
+	}
+	// #2's latest, held a moment: not yet.
+	if strings.Contains(b.String(), "P. 100:101(1)") {
+		t.Errorf("a segment held back a moment was drawn:\n%s", b.String())
+	}
+	l.Flush()
+	if !strings.Contains(b.String(), "P. 100:101(1)") {
+		t.Errorf("Flush left a segment held back:\n%s", b.String())
+	}
+}

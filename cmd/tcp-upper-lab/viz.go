@@ -193,7 +193,8 @@ func cmdWeb(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 // liveIdle is how long the live ladder waits for the stream's next record
-// before it draws the segments it holds back.
+// before it draws the segments it holds back, and how long it holds one
+// back at most while the stream is busy with other connections.
 const liveIdle = 50 * time.Millisecond
 
 // liveLadder draws a running server's ladder from its event stream until
@@ -232,6 +233,10 @@ func liveLadder(ctx context.Context, t *target, opts viz.LadderOptions, stdout, 
 	}()
 	idle := time.NewTimer(liveIdle)
 	defer idle.Stop()
+	// A busy stream never goes quiet: what a connection that went idle
+	// held back is drawn once it has waited liveIdle.
+	tick := time.NewTicker(liveIdle)
+	defer tick.Stop()
 	var dropped uint64
 	take := func(r *control.Response) {
 		if r.Dropped > dropped {
@@ -250,6 +255,8 @@ loop:
 			idle.Reset(liveIdle)
 		case <-idle.C:
 			live.Flush()
+		case <-tick.C:
+			live.FlushOlder(liveIdle)
 		case err = <-done:
 			break loop
 		}
