@@ -284,10 +284,25 @@ func TestLiveLadderSegments(t *testing.T) {
 		t.Fatal(err)
 	}
 	live.Header("this stack 10.0.2.2")
+	var retx []string
 	for n := len(sub.C()); n > 0; n-- {
-		live.Add(<-sub.C())
+		ev := <-sub.C()
+		if ev.Kind == inspect.KindSegment && ev.Seg.Retransmit {
+			retx = append(retx, ev.Seg.String())
+		}
+		live.Add(ev)
 	}
 	live.Flush()
+	// The tracker marks a retransmission of what it saw: our reply, which
+	// left the stack and was dropped below; not the client's segment, whose
+	// first copy the fault layer dropped before the tracker.
+	ours := len(retx) > 0
+	for _, r := range retx {
+		ours = ours && strings.HasPrefix(r, "> P. 1:5(4) ack 5 ")
+	}
+	if !ours {
+		t.Errorf("segment events marked retransmit: %q, want our reply's later copies only", retx)
+	}
 	t.Logf("live ladder:\n%s", out.String())
 
 	// Each row reduced to what it shows: an arrow (direction, label, a
