@@ -15,6 +15,8 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/viz"
 	"github.com/tcp-upper/tcp-upper/viz/web"
 )
@@ -60,10 +62,24 @@ func loadSession(pos []string, pcapPath, eventsPath string) (*viz.Session, error
 	}
 	var s *viz.Session
 	var err error
-	if pcapPath != "" {
-		s, err = viz.LoadFiles(pcapPath, eventsPath)
-	} else if st, serr := os.Stat(pos[0]); serr == nil && !st.IsDir() {
-		s, err = viz.LoadFiles(pos[0], eventsPath)
+	capPath := pcapPath
+	if capPath == "" {
+		if st, serr := os.Stat(pos[0]); serr == nil && !st.IsDir() {
+			capPath = pos[0]
+		}
+	}
+	if capPath != "" {
+		// Each file's error with its own fix.
+		var evs []inspect.Event
+		if eventsPath != "" {
+			if evs, err = viz.ReadEvents(eventsPath); err != nil {
+				return nil, fmt.Errorf("--events: %v: give the server's --events --events-format json output or an experiment's events.jsonl", err)
+			}
+		}
+		var pkts []pcap.Packet
+		if pkts, err = pcap.ReadFile(capPath); err == nil {
+			s = viz.Build(pkts, evs)
+		}
 	} else {
 		if eventsPath != "" {
 			return nil, cli.Usagef("--events goes with --pcap FILE; a directory brings its own events.jsonl")
