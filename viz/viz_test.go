@@ -339,6 +339,15 @@ func TestDropFromPcapngComment(t *testing.T) {
 	if !inOrder(got, []string{"client>S", "server>S./X", "client>."}) {
 		t.Errorf("got %v", got)
 	}
+	// Its rule quotes the comment; no fault layer or rule is named (the
+	// capture may come from anywhere).
+	for _, r := range Rows(s.Conns[0]) {
+		if r.Kind == RowSegment && r.Seg.Dropped {
+			if text := r.Rule.String(); !strings.Contains(text, `the capture's comment on this packet says it was dropped: "dropped by rule #1 (test)"`) || strings.Contains(text, "fault layer") {
+				t.Errorf("dropped by a comment: %q", text)
+			}
+		}
+	}
 }
 
 var classRE = regexp.MustCompile(`<(?:line|path|text|circle|polyline) class="([^"]+)"`)
