@@ -125,9 +125,8 @@ func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 		return Rule{"fault layer; RFC 6298 5.5, RFC 9293 3.8.1", "dropped by " + s.DropRule + " on its way into our stack (the capture never saw it): the client's SYN timer will send it again, doubling the timeout", 0}, true
 	case s.Dropped && (s.Fate == "corrupted" || s.Fate == "truncated"):
 		return Rule{"fault layer; RFC 9293 3.1, RFC 1122 4.2.2.7", s.Fate + " by " + s.DropRule + ": its TCP checksum fails, so the receiver MUST discard it without a word; to the sender it is lost", 0}, true
-	case s.Dropped && !strings.HasPrefix(s.DropRule, "rule #"):
-		// Marked by the capture's own comment, not by a fault event.
-		return Rule{"capture comment", "the capture's comment on this packet says it was dropped: \"" + s.DropRule + "\"", 0}, true
+	case s.ByComment():
+		return Rule{"capture comment", s.DropCause(), 0}, true
 	case s.Dropped:
 		where := "on its way into our stack: the capture (taken inside the fault layer) never saw it"
 		switch {

@@ -80,14 +80,29 @@ type Segment struct {
 	Retransmit bool
 	// Dropped: the fault layer dropped it (DropRule says which rule), or
 	// damaged it so that its receiver drops it (Fate "corrupted" or
-	// "truncated": the checksum fails). Captured is false for a segment
-	// dropped before the capture point (a client's segment dropped on the
-	// way in): it is known from the fault event only.
+	// "truncated": the checksum fails), or a pcapng comment on the packet
+	// says it was dropped (DropRule is the comment: ByComment). Captured
+	// is false for a segment dropped before the capture point (a client's
+	// segment dropped on the way in): it is known from the fault event
+	// only.
 	Dropped  bool
 	Captured bool
 	DropRule string
 	Fate     string // "dropped", "corrupted", "truncated"
 	Comments []string
+}
+
+// ByComment reports whether the segment is marked dropped by the
+// capture's comment rather than by a fault event.
+func (s *Segment) ByComment() bool { return s.Dropped && !strings.HasPrefix(s.DropRule, "rule #") }
+
+// DropCause says what dropped the segment: "dropped by rule #1 (out data
+// drop count=1)", or the capture's comment.
+func (s *Segment) DropCause() string {
+	if s.ByComment() {
+		return "the capture's comment says it was dropped: \"" + s.DropRule + "\""
+	}
+	return s.Fate + " by " + s.DropRule
 }
 
 // Consumes is how much sequence space the segment takes (data, SYN, FIN).
