@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/tcp-upper/tcp-upper/app"
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/fault"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
@@ -67,7 +68,7 @@ func captured(t *testing.T, path string, server netip.AddrPort) []wireSeg {
 			isn[me] = tcp.SequenceNumber()
 		}
 		n := uint32(int(ip.TotalLength()) - int(ip.HeaderLength()) - int(tcp.DataOffset()))
-		w := wireSeg{t: p.Time, out: fromServer, flags: inspect.FlagString(tcp.Flags()), seq: tcp.SequenceNumber() - isn[me], leng: n, rawWin: tcp.WindowSize()}
+		w := wireSeg{t: p.Time, out: fromServer, flags: pkt.FlagString(tcp.Flags()), seq: tcp.SequenceNumber() - isn[me], leng: n, rawWin: tcp.WindowSize()}
 		w.end = w.seq + n
 		if tcp.Flags()&header.TCPFlagAck != 0 {
 			w.ack = tcp.AckNumber() - isn[other]
@@ -87,7 +88,7 @@ func fromEvents(evs []inspect.Event) []wireSeg {
 			continue
 		}
 		g := ev.Seg
-		w := wireSeg{t: ev.Time.Truncate(time.Microsecond), out: g.Out, flags: inspect.FlagString(g.Flags), seq: g.Seq, end: g.End, ack: g.Ack, leng: g.Len, rawWin: g.RawWin}
+		w := wireSeg{t: ev.Time.Truncate(time.Microsecond), out: g.Out, flags: pkt.FlagString(g.Flags), seq: g.Seq, end: g.End, ack: g.Ack, leng: g.Len, rawWin: g.RawWin}
 		for _, b := range g.SACK {
 			w.sack += fmt.Sprintf(" sack %d:%d", b[0], b[1])
 		}
@@ -148,7 +149,7 @@ func testSegmentEvents(t *testing.T, l link) {
 			if ev.Seg.Out {
 				dir = ">"
 			}
-			s := dir + inspect.FlagString(ev.Seg.Flags)
+			s := dir + pkt.FlagString(ev.Seg.Flags)
 			if ev.Seg.Len > 0 {
 				s += fmt.Sprint(ev.Seg.Len)
 			}
@@ -283,10 +284,25 @@ func TestLiveLadderSegments(t *testing.T) {
 		t.Fatal(err)
 	}
 	live.Header("this stack 10.0.2.2")
+	var retx []string
 	for n := len(sub.C()); n > 0; n-- {
-		live.Add(<-sub.C())
+		ev := <-sub.C()
+		if ev.Kind == inspect.KindSegment && ev.Seg.Retransmit {
+			retx = append(retx, ev.Seg.String())
+		}
+		live.Add(ev)
 	}
 	live.Flush()
+	// The tracker marks a retransmission of what it saw: our reply, which
+	// left the stack and was dropped below; not the client's segment, whose
+	// first copy the fault layer dropped before the tracker.
+	ours := len(retx) > 0
+	for _, r := range retx {
+		ours = ours && strings.HasPrefix(r, "> P. 1:5(4) ack 5 ")
+	}
+	if !ours {
+		t.Errorf("segment events marked retransmit: %q, want our reply's later copies only", retx)
+	}
 	t.Logf("live ladder:\n%s", out.String())
 
 	// Each row reduced to what it shows: an arrow (direction, label, a

@@ -125,6 +125,8 @@ func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 		return Rule{"fault layer; RFC 6298 5.5, RFC 9293 3.8.1", "dropped by " + s.DropRule + " on its way into our stack (the capture never saw it): the client's SYN timer will send it again, doubling the timeout", 0}, true
 	case s.Dropped && (s.Fate == "corrupted" || s.Fate == "truncated"):
 		return Rule{"fault layer; RFC 9293 3.1, RFC 1122 4.2.2.7", s.Fate + " by " + s.DropRule + ": its TCP checksum fails, so the receiver MUST discard it without a word; to the sender it is lost", 0}, true
+	case s.ByComment():
+		return Rule{"capture comment", s.DropCause(), 0}, true
 	case s.Dropped:
 		where := "on its way into our stack: the capture (taken inside the fault layer) never saw it"
 		switch {
@@ -139,7 +141,7 @@ func ExplainSegment(c *Conn, s, prev *Segment) (Rule, bool) {
 	case s.Retransmit && s.Flags&header.TCPFlagFin != 0 && s.Len == 0:
 		return Rule{"RFC 9293 3.6, 3.10.7.4", "the FIN again: its ACK did not come in time (or the peer's FIN came again, and TIME-WAIT re-acknowledges it)", 0}, true
 	case s.Retransmit:
-		return Rule{"RFC 9293 3.8.1, RFC 6298 / RFC 5681 / RFC 8985", "this sequence space was sent before: a retransmission (by the timer, fast retransmit or a loss probe: the stack's event above says which)", 0}, true
+		return Rule{"RFC 9293 3.8.1, RFC 6298 / RFC 5681 / RFC 8985", "this sequence space was sent before: a retransmission (by the timer, fast retransmit or a loss probe; a mark of the sender's stack beside it may say which)", 0}, true
 	case syn && !ack:
 		return Rule{"RFC 9293 3.5, 3.7.1, RFC 7323 2.2, RFC 2018 2", fmt.Sprintf("SYN: the client's ISN, its MSS (%d) and what it offers (window scale %s, timestamps, SACK)", s.MSS, wsString(s.WScale)), 0}, true
 	case syn:

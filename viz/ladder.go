@@ -8,6 +8,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
 
@@ -137,7 +138,7 @@ func eventRow(c *Conn, ev *inspect.Event, captured bool) (Row, bool) {
 // "P. 1:34(33) ack 1 win 64512".
 func SegmentLabel(s *Segment) string {
 	var b strings.Builder
-	b.WriteString(inspect.FlagString(s.Flags))
+	b.WriteString(pkt.FlagString(s.Flags))
 	if s.Len > 0 || s.Flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
 		fmt.Fprintf(&b, " %d", s.Seq)
 		if s.Len > 0 {

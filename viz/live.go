@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
@@ -21,13 +22,16 @@ import (
 // events) as crossed arrows.
 //
 // A segment our stack sent is held back until the next record of its
-// connection or Flush: the fault layer, below the point where the tracker
-// sees it, may still drop it, and its fault event comes after it.
+// connection, Flush, or FlushOlder: the fault layer, below the point where
+// the tracker sees it, may still drop it, and its fault event comes after
+// it.
 type Live struct {
 	w       io.Writer
 	cv      canvas
 	explain bool
 	conns   map[inspect.ConnID]*liveConn
+	// now is the clock FlushOlder measures a held segment's wait by.
+	now func() time.Time
 	// segments: segment events come (then the wire's retransmissions are
 	// arrows, not marks).
 	segments bool
@@ -40,6 +44,8 @@ type liveConn struct {
 	us   Side        // the side of the stack whose events these are
 	last [2]*Segment // the latest segment from each side
 	held *Segment    // a segment we sent, not drawn yet
+	// heldAt is when Add took held (Live.now).
+	heldAt time.Time
 	// sent is the highest sequence number (relative) each side's drawn
 	// segments reached, for the retransmission mark.
 	sent     [2]uint32
@@ -63,7 +69,7 @@ func NewLive(w io.Writer, opts LadderOptions) (*Live, error) {
 		return nil, fmt.Errorf("--width %d is too narrow: the ladder needs at least %d columns", opts.Width, MinWidth)
 	}
 	return &Live{w: w, cv: canvasOf(len("15:04:05.000000 "), opts.Width), explain: opts.Explain,
-		conns: map[inspect.ConnID]*liveConn{}}, nil
+		conns: map[inspect.ConnID]*liveConn{}, now: time.Now}, nil
 }
 
 // Header writes the lifelines' names.
@@ -128,7 +134,7 @@ func (l *Live) Add(ev inspect.Event) {
 		s := l.segment(lc, &ev)
 		l.release(lc)
 		if s.From == lc.us && !s.Dropped {
-			lc.held = s
+			lc.held, lc.heldAt = s, l.now()
 			return
 		}
 		l.drawSeg(lc, s)
@@ -144,10 +150,18 @@ func (l *Live) Add(ev inspect.Event) {
 
 // Flush draws the segments held back, oldest first: call it when the
 // stream has nothing more for now.
-func (l *Live) Flush() {
+func (l *Live) Flush() { l.flush(time.Time{}) }
+
+// FlushOlder draws the segments held back for age or longer, oldest first:
+// call it now and then while the stream is busy (the next record of an
+// idle connection may never come, and Flush waits for a quiet stream).
+func (l *Live) FlushOlder(age time.Duration) { l.flush(l.now().Add(-age)) }
+
+// flush draws the segments held back since before (all if zero).
+func (l *Live) flush(before time.Time) {
 	var held []*liveConn
 	for _, lc := range l.conns {
-		if lc.held != nil {
+		if lc.held != nil && (before.IsZero() || !lc.heldAt.After(before)) {
 			held = append(held, lc)
 		}
 	}
@@ -244,7 +258,9 @@ func (l *Live) drawSeg(lc *liveConn, s *Segment) {
 	}
 	s = &c.Segs[len(c.Segs)-1]
 	r := segmentRow(c, s, lc.last[s.From])
-	lc.last[s.From] = s
+	// A copy: cutting c.Segs back moves the segments within its array.
+	last := *s
+	lc.last[s.From] = &last
 	l.draw(lc, r)
 }
 

@@ -97,9 +97,13 @@ func timeSeq(s *Session, c *Conn, d Side) *plot {
 			tip := fmt.Sprintf("%.6fs %s", x, SegmentLabel(g))
 			switch {
 			case g.Dropped:
-				p.vbar("data drop", dirColour(d), x, y0, y1, tip+" ("+g.Fate+" by "+g.DropRule+")")
-				p.mark("drop", colDrop, "x", x, y1, g.Fate+" by "+g.DropRule)
-				p.addLegend("drop", colDrop, "dropped (fault layer)")
+				p.vbar("data drop", dirColour(d), x, y0, y1, tip+" ("+g.DropCause()+")")
+				p.mark("drop", colDrop, "x", x, y1, g.DropCause())
+				if g.ByComment() {
+					p.addLegend("drop", colDrop, "dropped (the capture's comment)")
+				} else {
+					p.addLegend("drop", colDrop, "dropped (fault layer)")
+				}
 			case g.Retransmit:
 				p.vbar("data retx", colRetx, x, y0, y1, tip)
 				p.mark("retx", colRetx, "R", x, y1, "retransmission "+SegmentLabel(g))

@@ -30,6 +30,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 )
@@ -79,14 +80,29 @@ type Segment struct {
 	Retransmit bool
 	// Dropped: the fault layer dropped it (DropRule says which rule), or
 	// damaged it so that its receiver drops it (Fate "corrupted" or
-	// "truncated": the checksum fails). Captured is false for a segment
-	// dropped before the capture point (a client's segment dropped on the
-	// way in): it is known from the fault event only.
+	// "truncated": the checksum fails), or a pcapng comment on the packet
+	// says it was dropped (DropRule is the comment: ByComment). Captured
+	// is false for a segment dropped before the capture point (a client's
+	// segment dropped on the way in): it is known from the fault event
+	// only.
 	Dropped  bool
 	Captured bool
 	DropRule string
 	Fate     string // "dropped", "corrupted", "truncated"
 	Comments []string
+}
+
+// ByComment reports whether the segment is marked dropped by the
+// capture's comment rather than by a fault event.
+func (s *Segment) ByComment() bool { return s.Dropped && !strings.HasPrefix(s.DropRule, "rule #") }
+
+// DropCause says what dropped the segment: "dropped by rule #1 (out data
+// drop count=1)", or the capture's comment.
+func (s *Segment) DropCause() string {
+	if s.ByComment() {
+		return "the capture's comment says it was dropped: \"" + s.DropRule + "\""
+	}
+	return s.Fate + " by " + s.DropRule
 }
 
 // Consumes is how much sequence space the segment takes (data, SYN, FIN).
@@ -321,9 +337,14 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		}
 	}
 	// The tracker's segment events (a live view's) are the wire as the
-	// capture would show it.
+	// capture would show it: for a connection the capture does not have
+	// (one it has would get each segment twice).
+	inCapture := make(map[connKey]bool, len(order))
+	for _, k := range order {
+		inCapture[k] = true
+	}
 	for i := range evs {
-		if r, ok := segmentOf(&evs[i]); ok {
+		if r, ok := segmentOf(&evs[i]); ok && !inCapture[keyOf(r.src, r.dst)] {
 			add(r)
 		}
 	}
@@ -363,7 +384,7 @@ func Build(pkts []pcap.Packet, evs []inspect.Event) *Session {
 		seq, _ := strconv.ParseUint(m[8], 10, 32)
 		ack, _ := strconv.ParseUint(m[9], 10, 32)
 		n, _ := strconv.Atoi(m[10])
-		flags := inspect.ParseFlags(m[7])
+		flags := pkt.ParseFlags(m[7])
 		rule := "rule #" + m[3] + " (" + m[4] + ")"
 		segs := byKey[keyOf(src, dst)]
 		// The captured segment it is: on the way out the capture sees a

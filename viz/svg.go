@@ -86,9 +86,12 @@ func (c *chart) py(y float64) float64 {
 	return c.h - padB - (y-c.y0)/(c.y1-c.y0)*(c.h-padT-padB)
 }
 
+// addLegend adds a legend item unless one with the same class and label is
+// there (a class drawn for both directions, each with its label, gets
+// two).
 func (c *chart) addLegend(class, colour, label string) {
 	for _, l := range c.legend {
-		if l.class == class {
+		if l.class == class && l.label == label {
 			return
 		}
 	}

@@ -3,15 +3,19 @@ package viz
 import (
 	"bytes"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 )
@@ -81,7 +85,7 @@ func rowSummary(c *Conn) []string {
 		case RowMark:
 			out = append(out, r.Side.String()+":*"+strings.Fields(r.Text)[0])
 		case RowSegment:
-			tok := r.Seg.From.String() + ">" + inspect.FlagString(r.Seg.Flags)
+			tok := r.Seg.From.String() + ">" + pkt.FlagString(r.Seg.Flags)
 			if r.Seg.Retransmit {
 				tok += "/retx"
 			}
@@ -334,6 +338,15 @@ func TestDropFromPcapngComment(t *testing.T) {
 	got := rowSummary(s.Conns[0])
 	if !inOrder(got, []string{"client>S", "server>S./X", "client>."}) {
 		t.Errorf("got %v", got)
+	}
+	// Its rule quotes the comment; no fault layer or rule is named (the
+	// capture may come from anywhere).
+	for _, r := range Rows(s.Conns[0]) {
+		if r.Kind == RowSegment && r.Seg.Dropped {
+			if text := r.Rule.String(); !strings.Contains(text, `the capture's comment says it was dropped: "dropped by rule #1 (test)"`) || strings.Contains(text, "fault layer") {
+				t.Errorf("dropped by a comment: %q", text)
+			}
+		}
 	}
 }
 
@@ -639,5 +652,145 @@ func TestRTTVarGraph(t *testing.T) {
 		if f.Name == "c1-rtt" && (strings.Contains(f.SVG, `class="rttvar"`) || !strings.Contains(f.SVG, "rttvar is not in these events")) {
 			t.Errorf("data-loss-rto (no rttvar in its events): %v", classes(f.SVG))
 		}
+	}
+}
+
+// A class drawn for both directions has a legend item for each: the
+// handshake experiment's data went both ways, so throughput, the wire's
+// bytes in flight and the wire's RTT samples name both.
+func TestLegendBothDirections(t *testing.T) {
+	figs := map[string]string{}
+	for _, f := range Figures(load(t, "handshake")) {
+		figs[f.Name] = f.SVG
+	}
+	legend := regexp.MustCompile(`<g class="legend">.*?<text[^>]*>([^<]*)</text></g>`)
+	for name, want := range map[string][]string{
+		"c1-throughput": {"client → server", "server → client"},
+		"c1-inflight":   {"client&#39;s, seen on the wire", "server&#39;s, seen on the wire"},
+		"c1-rtt":        {"client&#39;s RTT samples (wire)", "server&#39;s RTT samples (wire)"},
+	} {
+		var got []string
+		for _, m := range legend.FindAllStringSubmatch(figs[name], -1) {
+			got = append(got, m[1])
+		}
+		for _, w := range want {
+			if !slices.Contains(got, w) {
+				t.Errorf("%s: legend %q lacks %q", name, got, w)
+			}
+		}
+	}
+}
+
+// Segment events (the control socket's, which the live views draw) name
+// the segments a capture has too: with the capture, each segment is drawn
+// once, from the capture; without it, from the events, the same labels.
+func TestSegmentEventsWithCapture(t *testing.T) {
+	pkts, err := pcap.ReadFile("testdata/handshake/capture.pcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := ReadEvents("testdata/handshake/events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Build(pkts, evs).Conns[0]
+	// Our server's segment events for the capture's segments, as the
+	// tracker numbers them.
+	var segEvs []inspect.Event
+	for _, g := range c.Segs {
+		segEvs = append(segEvs, inspect.Event{Time: g.Time, Kind: inspect.KindSegment, Stack: inspect.StackNetstack,
+			Conn: inspect.ConnID{Local: c.Addr[Server], Remote: c.Addr[Client]}, ISS: c.ISN[Server], ISSKnown: true, IRS: c.ISN[Client], IRSKnown: true,
+			Seg: &inspect.Segment{Out: g.From == Server, Flags: g.Flags, Seq: g.Seq, End: g.Seq + uint32(g.Len), Ack: g.Ack, Len: uint32(g.Len),
+				Win: g.Win, RawWin: g.RawWin, MSS: uint16(max(g.MSS, 0)), WScale: int8(g.WScale)}})
+	}
+	labels := func(c *Conn) []string {
+		var out []string
+		for i := range c.Segs {
+			out = append(out, SegmentLabel(&c.Segs[i]))
+		}
+		return out
+	}
+	want := labels(c)
+	if got := labels(Build(pkts, append(slices.Clone(evs), segEvs...)).Conns[0]); !slices.Equal(got, want) {
+		t.Errorf("capture and segment events: %d segments\n%q\nwant the capture's %d\n%q", len(got), got, len(want), want)
+	}
+	if got := labels(Build(nil, append(slices.Clone(evs), segEvs...)).Conns[0]); !slices.Equal(got, want) {
+		t.Errorf("segment events alone:\n%q\nwant\n%q", got, want)
+	}
+}
+
+// The live ladder explains a duplicate ACK after its connection's kept
+// segments were cut back (liveKeep): the peer's previous ACK, from before
+// the cut, is still the one compared.
+func TestLiveDupAckAfterCut(t *testing.T) {
+	var b bytes.Buffer
+	l, err := NewLive(&b, LadderOptions{Width: 80, Explain: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := inspect.ConnID{Local: netip.MustParseAddrPort("10.0.2.2:9999"), Remote: netip.MustParseAddrPort("10.0.1.2:40000")}
+	at := time.Unix(1e9, 0)
+	seg := func(g inspect.Segment) {
+		at = at.Add(time.Microsecond)
+		g.End = g.Seq + g.Len
+		l.Add(inspect.Event{Time: at, Kind: inspect.KindSegment, Stack: inspect.StackNetstack, Conn: id, Seg: &g})
+	}
+	data := uint32(1)
+	send := func(n int) {
+		for range n {
+			seg(inspect.Segment{Out: true, Flags: header.TCPFlagAck, Seq: data, Len: 10, Ack: 1, Win: 65535, WScale: -1})
+			data += 10
+		}
+	}
+	ack := inspect.Segment{Flags: header.TCPFlagAck, Ack: 1, Win: 65535, WScale: -1}
+	// Past the first cut (the kept segments' array no longer grows), the
+	// peer's ACK, then past the next cut, the same ACK again.
+	send(2*liveKeep + 50)
+	seg(ack)
+	send(2 * liveKeep)
+	seg(ack)
+	l.Flush()
+	if n := strings.Count(b.String(), "duplicate ACK"); n != 1 {
+		t.Errorf("%d duplicate ACKs explained, want 1 (the peer's second ACK 1)", n)
+	}
+}
+
+// A segment our stack sent on a connection that then goes idle is drawn
+// once it has waited, however busy other connections keep the stream
+// (FlushOlder); one held back a moment is not.
+func TestLiveFlushOlder(t *testing.T) {
+	var b bytes.Buffer
+	l, err := NewLive(&b, LadderOptions{Width: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Unix(1e9, 0)
+	l.now = func() time.Time { return clock }
+	at := clock
+	seg := func(remote string, g inspect.Segment) {
+		at = at.Add(time.Microsecond)
+		g.End = g.Seq + g.Len
+		id := inspect.ConnID{Local: netip.MustParseAddrPort("10.0.2.2:9999"), Remote: netip.MustParseAddrPort(remote)}
+		l.Add(inspect.Event{Time: at, Kind: inspect.KindSegment, Stack: inspect.StackNetstack, Conn: id, Seg: &g})
+	}
+	// #1's last segment: our FIN, then #1 is quiet while #2 is busy.
+	seg("10.0.1.2:40001", inspect.Segment{Out: true, Flags: header.TCPFlagFin | header.TCPFlagAck, Seq: 5, Ack: 5, Win: 1000, WScale: -1})
+	for i := range 100 {
+		seg("10.0.1.2:40002", inspect.Segment{Flags: header.TCPFlagAck, Ack: 1, Win: 1000, WScale: -1})
+		seg("10.0.1.2:40002", inspect.Segment{Out: true, Flags: header.TCPFlagPsh | header.TCPFlagAck, Seq: 1 + uint32(i), Len: 1, Ack: 1, Win: 1000, WScale: -1})
+		clock = clock.Add(time.Millisecond)
+		l.FlushOlder(50 * time.Millisecond)
+		fin := strings.Contains(b.String(), "F. 5 ack 5")
+		if want := i >= 49; fin != want {
+			t.Fatalf("after %d ms: #1's FIN drawn %v, want %v:\n%s", i+1, fin, want, b.String())
+		}
+	}
+	// #2's latest, held a moment: not yet.
+	if strings.Contains(b.String(), "P. 100:101(1)") {
+		t.Errorf("a segment held back a moment was drawn:\n%s", b.String())
+	}
+	l.Flush()
+	if !strings.Contains(b.String(), "P. 100:101(1)") {
+		t.Errorf("Flush left a segment held back:\n%s", b.String())
 	}
 }

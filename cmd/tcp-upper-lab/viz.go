@@ -15,6 +15,8 @@ import (
 
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
+	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/netstack/pcap"
 	"github.com/tcp-upper/tcp-upper/viz"
 	"github.com/tcp-upper/tcp-upper/viz/web"
 )
@@ -60,10 +62,24 @@ func loadSession(pos []string, pcapPath, eventsPath string) (*viz.Session, error
 	}
 	var s *viz.Session
 	var err error
-	if pcapPath != "" {
-		s, err = viz.LoadFiles(pcapPath, eventsPath)
-	} else if st, serr := os.Stat(pos[0]); serr == nil && !st.IsDir() {
-		s, err = viz.LoadFiles(pos[0], eventsPath)
+	capPath := pcapPath
+	if capPath == "" {
+		if st, serr := os.Stat(pos[0]); serr == nil && !st.IsDir() {
+			capPath = pos[0]
+		}
+	}
+	if capPath != "" {
+		// Each file's error with its own fix.
+		var evs []inspect.Event
+		if eventsPath != "" {
+			if evs, err = viz.ReadEvents(eventsPath); err != nil {
+				return nil, fmt.Errorf("--events: %v: give the server's --events --events-format json output or an experiment's events.jsonl", err)
+			}
+		}
+		var pkts []pcap.Packet
+		if pkts, err = pcap.ReadFile(capPath); err == nil {
+			s = viz.Build(pkts, evs)
+		}
 	} else {
 		if eventsPath != "" {
 			return nil, cli.Usagef("--events goes with --pcap FILE; a directory brings its own events.jsonl")
@@ -193,7 +209,8 @@ func cmdWeb(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 // liveIdle is how long the live ladder waits for the stream's next record
-// before it draws the segments it holds back.
+// before it draws the segments it holds back, and how long it holds one
+// back at most while the stream is busy with other connections.
 const liveIdle = 50 * time.Millisecond
 
 // liveLadder draws a running server's ladder from its event stream until
@@ -232,6 +249,10 @@ func liveLadder(ctx context.Context, t *target, opts viz.LadderOptions, stdout, 
 	}()
 	idle := time.NewTimer(liveIdle)
 	defer idle.Stop()
+	// A busy stream never goes quiet: what a connection that went idle
+	// held back is drawn once it has waited liveIdle.
+	tick := time.NewTicker(liveIdle)
+	defer tick.Stop()
 	var dropped uint64
 	take := func(r *control.Response) {
 		if r.Dropped > dropped {
@@ -250,6 +271,8 @@ loop:
 			idle.Reset(liveIdle)
 		case <-idle.C:
 			live.Flush()
+		case <-tick.C:
+			live.FlushOlder(liveIdle)
 		case err = <-done:
 			break loop
 		}

@@ -34,6 +34,9 @@ func TestLadderAndPlotCommands(t *testing.T) {
 		{[]string{"ladder", "/nonexistent-dir"}, 1, "no such file"},
 		{[]string{"ladder", notCapture}, 1, "not a pcap or pcapng file"},
 		{[]string{"ladder", "--pcap", dir + "/capture.pcap", "--events", notCapture}, 1, "not an event"},
+		// The hint names the file at fault: the events, not the capture.
+		{[]string{"ladder", "--pcap", dir + "/capture.pcap", "--events", notCapture}, 1, "give the server's --events --events-format json output"},
+		{[]string{"plot", dir + "/capture.pcap", "--events", "/nonexistent-events.jsonl"}, 1, "--events: open /nonexistent-events.jsonl: no such file or directory: give the server's"},
 		{[]string{"plot", "--bogus"}, 2, "bogus"},
 	} {
 		var so, se bytes.Buffer

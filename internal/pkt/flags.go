@@ -1,6 +1,10 @@
 package pkt
 
-import "gvisor.dev/gvisor/pkg/tcpip/header"
+import (
+	"strings"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
 
 // tcpFlagNames are tcpdump's tcp_flag_values, in its order.
 var tcpFlagNames = []struct {
@@ -29,4 +33,16 @@ func FlagString(f header.TCPFlags) string {
 		return "none"
 	}
 	return string(s)
+}
+
+// ParseFlags reads FlagString's spelling back ("P." is PSH|ACK); letters
+// it does not know are ignored.
+func ParseFlags(s string) header.TCPFlags {
+	var f header.TCPFlags
+	for _, fl := range tcpFlagNames {
+		if strings.Contains(s, fl.name) {
+			f |= fl.bit
+		}
+	}
+	return f
 }

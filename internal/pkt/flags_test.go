@@ -24,3 +24,12 @@ func TestFlagStringIsTcpdumps(t *testing.T) {
 		}
 	}
 }
+
+// ParseFlags reads back every combination FlagString writes.
+func TestParseFlagsReadsFlagString(t *testing.T) {
+	for f := range 256 {
+		if got := ParseFlags(FlagString(header.TCPFlags(f))); got != header.TCPFlags(f) {
+			t.Errorf("ParseFlags(%q) = %#x, want %#x", FlagString(header.TCPFlags(f)), uint8(got), f)
+		}
+	}
+}

@@ -22,6 +22,8 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/tcp-upper/tcp-upper/internal/pkt"
 )
 
 // State is a TCP state, as RFC 9293 names it.
@@ -263,7 +265,7 @@ func (s *Segment) String() string {
 	} else {
 		b.WriteString("< ")
 	}
-	b.WriteString(FlagString(s.Flags))
+	b.WriteString(pkt.FlagString(s.Flags))
 	if s.Len > 0 || s.Flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
 		fmt.Fprintf(&b, " %d", s.Seq)
 		if s.Len > 0 {
@@ -290,50 +292,6 @@ func (s *Segment) String() string {
 		b.WriteString(" retx")
 	}
 	return b.String()
-}
-
-// FlagString is tcpdump's spelling of TCP flags (S, S., P., F., R., .;
-// "none" for none).
-func FlagString(f header.TCPFlags) string {
-	var b []byte
-	for _, x := range []struct {
-		bit  header.TCPFlags
-		name byte
-	}{{header.TCPFlagFin, 'F'}, {header.TCPFlagSyn, 'S'}, {header.TCPFlagRst, 'R'}, {header.TCPFlagPsh, 'P'}, {header.TCPFlagAck, '.'}, {header.TCPFlagUrg, 'U'}, {header.TCPFlagEce, 'E'}, {header.TCPFlagCwr, 'W'}} {
-		if f&x.bit != 0 {
-			b = append(b, x.name)
-		}
-	}
-	if len(b) == 0 {
-		return "none"
-	}
-	return string(b)
-}
-
-// ParseFlags reads FlagString's spelling.
-func ParseFlags(s string) header.TCPFlags {
-	var f header.TCPFlags
-	for _, c := range s {
-		switch c {
-		case 'F':
-			f |= header.TCPFlagFin
-		case 'S':
-			f |= header.TCPFlagSyn
-		case 'R':
-			f |= header.TCPFlagRst
-		case 'P':
-			f |= header.TCPFlagPsh
-		case '.':
-			f |= header.TCPFlagAck
-		case 'U':
-			f |= header.TCPFlagUrg
-		case 'E':
-			f |= header.TCPFlagEce
-		case 'W':
-			f |= header.TCPFlagCwr
-		}
-	}
-	return f
 }
 
 // Format is an event output format.
@@ -553,7 +511,7 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 		j.From, j.To = e.From.String(), e.To.String()
 	}
 	if g := e.Seg; g != nil {
-		js := &jsonSeg{Dir: "in", Flags: FlagString(g.Flags), Seq: g.Seq, End: g.End, Ack: g.Ack, Absolute: g.Absolute,
+		js := &jsonSeg{Dir: "in", Flags: pkt.FlagString(g.Flags), Seq: g.Seq, End: g.End, Ack: g.Ack, Absolute: g.Absolute,
 			Len: g.Len, Win: g.Win, RawWin: g.RawWin, SACK: g.SACK, MSS: g.MSS, SACKOK: g.SACKOK, Retransmit: g.Retransmit}
 		if g.Out {
 			js.Dir = "out"
@@ -652,7 +610,7 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		if js.Dir != "in" && js.Dir != "out" {
 			return fmt.Errorf("segment dir %q: want in or out", js.Dir)
 		}
-		g := &Segment{Out: js.Dir == "out", Flags: ParseFlags(js.Flags), Seq: js.Seq, End: js.End, Ack: js.Ack, Absolute: js.Absolute,
+		g := &Segment{Out: js.Dir == "out", Flags: pkt.ParseFlags(js.Flags), Seq: js.Seq, End: js.End, Ack: js.Ack, Absolute: js.Absolute,
 			Len: js.Len, Win: js.Win, RawWin: js.RawWin, SACK: js.SACK, MSS: js.MSS, WScale: -1, SACKOK: js.SACKOK, Retransmit: js.Retransmit}
 		if js.WScale != nil {
 			g.WScale = *js.WScale

@@ -546,10 +546,10 @@ func (v *View) serveConn(w http.ResponseWriter, r *http.Request) {
 	v.mu.Lock()
 	ce := v.conns[inspect.ConnID{Local: local, Remote: remote}]
 	var evs []inspect.Event
-	notKept := 0
+	nEvents, nSegs, notKept := 0, 0, 0
 	if ce != nil {
 		evs = append(append(evs, ce.evs...), ce.segs...)
-		notKept = ce.segsNotKept
+		nEvents, nSegs, notKept = len(ce.evs), len(ce.segs), ce.segsNotKept
 	}
 	v.mu.Unlock()
 	if len(evs) == 0 {
@@ -560,11 +560,14 @@ func (v *View) serveConn(w http.ResponseWriter, r *http.Request) {
 	out := struct {
 		Ladder string            `json:"ladder"`
 		Graphs map[string]string `json:"graphs"`
-		Events int               `json:"events"`
+		// Events and Segments are how many of the stack's events and
+		// segments the view kept of the connection.
+		Events   int `json:"events"`
+		Segments int `json:"segments"`
 		// SegmentsNotKept: the ladder lacks the segments after the first
 		// MaxSegmentsPerConn.
 		SegmentsNotKept int `json:"segments_not_kept,omitempty"`
-	}{Graphs: map[string]string{}, Events: len(evs), SegmentsNotKept: notKept}
+	}{Graphs: map[string]string{}, Events: nEvents, Segments: nSegs, SegmentsNotKept: notKept}
 	if len(s.Conns) > 0 {
 		out.Ladder = viz.LadderHTML(s, s.Conns[0], 80)
 	}

@@ -185,11 +185,15 @@ func TestConnLadderSegments(t *testing.T) {
 	w := httptest.NewRecorder()
 	v.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:40000", nil))
 	var out struct {
-		Ladder          string `json:"ladder"`
-		SegmentsNotKept int    `json:"segments_not_kept"`
+		Ladder           string `json:"ladder"`
+		Events, Segments int
+		SegmentsNotKept  int `json:"segments_not_kept"`
 	}
 	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &out) != nil {
 		t.Fatalf("/conn: %d %s", w.Code, w.Body.String())
+	}
+	if out.Events != 2 || out.Segments != 4 {
+		t.Errorf("/conn counts %d events and %d segments, want the 2 states and 4 segments", out.Events, out.Segments)
 	}
 	re := regexp.MustCompile(`(?s)-+ S 0 win 500 mss 1460 ws 7 -+&gt;\|.*\| SYN-RCVD.*\|&lt;-+ S\. 0 ack 1 win 500 mss 1460 ws 7 -+\|.*-+ \. ack 1 win 64000 -+&gt;\|.*\| ESTABLISHED.*-+ P\. 1:5\(4\) ack 1 win 64000 -+&gt;\|`)
 	if !re.MatchString(out.Ladder) {
