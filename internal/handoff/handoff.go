@@ -98,5 +98,7 @@ func (q *Queue[T]) Dropped() uint64 { return q.dropped.Load() }
 
 // Linger is how long a consumer waits after a wake-up before it takes the
 // batch, so that under load items arrive in batches of many rather than
-// one wake-up each. It bounds how late a trace line or event appears.
+// one wake-up each (the trace layer's recorder; the connection tracker
+// gathers longer batches, see inspect's batchEvery). It bounds how late a
+// trace line appears.
 const Linger = time.Millisecond
