@@ -7,7 +7,8 @@
 // channel send per packet wakes the consumer per packet, which on a
 // two-core machine costs more than the work itself. A Queue instead
 // appends under a short lock, wakes the consumer only when the queue goes
-// from empty to non-empty, and lets the consumer take everything at once.
+// from empty to non-empty (Ready) or reaches half of its bound (Full), and
+// lets the consumer take everything at once.
 package handoff
 
 import (
@@ -22,15 +23,18 @@ type Queue[T any] struct {
 	items []T
 	spare []T
 	max   int
+	high  int // Full's mark
 	ready chan struct{}
+	full  chan struct{}
 
 	dropped atomic.Uint64
 }
 
-// New returns a queue that holds at most max items; Push drops (and
+// New returns a queue that holds at most limit items; Push drops (and
 // counts) beyond that.
-func New[T any](max int) *Queue[T] {
-	return &Queue[T]{items: make([]T, 0, 64), spare: make([]T, 0, 64), max: max, ready: make(chan struct{}, 1)}
+func New[T any](limit int) *Queue[T] {
+	return &Queue[T]{items: make([]T, 0, 64), spare: make([]T, 0, 64), max: limit, high: max(limit/2, 1),
+		ready: make(chan struct{}, 1), full: make(chan struct{}, 1)}
 }
 
 // Push queues v. It never blocks; it returns false, counting a drop, if
@@ -43,19 +47,32 @@ func (q *Queue[T]) Push(v T) bool {
 		return false
 	}
 	q.items = append(q.items, v)
-	first := len(q.items) == 1
+	n := len(q.items)
 	q.mu.Unlock()
-	if first {
-		select {
-		case q.ready <- struct{}{}:
-		default:
-		}
+	if n == 1 {
+		signal(q.ready)
+	}
+	if n == q.high {
+		signal(q.full)
 	}
 	return true
 }
 
-// Ready receives a value when items are waiting.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Ready receives a value when items are waiting: one value when the queue
+// goes from empty to non-empty, kept until it is received.
 func (q *Queue[T]) Ready() <-chan struct{} { return q.ready }
+
+// Full receives a value when the queue holds half of what it may: a
+// consumer that lets items gather takes them at once then,
+// before the queue fills and drops.
+func (q *Queue[T]) Full() <-chan struct{} { return q.full }
 
 // Take returns every queued item, oldest first. The slice is valid until
 // the next Take (the queue reuses it); the consumer must be a single
@@ -81,5 +98,7 @@ func (q *Queue[T]) Dropped() uint64 { return q.dropped.Load() }
 
 // Linger is how long a consumer waits after a wake-up before it takes the
 // batch, so that under load items arrive in batches of many rather than
-// one wake-up each. It bounds how late a trace line or event appears.
+// one wake-up each (the trace layer's recorder; the connection tracker
+// gathers longer batches, see inspect's batchEvery). It bounds how late a
+// trace line appears.
 const Linger = time.Millisecond

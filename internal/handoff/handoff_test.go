@@ -62,3 +62,38 @@ func TestConcurrentProducers(t *testing.T) {
 		}
 	}
 }
+
+func TestFullAtHalf(t *testing.T) {
+	q := New[int](8)
+	full := func() bool {
+		select {
+		case <-q.Full():
+			return true
+		default:
+			return false
+		}
+	}
+	for i := 0; i < 3; i++ {
+		q.Push(i)
+	}
+	if full() {
+		t.Fatal("Full with 3 of 8 items")
+	}
+	q.Push(3)
+	if !full() {
+		t.Fatal("no Full at 4 of 8 items")
+	}
+	for i := 4; i < 8; i++ {
+		q.Push(i)
+	}
+	if full() {
+		t.Fatal("a second Full for the same batch")
+	}
+	q.Take()
+	for i := 0; i < 4; i++ {
+		q.Push(i)
+	}
+	if !full() {
+		t.Fatal("no Full at 4 of 8 items after a Take")
+	}
+}

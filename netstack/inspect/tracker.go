@@ -32,7 +32,8 @@ type Options struct {
 	// NIC is the stack's NIC (default 1).
 	NIC tcpip.NICID
 	// Poll is how often the tracker forgets connections the stack never
-	// took up (a SYN refused or never answered; default 20ms).
+	// took up (a SYN refused or never answered, 5 s after their last
+	// packet; default 1s).
 	Poll time.Duration
 	// Host is where the stack runs (ant or apple in the lab; empty when
 	// not known), for the events' Host.
@@ -81,6 +82,7 @@ type Tracker struct {
 	// Owned by the tracker goroutine.
 	conns    map[ConnID]*conn
 	backlogs map[uint16]int
+	batches  int // drains that found items (tests)
 }
 
 type itemKind uint8
@@ -169,7 +171,7 @@ func New(opts Options, log *slog.Logger) *Tracker {
 		opts.QueueLen = 16384
 	}
 	if opts.Poll <= 0 {
-		opts.Poll = 20 * time.Millisecond
+		opts.Poll = time.Second
 	}
 	t := &Tracker{
 		opts: opts, log: log,
@@ -427,20 +429,41 @@ func (t *Tracker) do(f func()) bool {
 	}
 }
 
+// batchEvery is how long the tracker lets items gather once they come:
+// while traffic flows it wakes once per batchEvery, not once per packet
+// (each wake-up of a goroutine competes with the stack and the
+// application for the CPUs), and when a batch timer finds nothing it
+// sleeps until the next item. It bounds how late an event reaches a
+// subscriber that does not Sync; Sync, the control socket's queries and a
+// queue half full are served at once.
+const batchEvery = 10 * time.Millisecond
+
 func (t *Tracker) run() {
 	defer close(t.stopped)
-	tick := time.NewTicker(t.opts.Poll)
-	defer tick.Stop()
+	poll := time.NewTicker(t.opts.Poll)
+	defer poll.Stop()
+	batch := time.NewTimer(batchEvery)
+	batch.Stop()
+	// Either ready (waiting for an item) or due (a batch gathering) is
+	// set, never both.
+	ready, due := t.in.Ready(), (<-chan time.Time)(nil)
 	for {
 		select {
-		case <-t.in.Ready():
-			// Let a batch gather: one wake-up per batch, not per packet.
-			time.Sleep(handoff.Linger)
+		case <-ready:
+			ready, due = nil, batch.C
+			batch.Reset(batchEvery)
+		case <-due:
+			if t.drain() == 0 {
+				ready, due = t.in.Ready(), nil
+			} else {
+				batch.Reset(batchEvery)
+			}
+		case <-t.in.Full():
 			t.drain()
 		case f := <-t.reqs:
 			t.drain() // answer from a current view
 			f()
-		case now := <-tick.C:
+		case now := <-poll.C:
 			t.drain()
 			t.poll(now)
 		case <-t.done:
@@ -450,11 +473,16 @@ func (t *Tracker) run() {
 	}
 }
 
-func (t *Tracker) drain() {
+// drain handles every item queued and says how many there were.
+func (t *Tracker) drain() int {
 	items := t.in.Take()
+	if len(items) > 0 {
+		t.batches++
+	}
 	for i := range items {
 		t.handle(&items[i])
 	}
+	return len(items)
 }
 
 func (t *Tracker) handle(it *item) {

@@ -279,14 +279,22 @@ func (l *Link) observe(dir Direction, p *stack.PacketBuffer) {
 		now := time.Now()
 		l.stats.Packets.Add(1)
 		if l.opts.Observer != nil {
-			var hdr [HeaderSnap]byte
+			// A buffer of the pool, not one on the stack: an array passed
+			// through the interface call would be moved to the heap, an
+			// allocation per packet.
+			hdr := hdrPool.Get().(*[HeaderSnap]byte)
 			n := pkt.Gather(hdr[:], p)
 			l.opts.Observer.ObservePacket(now, dir, hdr[:n], p.Size())
+			hdrPool.Put(hdr)
 		}
 		return
 	}
 	l.push(l.capture(dir, p))
 }
+
+// hdrPool holds the buffers in which observe hands a packet's headers to
+// the Observer (which copies what it needs before it returns).
+var hdrPool = sync.Pool{New: func() any { return new([HeaderSnap]byte) }}
 
 // capture copies p into a record for the recorder and tells the observer.
 func (l *Link) capture(dir Direction, p *stack.PacketBuffer) *record {
