@@ -158,16 +158,20 @@ func TestWebView(t *testing.T) {
 }
 
 // TestLiveLadder: ladder --control draws a running server's connection as
-// it happens: its number, its states at the server's side, in order; trace
-// --explain puts the rule under each event.
+// it happens: its number, its states at the server's side, in order, at
+// --width 110 and at the default 80 columns (where a label that does not
+// fit goes on the line above its arrow); trace --explain puts the rule
+// under each event.
 func TestLiveLadder(t *testing.T) {
 	l := newLab(t)
 	ctl := t.TempDir() + "/ctl.sock"
 	startServer(t, l, "--control", ctl)
 	p := startIn(t, nil, "", bin("tcp-upper-lab"), "ladder", "--control", ctl, "--width", "110")
+	p80 := startIn(t, nil, "", bin("tcp-upper-lab"), "ladder", "--control", ctl)
 	tr := startIn(t, nil, "", bin("tcp-upper-lab"), "trace", "--control", ctl, "--explain")
-	if !p.stderr.waitFor("attached to tcp-upper-server", 10*time.Second) || !tr.stderr.waitFor("attached to", 10*time.Second) {
-		t.Fatalf("ladder or trace did not attach: %q %q", p.stderr.String(), tr.stderr.String())
+	if !p.stderr.waitFor("attached to tcp-upper-server", 10*time.Second) || !p80.stderr.waitFor("attached to tcp-upper-server", 10*time.Second) ||
+		!tr.stderr.waitFor("attached to", 10*time.Second) {
+		t.Fatalf("ladder or trace did not attach: %q %q %q", p.stderr.String(), p80.stderr.String(), tr.stderr.String())
 	}
 	c := dialAnt(t, l, serverAddr)
 	remote := fmt.Sprintf("%s:%d", lab.AntAddr.Addr(), c.LocalAddr().(*net.TCPAddr).Port)
@@ -205,6 +209,34 @@ func TestLiveLadder(t *testing.T) {
 	for _, ln := range strings.Split(out, "\n") {
 		if len([]rune(ln)) > 110 {
 			t.Errorf("line wider than --width 110: %q", ln)
+		}
+	}
+
+	// At the default 80 columns: the same arrows and states in order,
+	// each label on its arrow or on the line above it (labels cut to fit
+	// end in ~: their starts are matched).
+	seg := func(fromClient bool, label string) string {
+		if fromClient {
+			return `(?:#1 \|-* ` + label + `[^\n]* -*>\||\| +` + label + `[^\n]*\n[^\n]*#1 \|-+>\|)`
+		}
+		return `(?:#1 \|<-* ` + label + `[^\n]* -*\||\| +` + label + `[^\n]*\n[^\n]*#1 \|<-+\|)`
+	}
+	state := func(s string) string { return `\| ` + s + `\n` }
+	steps := []string{
+		seg(true, `S 0 win \d+`), state("SYN-RCVD"), seg(false, `S\. 0 ack 1 win \d+`), seg(true, `\. ack 1 win \d+`), state("ESTABLISHED"),
+		seg(true, `P\. 1:7\(6\) ack 1 win`), seg(false, `P\. 1:7\(6\) ack 7 win`),
+		seg(true, `F\. 7 ack 7 win`), state("CLOSE-WAIT"), state("LAST-ACK"), seg(false, `F\. 7 ack 8 win`), seg(true, `\. ack 8 win`), state("CLOSED"),
+	}
+	arrows80 := regexp.MustCompile(`(?s)` + strings.Join(steps, `.*`))
+	p80.stdout.waitFor("| CLOSED", 5*time.Second)
+	out80 := p80.stdout.String()
+	t.Logf("live ladder at 80 columns:\n%s", out80)
+	if !arrows80.MatchString(out80) {
+		t.Errorf("live ladder at 80 columns lacks the arrows and states in order:\n%s", out80)
+	}
+	for _, ln := range strings.Split(out80, "\n") {
+		if len([]rune(ln)) > 80 {
+			t.Errorf("line wider than the default 80 columns: %q", ln)
 		}
 	}
 }

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/header"
-
 	"github.com/tcp-upper/tcp-upper/internal/pkt"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
 )
@@ -133,41 +131,15 @@ func eventRow(c *Conn, ev *inspect.Event, captured bool) (Row, bool) {
 	return r, true
 }
 
-// SegmentLabel is an arrow's label: flags, relative seq:end(len), ack,
-// win, SYN options, SACK blocks, and "retx" for a retransmission:
-// "P. 1:34(33) ack 1 win 64512".
+// SegmentLabel is an arrow's label (pkt.AppendLabel): flags, relative
+// seq:end(len), ack, win, SYN options, SACK blocks, and "retx" for a
+// retransmission: "P. 1:34(33) ack 1 win 64512". A segment known from the
+// fault event only has no window or options.
 func SegmentLabel(s *Segment) string {
 	var b strings.Builder
-	b.WriteString(pkt.FlagString(s.Flags))
-	if s.Len > 0 || s.Flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
-		fmt.Fprintf(&b, " %d", s.Seq)
-		if s.Len > 0 {
-			fmt.Fprintf(&b, ":%d(%d)", s.Seq+uint32(s.Len), s.Len)
-		}
-	}
-	if s.Flags&header.TCPFlagAck != 0 {
-		fmt.Fprintf(&b, " ack %d", s.Ack)
-	}
-	if !s.Captured && s.Dropped {
-		// Known from the fault event only: no window, no options.
-		if s.Retransmit {
-			b.WriteString(" retx")
-		}
-		return b.String()
-	}
-	fmt.Fprintf(&b, " win %d", s.Win)
-	if s.Flags&header.TCPFlagSyn != 0 {
-		fmt.Fprintf(&b, " mss %d", s.MSS)
-		if s.WScale >= 0 {
-			fmt.Fprintf(&b, " ws %d", s.WScale)
-		}
-	}
-	for _, blk := range s.SACK {
-		fmt.Fprintf(&b, " sack %d:%d", blk[0], blk[1])
-	}
-	if s.Retransmit {
-		b.WriteString(" retx")
-	}
+	pkt.AppendLabel(&b, &pkt.Label{Flags: s.Flags, Seq: s.Seq, Ack: s.Ack, Len: uint32(s.Len),
+		NoWin: !s.Captured && s.Dropped, Win: s.Win, MSS: uint16(s.MSS), WScale: s.WScale,
+		SACK: s.SACK, Retransmit: s.Retransmit})
 	return b.String()
 }
 

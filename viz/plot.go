@@ -142,8 +142,8 @@ func timeSeq(s *Session, c *Conn, d Side) *plot {
 		}
 	}
 	o := d.Other()
-	p.line("ack", dirColour(o), false, true, acks, o.String()+"'s ACK")
-	p.line("rwnd", dirColour(o), true, true, rwnd, label)
+	p.line("ack", dirColour(o), solid, true, acks, o.String()+"'s ACK")
+	p.line("rwnd", dirColour(o), dashes, true, rwnd, label)
 	stateLines(p, s, c)
 	return p
 }
@@ -203,7 +203,7 @@ func throughput(s *Session, c *Conn) *plot {
 		for k, v := range sum {
 			pts = append(pts, [2]float64{s.Rel(first.Add(time.Duration(k) * bin)), v / bin.Seconds() / 1e3})
 		}
-		p.line("tput", dirColour(d), false, true, pts, d.String()+" → "+d.Other().String())
+		p.line("tput", dirColour(d), solid, true, pts, d.String()+" → "+d.Other().String())
 	}
 	return p
 }
@@ -233,7 +233,7 @@ func inflight(s *Session, c *Conn) *plot {
 				pts = append(pts, [2]float64{s.Rel(g.Time), float64(int32(sent - acked))})
 			}
 		}
-		p.line("inflight-wire", dirColour(d), true, true, pts, d.String()+"'s, seen on the wire")
+		p.line("inflight-wire", dirColour(d), dashes, true, pts, d.String()+"'s, seen on the wire")
 	}
 	for _, side := range stackSides(c) {
 		var pts [][2]float64
@@ -246,7 +246,7 @@ func inflight(s *Session, c *Conn) *plot {
 			pts = append(pts, [2]float64{s.Rel(ev.Time), y})
 		}
 		if hasKnown(pts) {
-			p.line(sideClass("inflight-stack", side), stackColour(c, side, colCwnd), false, true, pts, "snd.nxt - snd.una, "+stackName(c, side))
+			p.line(sideClass("inflight-stack", side), stackColour(c, side, colCwnd), solid, true, pts, "snd.nxt - snd.una, "+stackName(c, side))
 		}
 	}
 	if p.Empty() {
@@ -335,17 +335,17 @@ func cwnd(s *Session, c *Conn) *plot {
 		if !hasKnown(cw) {
 			continue
 		}
-		p.line(sideClass("cwnd", side), stackColour(c, side, colCwnd), false, true, cw, "cwnd, "+stackName(c, side))
+		p.line(sideClass("cwnd", side), stackColour(c, side, colCwnd), solid, true, cw, "cwnd, "+stackName(c, side))
 		if hasKnown(ss) {
-			p.line(sideClass("ssthresh", side), stackColour(c, side, colSsth), true, true, ss, "ssthresh, "+stackName(c, side))
+			p.line(sideClass("ssthresh", side), stackColour(c, side, colSsth), dashes, true, ss, "ssthresh, "+stackName(c, side))
 		}
 	}
 	if p.Empty() {
 		return nil
 	}
-	p.note = "at each of the stack's events; ssthresh drawn once set"
+	p.note = "the stack's, at its events; ssthresh drawn once set"
 	if len(stackSides(c)) == 2 {
-		p.note = "at each of each stack's events; ssthresh drawn once set"
+		p.note = "each stack's, at its events; ssthresh drawn once set"
 	}
 	return p
 }
@@ -381,13 +381,13 @@ func rtt(s *Session, c *Conn) *plot {
 		p.logY = true
 		who := stackName(c, side)
 		if hasKnown(sr) {
-			p.line(sideClass("srtt", side), stackColour(c, side, colCwnd), false, true, sr, "srtt, "+who)
+			p.line(sideClass("srtt", side), stackColour(c, side, colCwnd), solid, true, sr, "srtt, "+who)
 		}
 		if hasKnown(rv) {
-			p.line(sideClass("rttvar", side), colSsth, true, true, rv, "rttvar, "+who)
+			p.line(sideClass("rttvar", side), stackColour(c, side, colSsth), dashes, true, rv, "rttvar, "+who)
 		}
 		if hasKnown(rto) {
-			p.line(sideClass("rto", side), colRTO, true, true, rto, "rto, "+who)
+			p.line(sideClass("rto", side), stackColour(c, side, colRTO), dots, true, rto, "rto, "+who)
 		}
 	}
 	if c.HasEvents() {

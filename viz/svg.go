@@ -29,7 +29,21 @@ type chart struct {
 	lastLabel float64
 }
 
-type legendItem struct{ class, colour, label string }
+// A legendItem is a swatch and its label: a line's swatch is a stroke
+// drawn in its dash pattern, any other a square.
+type legendItem struct {
+	class, colour, label string
+	line                 bool
+	dash                 string
+}
+
+// Line dash patterns (stroke-dasharray): a stack's lines in one graph
+// share its colour and differ in these.
+const (
+	solid  = ""
+	dashes = "5,3"
+	dots   = "1.5,2.5"
+)
 
 const (
 	padL, padR, padT, padB = 70.0, 20.0, 40.0, 74.0
@@ -90,12 +104,16 @@ func (c *chart) py(y float64) float64 {
 // there (a class drawn for both directions, each with its label, gets
 // two).
 func (c *chart) addLegend(class, colour, label string) {
+	c.addLegendItem(legendItem{class: class, colour: colour, label: label})
+}
+
+func (c *chart) addLegendItem(it legendItem) {
 	for _, l := range c.legend {
-		if l.class == class && l.label == label {
+		if l.class == it.class && l.label == it.label {
 			return
 		}
 	}
-	c.legend = append(c.legend, legendItem{class, colour, label})
+	c.legend = append(c.legend, it)
 }
 
 // The elements are queued as closures: they need the final ranges.
@@ -168,14 +186,14 @@ func (p *plot) vline(class, colour string, x float64, label, tip string) {
 // line draws a polyline through pts; a NaN y (a number the stack did not
 // have) breaks it. step draws it as a staircase (a value holds until the
 // next).
-func (p *plot) line(class, colour string, dashed, step bool, pts [][2]float64, label string) {
+func (p *plot) line(class, colour, dash string, step bool, pts [][2]float64, label string) {
 	if len(pts) == 0 {
 		return
 	}
 	for _, q := range pts {
 		p.extend(q[0], q[1])
 	}
-	p.addLegend(class, colour, label)
+	p.addLegendItem(legendItem{class: class, colour: colour, label: label, line: true, dash: dash})
 	p.els = append(p.els, func(c *chart, b *strings.Builder) {
 		var runs []string
 		var cur []string
@@ -199,15 +217,19 @@ func (p *plot) line(class, colour string, dashed, step bool, pts [][2]float64, l
 			prevY = q[1]
 		}
 		flush()
-		dash := ""
-		if dashed {
-			dash = ` stroke-dasharray="5,3"`
-		}
 		for _, r := range runs {
 			fmt.Fprintf(b, `<polyline class="%s" points="%s" fill="none" stroke="%s" stroke-width="1.5"%s><title>%s</title></polyline>`+"\n",
-				class, r, colour, dash, html.EscapeString(label))
+				class, r, colour, dashAttr(dash), html.EscapeString(label))
 		}
 	})
+}
+
+// dashAttr is the stroke-dasharray attribute of a dash pattern.
+func dashAttr(dash string) string {
+	if dash == solid {
+		return ""
+	}
+	return ` stroke-dasharray="` + dash + `"`
 }
 
 // legendWidth is how wide a legend item is drawn.
@@ -339,7 +361,12 @@ func (p *plot) SVG() string {
 		if x+w > c.w && x > L {
 			x, y = L, y+14
 		}
-		fmt.Fprintf(&b, `<g class="legend"><rect x="%.0f" y="%.0f" width="10" height="10" fill="%s"/><text x="%.0f" y="%.0f">%s</text></g>`+"\n", x, y, l.colour, x+14, y+9, html.EscapeString(l.label))
+		if l.line {
+			fmt.Fprintf(&b, `<g class="legend"><line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="%s" stroke-width="2.5"%s/><text x="%.0f" y="%.0f">%s</text></g>`+"\n",
+				x, y+5, x+11, y+5, l.colour, dashAttr(l.dash), x+14, y+9, html.EscapeString(l.label))
+		} else {
+			fmt.Fprintf(&b, `<g class="legend"><rect x="%.0f" y="%.0f" width="10" height="10" fill="%s"/><text x="%.0f" y="%.0f">%s</text></g>`+"\n", x, y, l.colour, x+14, y+9, html.EscapeString(l.label))
+		}
 		x += w
 	}
 	b.WriteString("</svg>\n")

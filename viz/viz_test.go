@@ -486,6 +486,25 @@ func TestFiguresBothEnds(t *testing.T) {
 	if count(rt, "srtt") != 1 || count(rt, "rto") != 1 || count(rt, "rttvar") != 1 || count(rt, "rto-client") != 0 || count(rt, "rttvar-client") != 0 {
 		t.Errorf("rtt graph: %v", rt)
 	}
+	// With both stacks drawn, each stack's lines are in its side's colour
+	// (the graph's lines of one stack differ in their dashes).
+	stroke := regexp.MustCompile(`<polyline class="([a-z]+)(-client)?" points="[^"]*" fill="none" stroke="([^"]*)" stroke-width="[^"]*"( stroke-dasharray="([^"]*)")?`)
+	dash := map[string]string{}
+	for _, name := range []string{"c1-cwnd", "c1-rtt"} {
+		for _, m := range stroke.FindAllStringSubmatch(figs[name], -1) {
+			side := Server
+			if m[2] != "" {
+				side = Client
+			}
+			if m[3] != dirColour(side) {
+				t.Errorf("%s: the %s line of the %s is %s, want its side's %s", name, m[1], side, m[3], dirColour(side))
+			}
+			dash[m[1]] = m[5]
+		}
+	}
+	if dash["srtt"] == dash["rttvar"] || dash["rttvar"] == dash["rto"] || dash["srtt"] == dash["rto"] {
+		t.Errorf("our server's srtt, rttvar and rto lines are dashed alike: %q", dash)
+	}
 	for _, name := range []string{"c1-cwnd", "c1-rtt"} {
 		if !strings.Contains(figs[name], "client (kernel)") || !strings.Contains(figs[name], "server (netstack)") {
 			t.Errorf("%s: legend lacks a stack", name)

@@ -256,8 +256,8 @@ type Segment struct {
 	Retransmit bool
 }
 
-// String is the segment as the ladder labels it: "> P. 1:8(7) ack 1 win
-// 64512" (> sent, < received).
+// String is the segment as the ladder labels it (pkt.AppendLabel), after
+// its direction: "> P. 1:8(7) ack 1 win 64512" (> sent, < received).
 func (s *Segment) String() string {
 	var b strings.Builder
 	if s.Out {
@@ -265,32 +265,8 @@ func (s *Segment) String() string {
 	} else {
 		b.WriteString("< ")
 	}
-	b.WriteString(pkt.FlagString(s.Flags))
-	if s.Len > 0 || s.Flags&(header.TCPFlagSyn|header.TCPFlagFin|header.TCPFlagRst) != 0 {
-		fmt.Fprintf(&b, " %d", s.Seq)
-		if s.Len > 0 {
-			fmt.Fprintf(&b, ":%d(%d)", s.End, s.Len)
-		}
-	}
-	if s.Flags&header.TCPFlagAck != 0 {
-		fmt.Fprintf(&b, " ack %d", s.Ack)
-	}
-	fmt.Fprintf(&b, " win %d", s.Win)
-	if s.Flags&header.TCPFlagSyn != 0 {
-		fmt.Fprintf(&b, " mss %d", s.MSS)
-		if s.WScale >= 0 {
-			fmt.Fprintf(&b, " ws %d", s.WScale)
-		}
-		if s.SACKOK {
-			b.WriteString(" sackOK")
-		}
-	}
-	for _, blk := range s.SACK {
-		fmt.Fprintf(&b, " sack %d:%d", blk[0], blk[1])
-	}
-	if s.Retransmit {
-		b.WriteString(" retx")
-	}
+	pkt.AppendLabel(&b, &pkt.Label{Flags: s.Flags, Seq: s.Seq, Ack: s.Ack, Len: s.Len, Win: s.Win,
+		MSS: s.MSS, WScale: int(s.WScale), SACKOK: s.SACKOK, SACK: s.SACK, Retransmit: s.Retransmit})
 	return b.String()
 }
 

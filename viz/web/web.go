@@ -100,16 +100,21 @@ type View struct {
 	last    map[string][]byte // latest ss/stats/faults message, for a new page
 	recent  [][]byte          // the latest events' JSON, for a new page
 
-	ssSoon   chan struct{}
-	upstream atomic.Uint64 // events the control socket dropped for us
+	ssSoon chan struct{}
+	// lostUpstream is how many events and segment events the server's
+	// control socket dropped for us (we read too slowly), summed over the
+	// streams of every life of the server: each stream counts its own
+	// from zero.
+	lostUpstream atomic.Uint64
 }
 
 type connEvents struct {
 	evs  []inspect.Event
 	segs []inspect.Event // segment events, for the ladder's arrows
-	// segsNotKept is how many segments came after MaxSegmentsPerConn.
-	segsNotKept int
-	last        time.Time
+	// evsNotKept and segsNotKept are how many events and segments came
+	// after MaxEventsPerConn and MaxSegmentsPerConn.
+	evsNotKept, segsNotKept int
+	last                    time.Time
 }
 
 type client struct {
@@ -204,8 +209,9 @@ func (v *View) follow(ctx context.Context, path string) error {
 	defer cancel()
 	pollErr := make(chan error, 1)
 	go func() { pollErr <- v.poller(ctx, poll) }()
+	var streamLost uint64 // this stream's count, from zero
 	err = evc.Stream(ctx, "events", control.EventsArgs{Segments: true}, func(r *control.Response) error {
-		if r.Dropped > 0 && v.upstream.Swap(r.Dropped) != r.Dropped {
+		if v.addLostUpstream(&streamLost, r.Dropped) {
 			// A state change may be among the events lost: fetch the
 			// table soon, as after one.
 			v.tableSoon()
@@ -221,6 +227,18 @@ func (v *View) follow(ctx context.Context, path string) error {
 		return nil
 	}
 	return fmt.Errorf("lost the server (%v); waiting for it to come back", err)
+}
+
+// addLostUpstream adds to lostUpstream what a stream's Dropped, which
+// counts from zero in each stream, grew by since its last (*streamLost),
+// and reports whether it grew.
+func (v *View) addLostUpstream(streamLost *uint64, dropped uint64) bool {
+	if dropped <= *streamLost {
+		return false
+	}
+	v.lostUpstream.Add(dropped - *streamLost)
+	*streamLost = dropped
+	return true
 }
 
 func (v *View) poller(ctx context.Context, c *control.Client) error {
@@ -256,7 +274,7 @@ func (v *View) pollOnce(c *control.Client) error {
 	if err != nil {
 		return err
 	}
-	v.broadcast("stats", map[string]any{"counters": r.Counters, "events_lost_upstream": v.upstream.Load()})
+	v.broadcast("stats", map[string]any{"counters": r.Counters, "lost_upstream": v.lostUpstream.Load()})
 	args, _ := json.Marshal(control.FaultArgs{Op: "list"})
 	r, err = c.Call("fault", json.RawMessage(args))
 	if err == nil && len(r.Data) > 0 {
@@ -289,6 +307,8 @@ func (v *View) addEvent(ev *inspect.Event) {
 	}
 	if len(ce.evs) < MaxEventsPerConn {
 		ce.evs = append(ce.evs, *ev)
+	} else {
+		ce.evsNotKept++
 	}
 	v.mu.Unlock()
 	v.broadcast("event", ev)
@@ -546,10 +566,10 @@ func (v *View) serveConn(w http.ResponseWriter, r *http.Request) {
 	v.mu.Lock()
 	ce := v.conns[inspect.ConnID{Local: local, Remote: remote}]
 	var evs []inspect.Event
-	nEvents, nSegs, notKept := 0, 0, 0
+	nEvents, nSegs, evsNotKept, segsNotKept := 0, 0, 0, 0
 	if ce != nil {
 		evs = append(append(evs, ce.evs...), ce.segs...)
-		nEvents, nSegs, notKept = len(ce.evs), len(ce.segs), ce.segsNotKept
+		nEvents, nSegs, evsNotKept, segsNotKept = len(ce.evs), len(ce.segs), ce.evsNotKept, ce.segsNotKept
 	}
 	v.mu.Unlock()
 	if len(evs) == 0 {
@@ -564,10 +584,12 @@ func (v *View) serveConn(w http.ResponseWriter, r *http.Request) {
 		// segments the view kept of the connection.
 		Events   int `json:"events"`
 		Segments int `json:"segments"`
-		// SegmentsNotKept: the ladder lacks the segments after the first
-		// MaxSegmentsPerConn.
+		// EventsNotKept and SegmentsNotKept: the ladder and graphs lack
+		// the events after the first MaxEventsPerConn and the segments
+		// after the first MaxSegmentsPerConn.
+		EventsNotKept   int `json:"events_not_kept,omitempty"`
 		SegmentsNotKept int `json:"segments_not_kept,omitempty"`
-	}{Graphs: map[string]string{}, Events: nEvents, Segments: nSegs, SegmentsNotKept: notKept}
+	}{Graphs: map[string]string{}, Events: nEvents, Segments: nSegs, EventsNotKept: evsNotKept, SegmentsNotKept: segsNotKept}
 	if len(s.Conns) > 0 {
 		out.Ladder = viz.LadderHTML(s, s.Conns[0], 80)
 	}

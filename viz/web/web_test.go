@@ -156,7 +156,8 @@ func TestHostCheck(t *testing.T) {
 }
 
 // Segment events draw the connection's ladder arrows; they are not sent
-// to the page's event list; past MaxSegmentsPerConn they are counted.
+// to the page's event list; past MaxSegmentsPerConn they are counted, and
+// the stack's events past MaxEventsPerConn too.
 func TestConnLadderSegments(t *testing.T) {
 	v := New(Options{Resolve: func() (string, error) { return "", errors.New("none") }})
 	id := inspect.ConnID{Local: netip.MustParseAddrPort("10.0.2.2:9999"), Remote: netip.MustParseAddrPort("10.0.1.2:40000")}
@@ -188,6 +189,7 @@ func TestConnLadderSegments(t *testing.T) {
 		Ladder           string `json:"ladder"`
 		Events, Segments int
 		SegmentsNotKept  int `json:"segments_not_kept"`
+		EventsNotKept    int `json:"events_not_kept"`
 	}
 	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &out) != nil {
 		t.Fatalf("/conn: %d %s", w.Code, w.Body.String())
@@ -206,5 +208,43 @@ func TestConnLadderSegments(t *testing.T) {
 	v.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:40000", nil))
 	if json.Unmarshal(w.Body.Bytes(), &out) != nil || out.SegmentsNotKept != 4 {
 		t.Errorf("segments not kept: %d, want 4", out.SegmentsNotKept)
+	}
+	if out.EventsNotKept != 0 {
+		t.Errorf("events not kept: %d of 2", out.EventsNotKept)
+	}
+	for i := 0; i < MaxEventsPerConn+1; i++ {
+		v.addEvent(&inspect.Event{Time: at(10000 + i), Kind: inspect.KindRetransmit, Conn: id, Cause: "test"})
+	}
+	w = httptest.NewRecorder()
+	v.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/conn?local=10.0.2.2:9999&remote=10.0.1.2:40000", nil))
+	if json.Unmarshal(w.Body.Bytes(), &out) != nil || out.Events != MaxEventsPerConn || out.EventsNotKept != 3 {
+		t.Errorf("after %d more events: %d kept, %d not kept; want %d and 3", MaxEventsPerConn+1, out.Events, out.EventsNotKept, MaxEventsPerConn)
+	}
+}
+
+// What the server's control socket dropped for the view is summed over
+// its streams: each counts from zero, and a restarted server's must not
+// take the count down.
+func TestLostUpstreamSumsStreams(t *testing.T) {
+	v := New(Options{Resolve: func() (string, error) { return "", errors.New("none") }})
+	var first, second uint64
+	for _, c := range []struct {
+		stream  *uint64
+		dropped uint64
+		grew    bool
+		total   uint64
+	}{
+		{&first, 0, false, 0},
+		{&first, 5, true, 5},
+		{&first, 5, false, 5},
+		{&first, 7, true, 7},
+		// The server restarted: a new stream, its count from zero.
+		{&second, 0, false, 7},
+		{&second, 3, true, 10},
+		{&second, 4, true, 11},
+	} {
+		if grew := v.addLostUpstream(c.stream, c.dropped); grew != c.grew || v.lostUpstream.Load() != c.total {
+			t.Errorf("a stream at %d: grew %v, total %d; want %v, %d", c.dropped, grew, v.lostUpstream.Load(), c.grew, c.total)
+		}
 	}
 }

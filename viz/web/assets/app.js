@@ -53,8 +53,10 @@ function eventRow(ev) {
 //             (MAX_ROWS_PER_FRAME, state changes always are): never drawn;
 //   dropped   the events the web view dropped for this page (its queue was
 //             full: this page read too slowly);
-//   upstream  the events the server's control socket dropped for the web
-//             view (it read too slowly).
+//   upstream  the events and segment events (the ladder's arrows) the
+//             server's control socket dropped for the web view (it read
+//             too slowly), summed over the server's restarts: the server
+//             counts both kinds as one.
 const eventCounts = {received: 0, notDrawn: 0, dropped: 0, upstream: 0};
 window.eventCounts = eventCounts;
 
@@ -99,21 +101,24 @@ function drawEvents() {
 function renderCounts() {
   const c = eventCounts;
   $("eventcount").textContent = c.received + " events received, " + c.notDrawn + " not drawn (more than " + MAX_ROWS_PER_FRAME + " in a frame), " +
-    c.dropped + " dropped by the web view for this page, " + c.upstream + " dropped by the server for the web view";
-  const lost = c.dropped + c.upstream;
+    c.dropped + " dropped by the web view for this page; " + c.upstream + " events and segments dropped by the server for the web view";
+  const why = [];
+  if (c.dropped || droppedOther) {
+    why.push(c.dropped + " events" + (droppedOther ? " and " + droppedOther + " other updates" : "") + " dropped on the way to this page: this page read too slowly");
+  }
+  if (c.upstream) why.push(c.upstream + " events and segments dropped by the server: the web view read the server too slowly");
   const el = $("dropped");
-  el.hidden = lost === 0 && !droppedOther;
-  el.textContent = lost + " events" + (droppedOther ? " and " + droppedOther + " other updates" : "") + " dropped on the way to this page: " +
-    (c.dropped || droppedOther ? "this page read too slowly" : "the web view read the server too slowly");
+  el.hidden = why.length === 0;
+  el.textContent = why.join("; ");
 }
 let droppedOther = 0;
 
 function renderStats(st) {
   const rows = [];
   for (const c of st.counters || []) rows.push("<tr><td>" + esc(c.name) + "</td><td>" + c.value + "</td></tr>");
-  if (st.events_lost_upstream) rows.push("<tr><td>events the server dropped for this view</td><td>" + st.events_lost_upstream + "</td></tr>");
+  if (st.lost_upstream) rows.push("<tr><td>events and segments the server dropped for this view</td><td>" + st.lost_upstream + "</td></tr>");
   $("counters").tBodies[0].innerHTML = rows.join("");
-  if ((st.events_lost_upstream || 0) !== eventCounts.upstream) { eventCounts.upstream = st.events_lost_upstream || 0; renderCounts(); }
+  if ((st.lost_upstream || 0) !== eventCounts.upstream) { eventCounts.upstream = st.lost_upstream || 0; renderCounts(); }
 }
 
 function renderFaults(f) {
@@ -134,8 +139,11 @@ async function loadDetail() {
   if (!r.ok) { $("ladder").textContent = await r.text(); $("graphs").innerHTML = ""; return; }
   const d = await r.json();
   $("ladder").innerHTML = d.ladder;
-  $("ladderlack").hidden = !d.segments_not_kept;
-  $("ladderlack").textContent = d.segments_not_kept ? "The ladder stops at its first segments: " + d.segments_not_kept + " later ones were not kept." : "";
+  const lack = [];
+  if (d.segments_not_kept) lack.push("The ladder stops at its first segments: " + d.segments_not_kept + " later ones were not kept.");
+  if (d.events_not_kept) lack.push("The ladder and graphs stop at the stack's first events: " + d.events_not_kept + " later ones were not kept.");
+  $("ladderlack").hidden = lack.length === 0;
+  $("ladderlack").textContent = lack.join(" ");
   $("graphs").innerHTML = ["cwnd", "rtt", "inflight"].filter((k) => d.graphs[k]).map((k) => "<div class=\"graph\" id=\"graph-" + k + "\">" + d.graphs[k] + "</div>").join("");
 }
 
