@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -182,6 +183,7 @@ func TestWebViewTenThousandEventsPerSecond(t *testing.T) {
 	total := int(floodFor.Seconds() * floodRate)
 	var injected int
 	var inInject, slowest time.Duration
+	var calls []time.Duration // each Inject call's time
 	var closedAt time.Time
 	var echoDuring time.Duration
 	start := time.Now()
@@ -195,6 +197,7 @@ func TestWebViewTenThousandEventsPerSecond(t *testing.T) {
 			d := time.Since(t0)
 			inInject += d
 			slowest = max(slowest, d)
+			calls = append(calls, d)
 		}
 		if closedAt.IsZero() && el >= floodFor/2 {
 			// Halfway: the real connection echoes, then the client
@@ -244,11 +247,19 @@ func TestWebViewTenThousandEventsPerSecond(t *testing.T) {
 		cpu.Round(time.Millisecond), 100*cpu.Seconds()/took.Seconds(), bcpu.Round(time.Millisecond), 100*bcpu.Seconds()/took.Seconds())
 
 	// The server never waited: the injecting side spent next to none of
-	// the flood in Inject (it only queues), so its rate is the clock's
-	// (a shared machine that does not schedule the test for a while
-	// delays it, which is not the page's doing: the rate is logged).
-	if inInject > took/10 {
-		t.Errorf("%v of the %v flood spent in Inject: the injecting side was held up", inInject, took)
+	// the flood in Inject (it only queues), so its rate is the clock's.
+	// The slowest 0.1% of the calls are left out of the sum: a shared
+	// machine that does not schedule the test for a while (one call took
+	// 1.1 s once, under four other test runs) delays a call without
+	// anything making it wait; a queue that made Inject wait would slow
+	// far more than 0.1% of the calls.
+	slices.Sort(calls)
+	var inInjectMost time.Duration
+	for _, d := range calls[:len(calls)-len(calls)/1000] {
+		inInjectMost += d
+	}
+	if inInjectMost > took/10 {
+		t.Errorf("%v of the %v flood spent in Inject (the slowest 0.1%% of calls left out): the injecting side was held up", inInjectMost, took)
 	}
 	if d := tr.Stats().Dropped.Load() - droppedBefore; d != 0 {
 		t.Errorf("the tracker's queue dropped %d items: it fell behind", d)
