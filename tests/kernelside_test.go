@@ -199,6 +199,9 @@ func TestDemoBothEnds(t *testing.T) {
 			t.Errorf("demo output lacks the kernel client's %s", s)
 		}
 	}
+	if !regexp.MustCompile(`they are put on our wall clock within ±\d+ns\.`).MatchString(out) {
+		t.Errorf("the demo does not say the kernel's times are on our clock within a µs")
+	}
 	if synSent > synRcvd {
 		t.Errorf("the kernel client's SYN-SENT comes after the server's SYN-RCVD")
 	}
