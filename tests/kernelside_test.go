@@ -21,6 +21,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/internal/kevents"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
+	"github.com/tcp-upper/tcp-upper/viz"
 )
 
 // TestKernelClientTimeWait follows a kernel client in ant, from its
@@ -198,6 +199,9 @@ func TestDemoBothEnds(t *testing.T) {
 			t.Errorf("demo output lacks the kernel client's %s", s)
 		}
 	}
+	if !regexp.MustCompile(`they are put on our wall clock within ±\d+ns\.`).MatchString(out) {
+		t.Errorf("the demo does not say the kernel's times are on our clock within a µs")
+	}
 	if synSent > synRcvd {
 		t.Errorf("the kernel client's SYN-SENT comes after the server's SYN-RCVD")
 	}
@@ -210,6 +214,9 @@ func TestDemoBothEnds(t *testing.T) {
 		t.Errorf("no ladder at the end")
 	} else {
 		ladder := out[i:]
+		if strings.Contains(ladder, "clocks: ") {
+			t.Errorf("the ladder puts a kernel state after the segment it sent (the clocks disagree)")
+		}
 		for _, re := range []string{
 			`client: the kernel's tracepoints +server: our stack's events`,
 			`(?m)^[0-9.]+ +SYN-SENT \| +\|$`, `(?m)^[0-9.]+ +ESTABLISHED \| +\|$`, `(?m)^[0-9.]+ +FIN-WAIT-1 \| +\|$`,
@@ -286,6 +293,58 @@ func TestExperimentBothEnds(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^ *[0-9.]+ ant +\* +kernel: 10\.0\.2\.2:9999 CLOSED -> SYN-SENT`).Match(sum) {
 		t.Errorf("summary.md's timeline lacks the kernel client:\n%s", sum)
 	}
+}
+
+// TestKernelTimesLeadCapture: across the two clocks, the kernel client's
+// SYN-SENT, ESTABLISHED and FIN-WAIT-1 (from its tracepoints, its trace
+// clock converted to wall time) come before our capture (time.Now at our
+// TUN) of the SYN, ACK and FIN it sent after setting them, in each of a
+// few handshake experiments: an offset misread by more than the lab's
+// crossing (tens of µs) puts one after. Each lead is logged.
+func TestKernelTimesLeadCapture(t *testing.T) {
+	requireRoot(t)
+	x, err := experiment.Find("handshake")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const runs = 10
+	minLead := map[string]time.Duration{}
+	for i := range runs {
+		var out bytes.Buffer
+		dir := t.TempDir()
+		res, err := experiment.Run(context.Background(), x, experiment.Options{Dir: dir, Seed: uint64(i + 1), Name: randomLabName()}, &out)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		if !res.Passed() {
+			t.Fatalf("experiment:\n%s", out.String())
+		}
+		s, err := viz.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds := map[string]bool{}
+		for _, c := range s.Conns {
+			for _, l := range viz.Leads(c) {
+				what := l.Ev.To.String()
+				kinds[what] = true
+				if l.By <= 0 {
+					t.Errorf("run %d: the kernel's %s (%s) is dated %v after our capture of the segment it sent (%s)", i, what,
+						l.Ev.Time.Format("15:04:05.000000000"), -l.By, l.Seg.Time.Format("15:04:05.000000000"))
+				}
+				if m, ok := minLead[what]; !ok || l.By < m {
+					minLead[what] = l.By
+				}
+				t.Logf("run %d: the kernel's %s leads our capture of its segment by %v", i, what, l.By)
+			}
+		}
+		for _, k := range []string{"SYN-SENT", "ESTABLISHED"} {
+			if !kinds[k] {
+				t.Errorf("run %d: no kernel %s paired with its segment", i, k)
+			}
+		}
+	}
+	t.Logf("least leads over %d runs: %v", runs, minLead)
 }
 
 // TestLabTraceBothEnds: tcp-upper-lab trace streams the server's events

@@ -268,6 +268,11 @@ func writeLadder(w io.Writer, s *Session, c *Conn, opts LadderOptions) {
 			fmt.Fprintln(w, strings.Repeat(" ", cv.margin)+text)
 		}
 	}
+	if note := clockNote(c); note != "" {
+		for _, text := range wrap(note, cv.w-cv.margin) {
+			fmt.Fprintln(w, strings.Repeat(" ", cv.margin)+text)
+		}
+	}
 }
 
 // writeSources writes whose states and timers are drawn on each side and

@@ -234,6 +234,10 @@ func (s *server) close() {
 func (d *demo) sessions(s *server, dial func() (net.Conn, error)) error {
 	d.section("part 1: the seed's session. The client (ant) closes first")
 	d.say("Each segment as our stack saw it (tcpdump's format) with a # note, and * the connection's state changes with the stack's numbers:\napple/netstack from our stack's observe hook, ant/kernel from the kernel client's tracepoints (inet_sock_set_state, tcp_probe) and its socket table (sock_diag).")
+	if k := s.narr.kernel; k != nil {
+		// Half the offset's bracket, and 50ns for time.Now's own two reads.
+		d.say("The kernel stamps its own records (its monotonic clock); they are put on our wall clock within ±%v.", (k.ClockBracket()/2 + 50*time.Nanosecond).Round(10*time.Nanosecond))
+	}
 	d.printf("ant", "$ tcp-upper-client -i %s", lab.ServerAddr.Addr())
 	conn, err := dial()
 	if err != nil {

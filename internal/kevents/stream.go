@@ -134,6 +134,10 @@ func (s *Stream) Sync() {
 	}
 }
 
+// ClockBracket says how exactly the kernel's times are put on our wall
+// clock: each event's time is within half of it (ktrace.Session.ClockBracket).
+func (s *Stream) ClockBracket() time.Duration { return s.sess.ClockBracket() }
+
 // Lost is how many records (the kernel's buffer overflowed, or we fell
 // behind) or events (the reader of C fell behind) were lost.
 func (s *Stream) Lost() uint64 { return s.sess.Lost() + s.dropped.Load() }

@@ -154,6 +154,7 @@ type Session struct {
 	wg      sync.WaitGroup
 	closeMu sync.Once
 	monoOff time.Duration // wall clock minus CLOCK_MONOTONIC
+	bracket time.Duration // monoOff's sample: the span that held its clock reads
 	port    uint16
 }
 
@@ -225,11 +226,11 @@ func (s *Session) setup(opts Options) error {
 	if err := s.write("trace_clock", "mono"); err != nil {
 		return err
 	}
-	var mono unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
+	off, bracket, err := clockOffset(offsetSamples)
+	if err != nil {
 		return err
 	}
-	s.monoOff = time.Duration(time.Now().UnixNano() - mono.Nano())
+	s.monoOff, s.bracket = off, bracket
 	kb := opts.BufferKB
 	if kb <= 0 {
 		kb = 1024
@@ -263,6 +264,45 @@ func (s *Session) setup(opts Options) error {
 	}
 	return nil
 }
+
+// offsetSamples is how many bracketed samples clockOffset takes (about
+// 15 µs in all).
+const offsetSamples = 64
+
+// clockOffset measures the wall clock (what time.Now and our stack's
+// events read) minus CLOCK_MONOTONIC (the trace clock "mono", which stamps
+// the records). Each sample reads the wall clock, CLOCK_MONOTONIC, the
+// wall clock again; a thread preempted between two reads (tens of µs on
+// a loaded machine) would shift every record of the session by as much,
+// so it keeps the sample whose two wall reads are closest (their
+// monotonic difference: Go's time.Now carries a monotonic reading) and
+// takes CLOCK_MONOTONIC as read at their midpoint. The offset is then
+// exact within half the bracket returned, plus the few tens of ns between
+// time.Now's own wall and monotonic reads. REALTIME and MONOTONIC are
+// slewed together by NTP; only a step of the wall clock (settimeofday)
+// would change the offset later.
+func clockOffset(n int) (off, bracket time.Duration, err error) {
+	bracket = -1
+	for range n {
+		var mono unix.Timespec
+		t1 := time.Now()
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono); err != nil {
+			return 0, 0, err
+		}
+		t2 := time.Now()
+		if d := t2.Sub(t1); bracket < 0 || d < bracket {
+			bracket = d
+			off = time.Duration(t1.UnixNano() + int64(d/2) - mono.Nano())
+		}
+	}
+	return off, bracket, nil
+}
+
+// ClockBracket says how exactly the session places the kernel's records on
+// the wall clock: each Record's Time is within half of it (plus a few
+// tens of ns) of the wall time the kernel stamped, as time.Now would
+// have read it. See clockOffset.
+func (s *Session) ClockBracket() time.Duration { return s.bracket }
 
 // Records delivers what the kernel recorded, each CPU's records in order
 // (records of different CPUs may interleave out of order by up to the
