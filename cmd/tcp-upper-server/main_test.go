@@ -76,8 +76,6 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--backlog", "0"}, "bad --backlog 0"},
 		{[]string{"--backlog", "70000"}, "bad --backlog 70000"},
 		{[]string{"--procs", "-1"}, "bad --procs -1"},
-		{[]string{"--gc-floor", "-1"}, "bad --gc-floor -1"},
-		{[]string{"--gc-floor", "5000"}, "bad --gc-floor 5000"},
 		{[]string{"--user-timeout", "-1s"}, "bad --user-timeout -1s"},
 		{[]string{"--time-wait", "5"}, `bad --time-wait "5": want a duration such as 10s, 500ms`},
 		{[]string{"--idle-close", "soon"}, `bad --idle-close "soon": want a duration such as 10s, 500ms`},
