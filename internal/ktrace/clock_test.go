@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcp-upper/tcp-upper/internal/testenv"
@@ -68,14 +67,7 @@ func TestRecordTimeWithinSyscall(t *testing.T) {
 	closes := map[uint16]span{}
 	var listens, listenCloses [conns]span // 127.0.0.2:port, in turn
 	err = inNewNetns(func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		ln, err := listenLoopback(port)
 		if err != nil {
 			return err
 		}
@@ -230,14 +222,7 @@ func TestRawTimestampsMatchText(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := inNewNetns(func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		ln, err := listenLoopback(port)
 		if err != nil {
 			return err
 		}

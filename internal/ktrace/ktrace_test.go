@@ -152,14 +152,7 @@ func TestKernelConnectionLife(t *testing.T) {
 
 	var client string
 	err = inNewNetns(func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		ln, err := listenLoopback(port)
 		if err != nil {
 			return err
 		}
@@ -252,6 +245,19 @@ func inNewNetns(fn func() error) error {
 		errc <- err
 	}()
 	return <-errc
+}
+
+// listenLoopback brings lo up in the current (new) namespace and listens
+// on 127.0.0.1:port there.
+func listenLoopback(port uint16) (net.Listener, error) {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return nil, err
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return nil, err
+	}
+	return net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
 }
 
 // TestStaleInstanceRemoved: an instance whose process died without
