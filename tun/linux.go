@@ -44,13 +44,6 @@ type Config struct {
 	// one piece (see OffloadDevice). water cannot ask for this, so such a
 	// device is opened with our own ioctl.
 	Offload bool
-	// ReadOnThread makes Read and ReadOffload wait for a packet in
-	// poll(2) on the calling thread instead of in Go's netpoller: the
-	// descriptor is kept out of the netpoller, and a reader that holds
-	// its OS thread (runtime.LockOSThread, see ReadsOnThread) runs as
-	// soon as the kernel wakes it, with no hand-off from a netpoll
-	// thread. Close wakes a waiting reader through an eventfd.
-	ReadOnThread bool
 }
 
 // Linux is a TUN device opened through /dev/net/tun.
@@ -63,15 +56,6 @@ type Linux struct {
 	raw     syscall.RawConn // for writev; set with offload
 	netns   string
 	log     *slog.Logger
-
-	// With ReadOnThread: fd is the device's descriptor (non-blocking,
-	// not in the netpoller) and wake an eventfd that Close makes
-	// readable. Readers hold rmu for reading while they use either;
-	// Close takes it for writing before it closes them.
-	onThread bool
-	fd       int
-	wake     int
-	rmu      sync.RWMutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -146,17 +130,6 @@ func Open(cfg Config, log *slog.Logger) (*Linux, error) {
 		}
 		if err != nil {
 			return err
-		}
-		if cfg.ReadOnThread {
-			if f, err = offPoller(f, cfg.Name); err != nil {
-				return err
-			}
-			if d.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
-				f.Close()
-				return fmt.Errorf("open tun %q: eventfd: %w", cfg.Name, err)
-			}
-			d.onThread = true
-			d.fd = int(f.Fd()) // offPoller's file is in blocking mode already: Fd changes nothing
 		}
 		d.file = f
 		d.offload = cfg.Offload
@@ -360,78 +333,6 @@ func dupFile(ifce *water.Interface, name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "tun:"+name), nil
 }
 
-// offPoller returns a non-blocking duplicate of f's descriptor in a file
-// that Go's netpoller does not watch, and closes f. A watched descriptor
-// would wake a netpoll thread at every packet for nobody.
-func offPoller(f *os.File, name string) (*os.File, error) {
-	defer f.Close()
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, fmt.Errorf("open tun %q: %w", name, err)
-	}
-	var fd int
-	var dupErr error
-	if err := rc.Control(func(raw uintptr) {
-		fd, dupErr = unix.FcntlInt(raw, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
-		return nil, fmt.Errorf("open tun %q: %w", name, err)
-	}
-	if dupErr != nil {
-		return nil, fmt.Errorf("open tun %q: dup: %w", name, dupErr)
-	}
-	// os.NewFile puts a non-blocking descriptor in the netpoller and
-	// leaves a blocking one out; the flag is the open file's, shared
-	// with f, which is closed on return.
-	if err := unix.SetNonblock(fd, false); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("open tun %q: set blocking: %w", name, err)
-	}
-	nf := os.NewFile(uintptr(fd), "tun:"+name)
-	if err := unix.SetNonblock(fd, true); err != nil {
-		nf.Close()
-		return nil, fmt.Errorf("open tun %q: set nonblocking: %w", name, err)
-	}
-	return nf, nil
-}
-
-// readOnThread reads one packet into iov, waiting for it in poll(2) on
-// the calling thread; it returns ErrClosed once Close has begun.
-func (d *Linux) readOnThread(iov [][]byte) (int, error) {
-	d.rmu.RLock()
-	defer d.rmu.RUnlock()
-	fds := [2]unix.PollFd{{Fd: int32(d.fd), Events: unix.POLLIN}, {Fd: int32(d.wake), Events: unix.POLLIN}}
-	for {
-		if d.closed.Load() {
-			return 0, ErrClosed
-		}
-		_, err := unix.Poll(fds[:], -1)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, d.ioError("poll", err)
-		}
-		if fds[1].Revents != 0 {
-			return 0, ErrClosed
-		}
-		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 && fds[0].Revents&unix.POLLIN == 0 {
-			return 0, d.ioError("read", fmt.Errorf("poll: events %#x", fds[0].Revents))
-		}
-		n, err := unix.Readv(d.fd, iov)
-		if err == unix.EAGAIN || err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, d.ioError("read", err)
-		}
-		return n, nil
-	}
-}
-
-// ReadsOnThread reports whether the device was opened with ReadOnThread:
-// its reader should hold its OS thread (runtime.LockOSThread).
-func (d *Linux) ReadsOnThread() bool { return d.onThread }
-
 func openError(name string, err error) error {
 	switch {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
@@ -481,9 +382,6 @@ func (d *Linux) Created() bool { return d.created }
 // ReadOffload.
 func (d *Linux) Read(buf []byte) (int, error) {
 	if !d.offload {
-		if d.onThread {
-			return d.readOnThread([][]byte{buf})
-		}
 		n, err := d.file.Read(buf)
 		if err != nil {
 			return n, d.ioError("read", err)
@@ -521,19 +419,14 @@ func (d *Linux) Offloads() bool { return d.offload }
 func (d *Linux) ReadOffload(buf []byte) (int, Offload, error) {
 	var hdr [VnetHdrLen]byte
 	var n int
-	var err error
-	if d.onThread {
-		n, err = d.readOnThread([][]byte{hdr[:], buf})
-	} else {
-		var rerr error
-		err = d.raw.Read(func(fd uintptr) bool {
-			iov := [2][]byte{hdr[:], buf}
-			n, rerr = unix.Readv(int(fd), iov[:])
-			return rerr != unix.EAGAIN && rerr != unix.EINTR
-		})
-		if err == nil {
-			err = rerr
-		}
+	var rerr error
+	err := d.raw.Read(func(fd uintptr) bool {
+		iov := [2][]byte{hdr[:], buf}
+		n, rerr = unix.Readv(int(fd), iov[:])
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	})
+	if err == nil {
+		err = rerr
 	}
 	if err != nil {
 		return 0, Offload{}, d.ioError("read", err)
@@ -583,19 +476,8 @@ func (d *Linux) ioError(op string, err error) error {
 func (d *Linux) Close() error {
 	d.closeOnce.Do(func() {
 		d.closed.Store(true)
-		if d.onThread {
-			// Wake a reader in poll, wait for it to leave, then close.
-			one := [8]byte{1} // an eventfd adds a host-order uint64; any non-zero one wakes
-			unix.Write(d.wake, one[:])
-			d.rmu.Lock()
-			unix.Close(d.wake)
-			d.wake = -1
-		}
 		if d.file != nil {
 			d.closeErr = d.file.Close()
-		}
-		if d.onThread {
-			d.rmu.Unlock()
 		}
 		if !d.created {
 			return

@@ -51,7 +51,6 @@ type config struct {
 	mtu      int
 	mtuSet   bool
 	offload  bool
-	tunRead  string
 	logLevel string
 	idle     time.Duration
 	maxConns int
@@ -73,7 +72,6 @@ var netstackOnly = cli.NetstackOnly{
 	"tun-addr": "the kernel's TCP needs no TUN",
 	"mtu":      "the kernel's TCP needs no TUN",
 	"offload":  "the kernel's TCP needs no TUN",
-	"tun-read": "the kernel's TCP needs no TUN",
 	"addr":     "the kernel's TCP listens on 0.0.0.0 of its namespace",
 	"backlog":  "the kernel's backlog is net.core.somaxconn",
 }
@@ -81,7 +79,7 @@ var netstackOnly = cli.NetstackOnly{
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.2.2/24")
-	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N] [--tun-read netpoll|thread]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--max-conns N] [--backlog N] [--user-timeout D]\n       [--fault RULE]... [--seed N] [--user NAME]")
+	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--max-conns N] [--backlog N] [--user-timeout D]\n       [--fault RULE]... [--seed N] [--user NAME]")
 	fs.Var(&c.port, "p", "TCP port to listen on (short for --port)")
 	fs.Var(&c.port, "port", "TCP port to listen on")
 	fs.StringVar(&c.stack, "stack", "netstack", "whose TCP serves: netstack (gVisor on a TUN) or kernel (plain net.Listen)")
@@ -90,7 +88,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	tunAddr := fs.String("tun-addr", "", "address for the kernel side of the TUN (default: the first host of --addr's network, e.g. 10.0.2.1/24); none leaves a pre-configured device alone")
 	fs.IntVar(&c.mtu, "mtu", 1500, "MTU of the TUN and of the stack's NIC")
 	fs.BoolVar(&c.offload, "offload", true, "open the TUN with checksum and segmentation offloads (IFF_VNET_HDR): TCP segments of up to 64 KiB cross it in one piece, as on a kernel NIC; --offload=false for the plain one-packet-per-read TUN")
-	fs.StringVar(&c.tunRead, "tun-read", "netpoll", "how the TUN's reader waits for a packet: netpoll (Go's netpoller) or thread (poll(2) on an OS thread of its own, no hand-off between threads)")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
 	fs.DurationVar(&c.idle, "idle-close", 0, "close a connection that has received nothing for this long, so the server closes first and TIME-WAIT lands in our stack (0: never)")
 	fs.IntVar(&c.maxConns, "max-conns", 0, "serve at most N connections at once; more are closed as soon as they are accepted, counted and logged (0: no limit)")
@@ -135,9 +132,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 	default:
 		return nil, cli.Usagef("bad --stack %q: want netstack or kernel", c.stack)
-	}
-	if c.tunRead != "netpoll" && c.tunRead != "thread" {
-		return nil, cli.Usagef("bad --tun-read %q: want netpoll or thread", c.tunRead)
 	}
 	if c.mtu < 68 || c.mtu > 65535 {
 		return nil, cli.Usagef("bad --mtu %d: want 68 to 65535", c.mtu)
@@ -287,7 +281,7 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 	if !c.tunAddr.IsValid() && !c.mtuSet {
 		mtu = 0 // adopt the pre-configured device's MTU
 	}
-	dev, err := tun.Open(tun.Config{Name: c.tun, MTU: mtu, Addr: c.tunAddr, Offload: c.offload, ReadOnThread: c.tunRead == "thread"}, log)
+	dev, err := tun.Open(tun.Config{Name: c.tun, MTU: mtu, Addr: c.tunAddr, Offload: c.offload}, log)
 	if err != nil {
 		return err
 	}

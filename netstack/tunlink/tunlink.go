@@ -1,8 +1,7 @@
 // Package tunlink is the bottom of our link pipeline: a gVisor
 // stack.LinkEndpoint that carries packets to and from a tun.Device.
 //
-// One goroutine reads the device and delivers each packet up the pipeline
-// (on a thread of its own if the device asks for it: tun.Config.ReadOnThread);
+// One goroutine reads the device and delivers each packet up the pipeline;
 // another writes what the stack sends, in order, from a bounded queue (a
 // small packet that finds the queue empty is written by its sender). A
 // write into a TUN does the kernel's side of the work in the writer's
@@ -24,7 +23,6 @@ package tunlink
 import (
 	"errors"
 	"log/slog"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -161,18 +159,8 @@ func (e *Endpoint) currentDispatcher() stack.NetworkDispatcher {
 	return nil
 }
 
-// threadReader is a device whose reader should hold its OS thread
-// (tun.Linux opened with ReadOnThread).
-type threadReader interface{ ReadsOnThread() bool }
-
 func (e *Endpoint) readLoop(done chan struct{}) {
 	defer close(done)
-	if t, ok := e.dev.(threadReader); ok && t.ReadsOnThread() {
-		// The device waits in poll(2) on this thread: keep the thread,
-		// so a packet wakes the goroutine that delivers it.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-	}
 	if e.odev != nil {
 		e.readOffloads()
 		return
