@@ -1,0 +1,135 @@
+//go:build linux
+
+package tun_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/tcp-upper/tcp-upper/internal/testenv"
+	"github.com/tcp-upper/tcp-upper/lab"
+	"github.com/tcp-upper/tcp-upper/tun"
+)
+
+// TestReadWaits: plain and with offloads, a reader blocked on an idle
+// device gets the datagrams the kernel routes into it, in order and
+// intact, and Close wakes it with ErrClosed.
+func TestReadWaits(t *testing.T) {
+	testenv.RequireRoot(t)
+	l, err := lab.New(fmt.Sprintf("tunrd-%d", os.Getpid()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Up(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := l.Down(); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	}()
+	for _, offload := range []bool{false, true} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) {
+			testReadWaits(t, l, offload)
+		})
+	}
+}
+
+type readResult struct {
+	payload []byte
+	err     error
+}
+
+func testReadWaits(t *testing.T, l *lab.Lab, offload bool) {
+	dev, err := tun.Open(tun.Config{Name: "tun0", MTU: 1500, Addr: lab.TunAddr, NetNS: l.NetNSPath(lab.Apple), Offload: offload}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bound = 5 * time.Second
+	// closeDev closes dev, failing instead of hanging if Close waits for
+	// a reader it did not wake.
+	closeDev := func() {
+		t.Helper()
+		closed := make(chan error, 1)
+		go func() { closed <- dev.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Errorf("close: %v", err)
+			}
+		case <-time.After(bound):
+			t.Errorf("Close still waiting after %v", bound)
+		}
+	}
+	defer closeDev()
+
+	got := make(chan readResult, 16)
+	go func() {
+		buf := make([]byte, tun.MaxOffloadPacket)
+		for {
+			var n int
+			var err error
+			if offload {
+				n, _, err = dev.ReadOffload(buf)
+			} else {
+				n, err = dev.Read(buf)
+			}
+			if err != nil {
+				got <- readResult{err: err}
+				return
+			}
+			p := buf[:n]
+			// Only our UDP datagrams to port 9 (IPv4, 20-byte header).
+			if n < 28 || p[0] != 0x45 || p[9] != 17 || p[22] != 0 || p[23] != 9 {
+				continue
+			}
+			got <- readResult{payload: bytes.Clone(p[28:])}
+		}
+	}()
+
+	var conn net.Conn
+	if err := l.Do(lab.Apple, func() (err error) {
+		conn, err = net.Dial("udp4", net.JoinHostPort(lab.ServerAddr.Addr().String(), "9"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for i := range 3 {
+		want := fmt.Appendf(nil, "datagram %d through tun0", i)
+		if _, err := conn.Write(want); err != nil {
+			t.Fatalf("send datagram %d: %v", i, err)
+		}
+		select {
+		case r := <-got:
+			if r.err != nil {
+				t.Fatalf("read datagram %d: %v", i, r.err)
+			}
+			if !bytes.Equal(r.payload, want) {
+				t.Fatalf("datagram %d: read %q, want %q", i, r.payload, want)
+			}
+		case <-time.After(bound):
+			t.Fatalf("datagram %d not read within %v", i, bound)
+		}
+	}
+
+	// The reader is waiting again on an idle device: Close must wake it
+	// (and not wait for it forever).
+	closeDev()
+	select {
+	case r := <-got:
+		if !errors.Is(r.err, tun.ErrClosed) {
+			t.Fatalf("read after close: payload %q, err %v; want ErrClosed", r.payload, r.err)
+		}
+	case <-time.After(bound):
+		t.Fatalf("reader still blocked %v after Close", bound)
+	}
+	if _, err := dev.Read(make([]byte, 1500)); !errors.Is(err, tun.ErrClosed) {
+		t.Errorf("Read on a closed device: %v, want ErrClosed", err)
+	}
+}
