@@ -10,6 +10,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
@@ -62,7 +63,8 @@ func request(t *testing.T, c *rawClient, app net.Conn, payload []byte, reply boo
 // Once the connection is interactive (we replied to a request at once),
 // the ACK of a request rides on the reply: no pure ACK ahead of it.
 func TestDelayedAckRidesOnTheReply(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{})
 	c := srv.dial(t, 40001, 1000, 0)
 	app := srv.accept(t)
 	request(t, c, app, []byte("first request..."), true)
@@ -77,7 +79,8 @@ func TestDelayedAckRidesOnTheReply(t *testing.T) {
 // Data nothing replies to is acknowledged by the delayed ACK timer: not
 // at once, and well within RFC 1122's 0.5 s.
 func TestDelayedAckTimer(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{})
 	c := srv.dial(t, 40002, 1000, 0)
 	app := srv.accept(t)
 	request(t, c, app, []byte("interactive now"), true)
@@ -103,7 +106,8 @@ func wantDelayed(t *testing.T, what string, el time.Duration) {
 // At least every second full-sized segment is acknowledged at once
 // (RFC 1122 4.2.3.2), even while ACKs are being delayed.
 func TestDelayedAckEverySecondFullSegment(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{})
 	c := srv.dial(t, 40003, 1000, 0)
 	app := srv.accept(t)
 	request(t, c, app, []byte("interactive now"), true)
