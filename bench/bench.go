@@ -282,24 +282,6 @@ func specs() []spec {
 	}
 }
 
-// ParseOnly checks a --only list (NAME[,NAME]...).
-func ParseOnly(s string) ([]string, error) {
-	if s == "" {
-		return nil, nil
-	}
-	var out []string
-	for _, n := range strings.Split(s, ",") {
-		n = strings.TrimSpace(n)
-		if !slices.Contains(Names(), n) {
-			return nil, fmt.Errorf("unknown figure %q: want one of %s", n, strings.Join(Names(), ", "))
-		}
-		if !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	return out, nil
-}
-
 // Env is where the measurements run: how to start a server and where its
 // clients connect. LabEnv builds it for a lab.
 type Env struct {

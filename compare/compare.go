@@ -92,22 +92,6 @@ func Names() []string {
 	return n
 }
 
-// ParseOnly splits a comma-separated list of probe names and checks each.
-func ParseOnly(s string) ([]string, error) {
-	if s == "" {
-		return nil, nil
-	}
-	var out []string
-	for _, n := range strings.Split(s, ",") {
-		n = strings.TrimSpace(n)
-		if !slices.Contains(Names(), n) {
-			return nil, fmt.Errorf("unknown probe %q: want one of %s", n, strings.Join(Names(), ", "))
-		}
-		out = append(out, n)
-	}
-	return out, nil
-}
-
 // env is what probes share: the peer and the servers' addresses.
 type env struct {
 	peer   *peer
