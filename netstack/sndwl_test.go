@@ -47,7 +47,7 @@ func TestWindowUpdateIgnoresOlderSegments(t *testing.T) {
 	const deadline = 2 * time.Second
 	const port = 46000
 	w := newWindowWatch(port)
-	srv := newRawServer(t, netstack.Options{TCPProbe: w.probe})
+	srv := newRawServer(t, plainLink, netstack.Options{TCPProbe: w.probe})
 
 	t.Run("older ACK", func(t *testing.T) {
 		w.reset()
