@@ -79,7 +79,6 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--procs", "-1"}, "bad --procs -1"},
 		{[]string{"--tun-spin", "2ms"}, "bad --tun-spin 2ms: want 0 to 1ms"},
 		{[]string{"--tun-spin", "-1us"}, "bad --tun-spin -1µs"},
-		{[]string{"--tun-spin-yield"}, "--tun-spin-yield without --tun-spin"},
 		{[]string{"--stack", "kernel", "--tun-spin", "30us"}, "--tun-spin: only with --stack netstack (the kernel's TCP needs no TUN)"},
 		{[]string{"--user-timeout", "-1s"}, "bad --user-timeout -1s"},
 		{[]string{"--time-wait", "5"}, `bad --time-wait "5": want a duration such as 10s, 500ms`},
@@ -150,20 +149,20 @@ func TestProcs(t *testing.T) {
 	}
 }
 
-// --tun-spin and --tun-spin-yield reach the config; the default spins not.
+// --tun-spin reaches the config; the default spins not.
 func TestTunSpinFlags(t *testing.T) {
 	c, err := parseFlags(nil, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.spin != 0 || c.spinYld {
-		t.Errorf("default: spin %v yield %v, want 0 false", c.spin, c.spinYld)
+	if c.spin != 0 {
+		t.Errorf("default: spin %v, want 0", c.spin)
 	}
-	c, err = parseFlags([]string{"--tun-spin", "30us", "--tun-spin-yield"}, &bytes.Buffer{})
+	c, err = parseFlags([]string{"--tun-spin", "30us"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.spin != 30*time.Microsecond || !c.spinYld {
-		t.Errorf("--tun-spin 30us --tun-spin-yield: spin %v yield %v", c.spin, c.spinYld)
+	if c.spin != 30*time.Microsecond {
+		t.Errorf("--tun-spin 30us: spin %v", c.spin)
 	}
 }

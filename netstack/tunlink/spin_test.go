@@ -54,42 +54,39 @@ func send(t *testing.T, d *tun.PipeDevice, p []byte) {
 // TestSpinBounded: with Options.Spin, a reader that finds the device
 // empty polls it for that long and then sleeps (one spin and one park per
 // idle spell, counted), a packet sent while it sleeps is still delivered,
-// and the next idle spell spins again; plain and with offloads, yielding
-// between polls or not.
+// and the next idle spell spins again; plain and with offloads.
 func TestSpinBounded(t *testing.T) {
 	for _, offload := range []bool{false, true} {
-		for _, yield := range []bool{false, true} {
-			t.Run(fmt.Sprintf("offload=%v,yield=%v", offload, yield), func(t *testing.T) {
-				near, far := tun.Pipe("near", "far", 1500)
-				if offload {
-					near, far = tun.OffloadPipe("near", "far", 1500)
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) {
+			near, far := tun.Pipe("near", "far", 1500)
+			if offload {
+				near, far = tun.OffloadPipe("near", "far", 1500)
+			}
+			e := New(near, Options{Spin: 2 * time.Millisecond}, nil)
+			defer e.Close()
+			got := make(chanDispatcher, 4)
+			e.Attach(got)
+			st := e.Stats()
+			// An idle device: one spin, ended by its bound.
+			waitFor(t, 5*time.Second, "the first spin's park", func() bool { return st.RxSpinParks.Load() == 1 })
+			if n := st.RxSpins.Load(); n != 1 {
+				t.Fatalf("spins %d after the first park, want 1", n)
+			}
+			p := segment(header.TCPProtocolNumber, 0, header.TCPMinimumSize, 10)
+			send(t, far, p)
+			select {
+			case b := <-got:
+				if !bytes.Equal(b, p) {
+					t.Fatalf("delivered %x, want %x", b, p)
 				}
-				e := New(near, Options{Spin: 2 * time.Millisecond, SpinYield: yield}, nil)
-				defer e.Close()
-				got := make(chanDispatcher, 4)
-				e.Attach(got)
-				st := e.Stats()
-				// An idle device: one spin, ended by its bound.
-				waitFor(t, 5*time.Second, "the first spin's park", func() bool { return st.RxSpinParks.Load() == 1 })
-				if n := st.RxSpins.Load(); n != 1 {
-					t.Fatalf("spins %d after the first park, want 1", n)
-				}
-				p := segment(header.TCPProtocolNumber, 0, header.TCPMinimumSize, 10)
-				send(t, far, p)
-				select {
-				case b := <-got:
-					if !bytes.Equal(b, p) {
-						t.Fatalf("delivered %x, want %x", b, p)
-					}
-				case <-time.After(5 * time.Second):
-					t.Fatal("a packet sent to a parked reader was not delivered")
-				}
-				waitFor(t, 5*time.Second, "the second spin's park", func() bool { return st.RxSpinParks.Load() == 2 })
-				if n := st.RxSpins.Load(); n != 2 {
-					t.Fatalf("spins %d after the second park, want 2", n)
-				}
-			})
-		}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a packet sent to a parked reader was not delivered")
+			}
+			waitFor(t, 5*time.Second, "the second spin's park", func() bool { return st.RxSpinParks.Load() == 2 })
+			if n := st.RxSpins.Load(); n != 2 {
+				t.Fatalf("spins %d after the second park, want 2", n)
+			}
+		})
 	}
 }
 
