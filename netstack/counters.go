@@ -61,8 +61,6 @@ func (st *Stack) Counters() []Counter {
 		Counter{"link.fragments_dropped_in", d.RxFragmentsDropped.Load(), "IP fragments dropped with offloads (their transport checksum cannot be checked by the link; TCP sets DF)"},
 		Counter{"link.gso_in", d.RxGSO.Load(), "super-segments read (several wire segments in one, with offloads)"},
 		Counter{"link.gso_out", d.TxGSO.Load(), "super-segments written for the kernel to cut (with offloads)"},
-		Counter{"link.spins_in", d.RxSpins.Load(), "times the reader found the device empty and busy-polled it (--tun-spin)"},
-		Counter{"link.spin_parks_in", d.RxSpinParks.Load(), "busy-polls that ran out without a packet, after which the reader slept"},
 	)
 	f := st.faults.Stats()
 	c = append(c,

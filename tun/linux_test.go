@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,8 +18,7 @@ import (
 
 // TestReadWaits: plain and with offloads, a reader blocked on an idle
 // device gets the datagrams the kernel routes into it, in order and
-// intact, and Close wakes it with ErrClosed; so does one that polls the
-// device with TryRead or TryReadOffload, which say when it is empty.
+// intact, and Close wakes it with ErrClosed.
 func TestReadWaits(t *testing.T) {
 	testenv.RequireRoot(t)
 	l, err := lab.New(fmt.Sprintf("tunrd-%d", os.Getpid()), nil)
@@ -37,11 +34,9 @@ func TestReadWaits(t *testing.T) {
 		}
 	}()
 	for _, offload := range []bool{false, true} {
-		for _, try := range []bool{false, true} {
-			t.Run(fmt.Sprintf("offload=%v,try=%v", offload, try), func(t *testing.T) {
-				testReadWaits(t, l, offload, try)
-			})
-		}
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) {
+			testReadWaits(t, l, offload)
+		})
 	}
 }
 
@@ -50,7 +45,7 @@ type readResult struct {
 	err     error
 }
 
-func testReadWaits(t *testing.T, l *lab.Lab, offload, try bool) {
+func testReadWaits(t *testing.T, l *lab.Lab, offload bool) {
 	dev, err := tun.Open(tun.Config{Name: "tun0", MTU: 1500, Addr: lab.TunAddr, NetNS: l.NetNSPath(lab.Apple), Offload: offload}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -74,28 +69,14 @@ func testReadWaits(t *testing.T, l *lab.Lab, offload, try bool) {
 	defer closeDev()
 
 	got := make(chan readResult, 16)
-	var empty atomic.Int64 // polls that found the device empty
 	go func() {
 		buf := make([]byte, tun.MaxOffloadPacket)
 		for {
 			var n int
 			var err error
-			switch {
-			case try:
-				for ok := false; !ok && err == nil; {
-					if offload {
-						n, _, ok, err = dev.TryReadOffload(buf)
-					} else {
-						n, ok, err = dev.TryRead(buf)
-					}
-					if !ok && err == nil {
-						empty.Add(1)
-						runtime.Gosched()
-					}
-				}
-			case offload:
+			if offload {
 				n, _, err = dev.ReadOffload(buf)
-			default:
+			} else {
 				n, err = dev.Read(buf)
 			}
 			if err != nil {
@@ -150,14 +131,5 @@ func testReadWaits(t *testing.T, l *lab.Lab, offload, try bool) {
 	}
 	if _, err := dev.Read(make([]byte, 1500)); !errors.Is(err, tun.ErrClosed) {
 		t.Errorf("Read on a closed device: %v, want ErrClosed", err)
-	}
-	if try {
-		// Each datagram was sent after the previous one was read.
-		if empty.Load() == 0 {
-			t.Errorf("no poll found the device empty")
-		}
-		if _, _, err := dev.TryRead(make([]byte, 1500)); !errors.Is(err, tun.ErrClosed) {
-			t.Errorf("TryRead on a closed device: %v, want ErrClosed", err)
-		}
 	}
 }
