@@ -37,6 +37,10 @@ var errResting = errors.New("connection resting")
 // errShutdown is conn.Read's answer once Server.Shutdown has begun.
 var errShutdown = errors.New("server shutting down")
 
+// errIdle is conn.Read's answer when IdleClose ends a connection that
+// waits without a read deadline (see TryConn).
+var errIdle = errors.New("idle")
+
 // ReadNotifier is a connection that can say when it becomes readable, so
 // that an idle one needs no goroutine blocked in Read. Our stack's
 // connections are (netstack.Conn); the kernel's net.Conn is not, and there
@@ -45,6 +49,20 @@ type ReadNotifier interface {
 	// NotifyReadable arranges for ready to be called once a Read would
 	// not block; ready must not block. stop undoes it.
 	NotifyReadable(ready func()) (stop func())
+}
+
+// TryConn is a connection that can read and write without waiting. With
+// ReadNotifier, a connection exchanging short requests then parks as soon
+// as it has answered, and is served where its readiness is reported: on
+// our stack (netstack.Conn) that is the goroutine that delivered the
+// request, so a request is answered with no goroutine to wake.
+type TryConn interface {
+	// TryRead reads what has arrived into b: (0, nil) when nothing has,
+	// io.EOF once the peer closed and everything was read.
+	TryRead(b []byte) (int, error)
+	// TryWrite writes as much of b as can be sent now, and says how
+	// much that was.
+	TryWrite(b []byte) (int, error)
 }
 
 // conn is one client connection as the server holds it: a net.Conn whose
@@ -67,7 +85,11 @@ type conn struct {
 	// it waits in Read.
 	wrote bool
 
-	rn ReadNotifier // the connection, if it can park
+	rn         ReadNotifier // the connection, if it can park
+	onReadable func()       // c.readable, bound once (parking allocates nothing)
+	// tc is the connection, if it can park and be served without waiting
+	// (and ServerOptions.HandOff is off).
+	tc TryConn
 
 	// A parked connection has no goroutine: the first of readiness, the
 	// IdleClose timer and Shutdown to claim it (parked true -> false)
@@ -86,6 +108,10 @@ func newConn(s *Server, c net.Conn) *conn {
 func (c *conn) start() {
 	c.small = make([]byte, smallBufSize)
 	c.rn, _ = c.Conn.(ReadNotifier)
+	c.onReadable = c.readable
+	if tc, ok := c.Conn.(TryConn); ok && c.rn != nil && !c.s.opts.HandOff {
+		c.tc = tc
+	}
 }
 
 // Buffer is the buffer to read into: the connection's small one, or a
@@ -107,6 +133,9 @@ func (c *conn) Read(b []byte) (int, error) {
 	s := c.s
 	if c.got && s.opts.IdleClose > 0 {
 		c.idleAt = time.Now().Add(s.opts.IdleClose)
+	}
+	if c.tc != nil && c.big == nil {
+		return c.tryRead(b)
 	}
 	want := c.idleAt
 	// A connection that can park does so after s.quiet without data.
@@ -149,6 +178,69 @@ func (c *conn) Read(b []byte) (int, error) {
 		s.log.Info("closing idle connection", "peer", c.peer, "idle", s.opts.IdleClose)
 	}
 	return 0, err
+}
+
+// tryRead is Read for a connection exchanging short requests (TryConn):
+// it reads what is there, or parks c at once (errResting) when nothing is.
+func (c *conn) tryRead(b []byte) (int, error) {
+	s := c.s
+	n, err := c.tc.TryRead(b)
+	c.got = n > 0
+	if n > 0 {
+		if s.opts.IdleClose > 0 {
+			c.idleAt = time.Now().Add(s.opts.IdleClose)
+		}
+		if n == len(c.small) {
+			// More is coming: read it with a goroutine and a big buffer.
+			c.big = s.bufs.Get().(*[]byte)
+		}
+		return n, nil
+	}
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			s.log.Debug("read failed", "peer", c.peer, "err", err)
+		}
+		return 0, err
+	}
+	if s.isClosing() {
+		return 0, errShutdown
+	}
+	if !c.idleAt.IsZero() && !time.Now().Before(c.idleAt) {
+		s.log.Info("closing idle connection", "peer", c.peer, "idle", s.opts.IdleClose)
+		return 0, errIdle
+	}
+	return 0, c.rest()
+}
+
+// serveNow is echo for a parked c that became readable (see TryConn), on
+// the goroutine that reported it, which must not wait: it answers a short
+// request and parks c again, or hands c to a goroutine of its own when
+// serving it could wait (a long read, a reply the connection does not take
+// at once, the connection's end).
+func (c *conn) serveNow() {
+	s := c.s
+	n, err := c.Read(c.small) // tryRead: c.big is nil
+	if n > 0 {
+		Upper(c.small[:n])
+		m, werr := c.tc.TryWrite(c.small[:n])
+		switch {
+		case werr != nil:
+			s.log.Debug("write failed", "peer", c.peer, "err", werr)
+			go s.finish(c)
+		case m < n:
+			go s.echoFrom(c, c.small[m:n])
+		case c.big != nil:
+			go s.echo(c)
+		default:
+			s.inPlace.Add(1)
+			c.park()
+		}
+		return
+	}
+	if err == errResting {
+		return // parked again (readiness with nothing to read)
+	}
+	go s.finish(c)
 }
 
 // Write writes b, logging a failure.
@@ -206,7 +298,7 @@ func (c *conn) park() {
 	if !c.idleAt.IsZero() {
 		c.timer = time.AfterFunc(time.Until(c.idleAt), c.claim)
 	}
-	c.stop = c.rn.NotifyReadable(c.claim)
+	c.stop = c.rn.NotifyReadable(c.onReadable)
 	if c.s.isClosing() {
 		c.claim() // Shutdown may have looked before we parked
 	}
@@ -220,8 +312,27 @@ func (c *conn) claim() {
 	}
 }
 
+// readable is a parked c's readiness: it serves c at once where it can
+// (TryConn), or resumes echo on a goroutine.
+func (c *conn) readable() {
+	if c.tc == nil {
+		c.claim()
+		return
+	}
+	if c.parked.CompareAndSwap(true, false) {
+		c.unpark()
+		c.serveNow()
+	}
+}
+
 func (c *conn) resume() {
-	c.parkMu.Lock() // park has finished arranging
+	c.unpark()
+	c.s.echo(c)
+}
+
+// unpark ends what park arranged, once it has finished arranging.
+func (c *conn) unpark() {
+	c.parkMu.Lock()
 	if c.stop != nil {
 		c.stop()
 		c.stop = nil
@@ -231,7 +342,6 @@ func (c *conn) resume() {
 		c.timer = nil
 	}
 	c.parkMu.Unlock()
-	c.s.echo(c)
 }
 
 // isTimeout reports a read deadline's expiry: os.ErrDeadlineExceeded from

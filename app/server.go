@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +26,10 @@ type ServerOptions struct {
 	// accepted (the client reads EOF at once), counted (Refused) and
 	// logged. With IdleClose, idle connections free their places.
 	MaxConns int
+	// HandOff serves every readable connection from a goroutine, even
+	// one that could be answered where its readiness is reported without
+	// waiting (TryConn): the server as it was, for comparison.
+	HandOff bool
 }
 
 // Server uppercases whatever its clients send, byte for byte, and sends it
@@ -47,6 +52,9 @@ type Server struct {
 	bufs sync.Pool
 	// quiet is quietAfter (shorter in tests).
 	quiet time.Duration
+	// inPlace counts requests answered where their readiness was
+	// reported (TryConn), without a goroutine of their own.
+	inPlace atomic.Uint64
 }
 
 // NewServer returns a server for ln. Call Serve to run it.
@@ -218,6 +226,11 @@ func (s *Server) Refused() uint64 {
 	defer s.mu.Unlock()
 	return s.refused
 }
+
+// InPlace reports how many requests were answered where their readiness
+// was reported (TryConn: on our stack, by the goroutine that delivered
+// them) rather than by a goroutine woken for them.
+func (s *Server) InPlace() uint64 { return s.inPlace.Load() }
 
 // Conns reports how many connections are open.
 func (s *Server) Conns() int {

@@ -5,8 +5,9 @@
 //
 // The service is echo, below: read, uppercase, write back. What keeps
 // thousands of idle connections cheap (a small buffer, parking without a
-// goroutine) is conn's business, in conn.go; accepting and shutting down
-// are Server's, in server.go.
+// goroutine) and answers a short request where it arrived (on our stack,
+// on the goroutine that read it from the TUN) is conn's business, in
+// conn.go; accepting and shutting down are Server's, in server.go.
 package app
 
 import "encoding/binary"
@@ -15,6 +16,17 @@ import "encoding/binary"
 // uppercase it, write it back, until the client closes (or IdleClose or
 // Shutdown ends it).
 func (s *Server) echo(c *conn) {
+	s.echoFrom(c, nil)
+}
+
+// echoFrom is echo after writing pending, the rest of a reply.
+func (s *Server) echoFrom(c *conn, pending []byte) {
+	if len(pending) > 0 {
+		if _, err := c.Write(pending); err != nil {
+			s.finish(c)
+			return
+		}
+	}
 	for {
 		buf := c.Buffer()
 		n, err := c.Read(buf)

@@ -28,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tcp-upper/tcp-upper/internal/child"
 	"github.com/tcp-upper/tcp-upper/lab"
 )
 
@@ -200,7 +201,7 @@ type spec struct {
 	overhead []string // the on side's extra flags; nil: kernel vs netstack
 	// measure runs one measurement against srv (nil for a side without a
 	// server) through t and returns one value per row.
-	measure func(ctx context.Context, cfg *Config, t target, srv *server, m meas) (result, error)
+	measure func(ctx context.Context, cfg *Config, t target, srv *child.Process, m meas) (result, error)
 }
 
 // meas is which measurement of a figure this is: i of n (2 per round),
@@ -220,30 +221,30 @@ func specs() []spec {
 	}
 	bulkResult := func(r bulkResult, err error) (result, error) { return result{vals: r.values()}, err }
 	// The overheads compare our stack with itself: its bulk rate only.
-	overheadMeasure := func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+	overheadMeasure := func(ctx context.Context, cfg *Config, t target, _ *child.Process, m meas) (result, error) {
 		r, err := bulk(ctx, t, cfg.BulkBytes, cfg.Duration, uint64(m.i))
 		return result{vals: []float64{r.mbps}}, err
 	}
 	return []spec{
 		{name: Bulk, rows: bulkRows(Bulk, &Target{Of: "ratio", Op: ">=", Value: 1.0}, &Target{Of: "ratio", Op: "<=", Value: 1.2}),
-			measure: func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+			measure: func(ctx context.Context, cfg *Config, t target, _ *child.Process, m meas) (result, error) {
 				return bulkResult(bulk(ctx, t, cfg.BulkBytes, cfg.Duration, uint64(m.i)))
 			}},
 		{name: BulkOneway, rows: bulkRows(BulkOneway, nil, nil),
-			measure: func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+			measure: func(ctx context.Context, cfg *Config, t target, _ *child.Process, m meas) (result, error) {
 				return bulkResult(bulkOneway(ctx, t, cfg.BulkBytes, cfg.Duration, uint64(m.i)))
 			}},
 		{name: BulkParallel, rows: bulkRows(BulkParallel, &Target{Of: "ratio", Op: ">=", Value: 0.9}, nil),
-			measure: func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+			measure: func(ctx context.Context, cfg *Config, t target, _ *child.Process, m meas) (result, error) {
 				return bulkResult(bulkParallel(ctx, t, cfg.Parallel, cfg.BulkBytes, cfg.Duration, uint64(m.i)))
 			}},
 		{name: RR, rows: []row{{"rr-p50", "µs", &Target{Of: "ratio", Op: "<=", Value: 1.2}}, {"rr-p99", "µs", &Target{Of: "ratio", Op: "<=", Value: 1.0}}},
-			measure: func(ctx context.Context, cfg *Config, t target, _ *server, _ meas) (result, error) {
+			measure: func(ctx context.Context, cfg *Config, t target, _ *child.Process, _ meas) (result, error) {
 				p50, p99, err := rr(ctx, t, cfg.RRCount, cfg.Duration)
 				return result{vals: []float64{p50, p99}}, err
 			}},
 		{name: TunFloor, rows: []row{{"tun-floor-p50", "µs", nil}, {"tun-floor-p99", "µs", nil}},
-			measure: func(ctx context.Context, cfg *Config, t target, _ *server, _ meas) (result, error) {
+			measure: func(ctx context.Context, cfg *Config, t target, _ *child.Process, _ meas) (result, error) {
 				host, _, err := net.SplitHostPort(t.addr)
 				if err != nil {
 					return result{}, err
@@ -256,7 +257,7 @@ func specs() []spec {
 				return result{vals: []float64{p50, p99}}, err
 			}},
 		{name: ConnRate, rows: []row{{ConnRate, "conn/s", &Target{Of: "ratio", Op: ">=", Value: 1.0}}, {"connrate-p50", "µs", nil}, {"connrate-p99", "µs", nil}},
-			measure: func(ctx context.Context, cfg *Config, t target, _ *server, m meas) (result, error) {
+			measure: func(ctx context.Context, cfg *Config, t target, _ *child.Process, m meas) (result, error) {
 				var ports *portSlice
 				if t.ownNS {
 					s := connSlice(m.i, m.n)
@@ -266,37 +267,19 @@ func specs() []spec {
 				return result{vals: []float64{r.rate, r.p50, r.p99}, note: r.note}, err
 			}},
 		{name: IdleMemory, rows: []row{{IdleMemory, "KiB/conn", &Target{Of: "test", Op: "<=", Value: 12}}},
-			measure: func(ctx context.Context, cfg *Config, t target, srv *server, _ meas) (result, error) {
+			measure: func(ctx context.Context, cfg *Config, t target, srv *child.Process, _ meas) (result, error) {
 				need := uint64(cfg.IdleConns) + 256
-				if lim, err := openFilesLimit(srv.pid()); err != nil {
+				if lim, err := openFilesLimit(srv.Pid()); err != nil {
 					return result{}, err
 				} else if lim < need {
 					return result{}, fmt.Errorf("idle-memory: the server may open %d files, %d connections need %d: raise the hard limit (ulimit -Hn) or lower the count", lim, cfg.IdleConns, need)
 				}
-				v, err := idleMemory(ctx, t, cfg.IdleConns, 500*time.Millisecond, func() (int64, error) { return vmRSS(srv.pid()) })
+				v, err := idleMemory(ctx, t, cfg.IdleConns, 500*time.Millisecond, func() (int64, error) { return vmRSS(srv.Pid()) })
 				return result{vals: []float64{v}}, err
 			}},
 		{name: TraceOverhead, rows: []row{{TraceOverhead, "MB/s", &Target{Of: "ratio", Op: ">=", Value: 0.9}}}, overhead: traceFlags, measure: overheadMeasure},
 		{name: FaultOverhead, rows: []row{{FaultOverhead, "MB/s", nil}}, overhead: idleFault, measure: overheadMeasure},
 	}
-}
-
-// ParseOnly checks a --only list (NAME[,NAME]...).
-func ParseOnly(s string) ([]string, error) {
-	if s == "" {
-		return nil, nil
-	}
-	var out []string
-	for _, n := range strings.Split(s, ",") {
-		n = strings.TrimSpace(n)
-		if !slices.Contains(Names(), n) {
-			return nil, fmt.Errorf("unknown figure %q: want one of %s", n, strings.Join(Names(), ", "))
-		}
-		if !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	return out, nil
 }
 
 // Env is where the measurements run: how to start a server and where its
@@ -484,9 +467,6 @@ type side struct {
 	serverless bool
 }
 
-// listening is what tcp-upper-server prints once it listens.
-const listening = "waiting for connections"
-
 func sideSetup(env Env, cfg *Config, s spec, n int) side {
 	netstack := append(slices.Clone(env.NetstackArgs), cfg.NetstackFlags...)
 	switch {
@@ -496,13 +476,13 @@ func sideSetup(env Env, cfg *Config, s spec, n int) side {
 		args := append(slices.Clone(cfg.Reflector[1:]), env.ReflectorArgs...)
 		return side{label: "tun-reflector", bin: cfg.Reflector[0], args: args, ready: ReflectorReady, addr: env.NetstackAddr}
 	case s.overhead == nil && n == 0:
-		return side{label: "kernel", bin: cfg.ServerBin, args: env.KernelArgs, ready: listening, addr: env.KernelAddr}
+		return side{label: "kernel", bin: cfg.ServerBin, args: env.KernelArgs, ready: lab.ServerReady, addr: env.KernelAddr}
 	case s.overhead == nil:
-		return side{label: "netstack", bin: cfg.ServerBin, args: netstack, ready: listening, addr: env.NetstackAddr}
+		return side{label: "netstack", bin: cfg.ServerBin, args: netstack, ready: lab.ServerReady, addr: env.NetstackAddr}
 	case n == 0:
-		return side{label: "off", bin: cfg.ServerBin, args: netstack, ready: listening, addr: env.NetstackAddr}
+		return side{label: "off", bin: cfg.ServerBin, args: netstack, ready: lab.ServerReady, addr: env.NetstackAddr}
 	}
-	return side{label: "on", bin: cfg.ServerBin, args: append(netstack, s.overhead...), ready: listening, addr: env.NetstackAddr, quiet: slices.Equal(s.overhead, traceFlags)}
+	return side{label: "on", bin: cfg.ServerBin, args: append(netstack, s.overhead...), ready: lab.ServerReady, addr: env.NetstackAddr, quiet: slices.Equal(s.overhead, traceFlags)}
 }
 
 // measureOnce starts the side's server (on the server CPU with pin),
@@ -520,21 +500,21 @@ func measureOnce(ctx context.Context, env Env, cfg *Config, pin *pinning, s spec
 	if pin != nil {
 		start = pin.start(start)
 	}
-	srv, err := startServer(ctx, start, sd.bin, sd.args, sd.ready, sd.quiet)
+	srv, err := child.Start(ctx, start, sd.bin, sd.args, sd.ready, sd.quiet)
 	if err != nil {
 		return result{}, err
 	}
 	if pin != nil {
-		if err := pin.check(srv.pid()); err != nil {
-			srv.stop()
+		if err := pin.check(srv.Pid()); err != nil {
+			srv.Stop()
 			return result{}, err
 		}
 	}
 	res, err := s.measure(ctx, cfg, t, srv, m)
 	if err == nil {
-		err = srv.exited()
+		err = srv.Exited()
 	}
-	if serr := srv.stop(); err == nil && serr != nil {
+	if serr := srv.Stop(); err == nil && serr != nil {
 		err = serr
 	}
 	if err == nil && ctx.Err() != nil {

@@ -109,16 +109,6 @@ func TestStat(t *testing.T) {
 	}
 }
 
-func TestParseOnly(t *testing.T) {
-	got, err := ParseOnly("rr, connrate,rr")
-	if err != nil || !slices.Equal(got, []string{"rr", "connrate"}) {
-		t.Errorf("ParseOnly = %v, %v", got, err)
-	}
-	if _, err := ParseOnly("rr,nope"); err == nil || !strings.Contains(err.Error(), "bulk-oneway") {
-		t.Errorf("ParseOnly(nope) error %v should list the names", err)
-	}
-}
-
 func TestSplitArgs(t *testing.T) {
 	got, err := SplitArgs(` --offload  --fault "in rst drop port=1" --x='a b'c `)
 	want := []string{"--offload", "--fault", "in rst drop port=1", "--x=a bc"}

@@ -12,7 +12,6 @@
 package compare
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -24,9 +23,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
-	"time"
 
+	"github.com/tcp-upper/tcp-upper/internal/child"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
@@ -92,22 +90,6 @@ func Names() []string {
 		n = append(n, p.Name)
 	}
 	return n
-}
-
-// ParseOnly splits a comma-separated list of probe names and checks each.
-func ParseOnly(s string) ([]string, error) {
-	if s == "" {
-		return nil, nil
-	}
-	var out []string
-	for _, n := range strings.Split(s, ",") {
-		n = strings.TrimSpace(n)
-		if !slices.Contains(Names(), n) {
-			return nil, fmt.Errorf("unknown probe %q: want one of %s", n, strings.Join(Names(), ", "))
-		}
-		out = append(out, n)
-	}
-	return out, nil
 }
 
 // env is what probes share: the peer and the servers' addresses.
@@ -207,16 +189,17 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 
 func runGroup(ctx context.Context, l *lab.Lab, e *env, cfg Config, flags []string, group []Probe) ([]Result, error) {
 	port := fmt.Sprint(lab.Port)
-	ks, err := startServer(ctx, l, cfg.ServerBin, append([]string{"--stack", "kernel", "--port", port}, flags...))
+	inApple := func(cmd *exec.Cmd) error { return l.Start(lab.Apple, cmd) }
+	ks, err := child.Start(ctx, inApple, cfg.ServerBin, append([]string{"--stack", "kernel", "--port", port}, flags...), lab.ServerReady, false)
 	if err != nil {
 		return nil, err
 	}
-	defer ks.stop()
-	ns, err := startServer(ctx, l, cfg.ServerBin, append([]string{"--tun", "tun0", "--addr", lab.ServerAddr.String(), "--port", port, "--control", "none"}, flags...))
+	defer ks.Stop()
+	ns, err := child.Start(ctx, inApple, cfg.ServerBin, append([]string{"--tun", "tun0", "--addr", lab.ServerAddr.String(), "--port", port, "--control", "none"}, flags...), lab.ServerReady, false)
 	if err != nil {
 		return nil, err
 	}
-	defer ns.stop()
+	defer ns.Stop()
 	var out []Result
 	for _, p := range group {
 		if ctx.Err() != nil {
@@ -239,8 +222,8 @@ func runGroup(ctx context.Context, l *lab.Lab, e *env, cfg Config, flags []strin
 				r.Netstack = got
 			}
 		}
-		for _, s := range []*server{ks, ns} {
-			if err := s.exited(); err != nil {
+		for _, s := range []*child.Process{ks, ns} {
+			if err := s.Exited(); err != nil {
 				return out, err
 			}
 		}
@@ -276,93 +259,4 @@ func uniqueName() string {
 	b := make([]byte, 3)
 	rand.Read(b)
 	return "tcpuc" + hex.EncodeToString(b)
-}
-
-// server is a tcp-upper-server this package started in apple.
-type server struct {
-	cmd    *exec.Cmd
-	out    *syncBuf
-	done   chan struct{}
-	err    error
-	exitOK bool
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuf) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.b.Len() < 64<<10 {
-		w.b.Write(p)
-	}
-	return len(p), nil
-}
-
-func (w *syncBuf) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
-func (w *syncBuf) last() string {
-	lines := strings.Split(strings.TrimSpace(w.String()), "\n")
-	return lines[len(lines)-1]
-}
-
-func startServer(ctx context.Context, l *lab.Lab, bin string, args []string) (*server, error) {
-	s := &server{out: &syncBuf{}, done: make(chan struct{})}
-	s.cmd = exec.Command(bin, args...)
-	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := l.Start(lab.Apple, s.cmd); err != nil {
-		return nil, fmt.Errorf("start %s in apple: %w", bin, err)
-	}
-	go func() { s.err = s.cmd.Wait(); close(s.done) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(s.out.String(), "waiting for connections") {
-		select {
-		case <-s.done:
-			return nil, fmt.Errorf("%s %s exited before listening (%v): %s", bin, strings.Join(args, " "), s.err, s.out.last())
-		case <-ctx.Done():
-			s.stop()
-			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			s.stop()
-			return nil, fmt.Errorf("%s %s did not listen within 10s: %s", bin, strings.Join(args, " "), s.out.last())
-		}
-	}
-	return s, nil
-}
-
-func (s *server) exited() error {
-	select {
-	case <-s.done:
-		return fmt.Errorf("server %s exited during the probes (%v): %s", strings.Join(s.cmd.Args, " "), s.err, s.out.last())
-	default:
-		return nil
-	}
-}
-
-// stop sends SIGTERM to the server (by its pid) and waits up to 10s, then
-// kills it.
-func (s *server) stop() {
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(10 * time.Second)
-	defer t.Stop()
-	select {
-	case <-s.done:
-	case <-t.C:
-		s.cmd.Process.Kill()
-		<-s.done
-	}
 }

@@ -3,26 +3,12 @@ package compare
 import (
 	"bytes"
 	"encoding/json"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
-
-func TestParseOnly(t *testing.T) {
-	got, err := ParseOnly("paws, closed-port")
-	if err != nil || !slices.Equal(got, []string{"paws", "closed-port"}) {
-		t.Errorf("ParseOnly = %v, %v", got, err)
-	}
-	if got, err := ParseOnly(""); err != nil || got != nil {
-		t.Errorf("ParseOnly(\"\") = %v, %v", got, err)
-	}
-	if _, err := ParseOnly("paws,nope"); err == nil || !strings.Contains(err.Error(), `"nope"`) {
-		t.Errorf("ParseOnly(nope) error %v", err)
-	}
-}
 
 // TestProbesWellFormed: at least 12 probes, unique names, each with an
 // RFC clause, a description and a script.

@@ -19,6 +19,10 @@ import (
 // ServerBinary is the server program's name.
 const ServerBinary = "tcp-upper-server"
 
+// ServerReady is what the server prints once it listens (the end of its
+// "listening at port: ..." line).
+const ServerReady = "waiting for connections"
+
 // FindServer looks for the server program next to the running program,
 // then on PATH.
 func FindServer() (string, error) {
@@ -67,7 +71,7 @@ func (l *Lab) StartServer(bin string, extra ...string) (pid int, err error) {
 	}
 	deadline := time.After(10 * time.Second)
 	for {
-		if strings.Contains(readFile(l.ServerLog()), "listening at port:") {
+		if strings.Contains(readFile(l.ServerLog()), ServerReady) {
 			return pid, nil
 		}
 		select {

@@ -9,6 +9,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
 
@@ -28,7 +29,8 @@ import (
 // scripts/unpatched.sh go test ./netstack -run TestUnacceptableAck shows it
 // failing without the patch.
 func TestUnacceptableAckIsAnsweredAndDropped(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{})
 	const window = 65535 // the client's window, unscaled: MAX.SND.WND
 	for i, tc := range []struct {
 		name       string

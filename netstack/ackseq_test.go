@@ -7,6 +7,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
@@ -31,7 +32,8 @@ import (
 // shows it failing without the patch.
 func TestAckSeqInsideShrunkWindow(t *testing.T) {
 	const deadline = 2 * time.Second
-	srv := newRawServer(t, netstack.Options{})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{})
 	c := srv.dial(t, 42000, 1000, 0)
 	conn := srv.accept(t)
 	iss := c.rcvNxt // the server's SND.UNA = SND.NXT: it has sent nothing

@@ -1,9 +1,12 @@
 package netstack
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -12,8 +15,10 @@ import (
 
 // Conn is a TCP connection of our stack: gonet's net.Conn, plus a way to
 // be told when it becomes readable without a goroutine blocked in Read (see
-// NotifyReadable). A server holding thousands of idle connections then
-// needs no goroutine, and no goroutine stack, for each.
+// NotifyReadable) and to read and write without waiting (TryRead,
+// TryWrite). A server holding thousands of idle connections then needs no
+// goroutine, and no goroutine stack, for each, and can answer a short
+// request on the goroutine that received it.
 //
 // Its addresses are the 4-tuple it was opened or accepted with, for its
 // whole life: gonet asks the endpoint each time, and a reset endpoint has
@@ -23,10 +28,20 @@ type Conn struct {
 	wq            *waiter.Queue
 	ep            tcpip.Endpoint
 	local, remote *net.TCPAddr
+	rd            readiness
+	unnotify      func() // c.stopReadable, bound once
+	// wr is TryWrite's reader over the caller's bytes.
+	wr bytes.Reader
 }
 
-func newConn(ep tcpip.Endpoint, wq *waiter.Queue, local, remote tcpip.FullAddress) *Conn {
-	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep, local: tcpAddr(local), remote: tcpAddr(remote)}
+// newConn wraps an endpoint; soon runs its readiness outside the stack's
+// locks (tunlink's Soon).
+func newConn(ep tcpip.Endpoint, wq *waiter.Queue, local, remote tcpip.FullAddress, soon func(func())) *Conn {
+	c := &Conn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep, local: tcpAddr(local), remote: tcpAddr(remote)}
+	c.rd.soon = soon
+	c.rd.entry.Init(&c.rd, readableMask)
+	c.unnotify = c.stopReadable
+	return c
 }
 
 func tcpAddr(a tcpip.FullAddress) *net.TCPAddr {
@@ -45,20 +60,78 @@ func (c *Conn) RemoteAddr() net.Addr { return c.remote }
 const readableMask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 
 // NotifyReadable arranges for ready to be called once, as soon as a Read
-// would not block (data, EOF or an error); it may be called at once, from
-// this goroutine, if that is already so. ready runs under the stack's
-// wait-queue lock: it must not block or touch the connection (start a
-// goroutine). stop removes the arrangement; call it, from a goroutine of
-// your own, before arranging again or once ready has run.
+// would not block (data, EOF or an error). ready runs without the stack's
+// locks: when the packet that made the connection readable is being
+// delivered from the device, on the goroutine delivering it, right after
+// it (the device is not read meanwhile, so ready must not block: TryRead
+// and TryWrite don't); otherwise on a goroutine of its own. stop removes
+// the arrangement; call it before arranging again or once ready has run.
+// Arranging allocates nothing: a connection that parks after every
+// request costs no garbage for it.
 func (c *Conn) NotifyReadable(ready func()) (stop func()) {
-	var once sync.Once
-	fire := func(waiter.EventMask) { once.Do(ready) }
-	e := waiter.NewFunctionEntry(readableMask, fire)
-	c.wq.EventRegister(&e)
+	r := &c.rd
+	r.ready = ready
+	r.armed.Store(true)
+	c.wq.EventRegister(&r.entry)
 	if c.ep.Readiness(readableMask) != 0 {
-		fire(0)
+		r.NotifyEvent(0)
 	}
-	return func() { c.wq.EventUnregister(&e) }
+	return c.unnotify
+}
+
+// readiness is NotifyReadable's arrangement; a connection has one and
+// reuses it.
+type readiness struct {
+	entry waiter.Entry
+	armed atomic.Bool // arranged, and ready not yet handed to soon
+	ready func()
+	soon  func(func())
+}
+
+// NotifyEvent implements waiter.EventListener. It runs under the wait
+// queue's lock.
+func (r *readiness) NotifyEvent(waiter.EventMask) {
+	if r.armed.CompareAndSwap(true, false) {
+		r.soon(r.ready)
+	}
+}
+
+func (c *Conn) stopReadable() {
+	c.wq.EventUnregister(&c.rd.entry)
+	c.rd.armed.Store(false)
+}
+
+// TryRead reads what has arrived into b, without waiting: (0, nil) when
+// nothing has, io.EOF once the peer has closed and everything was read.
+func (c *Conn) TryRead(b []byte) (int, error) {
+	w := tcpip.SliceWriter(b)
+	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
+	switch err.(type) {
+	case nil:
+		return res.Count, nil
+	case *tcpip.ErrWouldBlock:
+		return 0, nil
+	case *tcpip.ErrClosedForReceive:
+		return 0, io.EOF
+	}
+	return 0, c.opError("read", err)
+}
+
+// TryWrite writes as much of b as the send buffer takes now, without
+// waiting, and says how much that was.
+func (c *Conn) TryWrite(b []byte) (int, error) {
+	c.wr.Reset(b)
+	n, err := c.ep.Write(&c.wr, tcpip.WriteOptions{})
+	switch err.(type) {
+	case nil, *tcpip.ErrWouldBlock:
+		return int(n), nil
+	}
+	return int(n), c.opError("write", err)
+}
+
+// opError is err as gonet reports it.
+func (c *Conn) opError(op string, err tcpip.Error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.local, Addr: c.remote, Err: errors.New(err.String())}
 }
 
 // listener is gonet's TCP listener whose Accept hands out *Conn.
@@ -66,12 +139,13 @@ type listener struct {
 	*gonet.TCPListener
 	ep        tcpip.Endpoint
 	wq        *waiter.Queue
+	soon      func(func())
 	done      chan struct{}
 	closeOnce sync.Once
 }
 
-func newListener(gl *gonet.TCPListener, ep tcpip.Endpoint, wq *waiter.Queue) *listener {
-	return &listener{TCPListener: gl, ep: ep, wq: wq, done: make(chan struct{})}
+func newListener(gl *gonet.TCPListener, ep tcpip.Endpoint, wq *waiter.Queue, soon func(func())) *listener {
+	return &listener{TCPListener: gl, ep: ep, wq: wq, soon: soon, done: make(chan struct{})}
 }
 
 // Accept implements net.Listener, as gonet's does. A connection the peer
@@ -105,7 +179,7 @@ func (l *listener) Accept() (net.Conn, error) {
 	if lerr != nil {
 		local, _ = l.ep.GetLocalAddress()
 	}
-	return newConn(n, wq, local, peer), nil
+	return newConn(n, wq, local, peer, l.soon), nil
 }
 
 // Close implements net.Listener.

@@ -61,6 +61,8 @@ func (st *Stack) Counters() []Counter {
 		Counter{"link.fragments_dropped_in", d.RxFragmentsDropped.Load(), "IP fragments dropped with offloads (their transport checksum cannot be checked by the link; TCP sets DF)"},
 		Counter{"link.gso_in", d.RxGSO.Load(), "super-segments read (several wire segments in one, with offloads)"},
 		Counter{"link.gso_out", d.TxGSO.Load(), "super-segments written for the kernel to cut (with offloads)"},
+		Counter{"link.ready_after_delivery", d.SoonAfterDelivery.Load(), "connections made readable by a packet from the device and served by the reader right after it, with no goroutine woken"},
+		Counter{"link.ready_on_goroutine", d.SoonOnGoroutine.Load(), "connections made readable otherwise (a timer, a delayed packet, the application) and served on a goroutine of their own"},
 	)
 	f := st.faults.Stats()
 	c = append(c,

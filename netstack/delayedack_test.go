@@ -10,6 +10,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
@@ -59,13 +60,24 @@ func request(t *testing.T, c *rawClient, app net.Conn, payload []byte, reply boo
 	}
 }
 
+// interactive opens a connection from port to a fresh rawServer and makes
+// it interactive: the application has answered a first request at once.
+// It returns the client and the application's end. It checks for leaked
+// goroutines, so a test calls it first.
+func interactive(t *testing.T, port uint16) (*rawClient, net.Conn) {
+	t.Helper()
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{})
+	c := srv.dial(t, port, 1000, 0)
+	app := srv.accept(t)
+	request(t, c, app, []byte("interactive now"), true)
+	return c, app
+}
+
 // Once the connection is interactive (we replied to a request at once),
 // the ACK of a request rides on the reply: no pure ACK ahead of it.
 func TestDelayedAckRidesOnTheReply(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
-	c := srv.dial(t, 40001, 1000, 0)
-	app := srv.accept(t)
-	request(t, c, app, []byte("first request..."), true)
+	c, app := interactive(t, 40001)
 	for i := range 5 {
 		got := request(t, c, app, []byte("ping pong 16b ok"), true)
 		if len(got) != 1 || !bytes.Equal(got[0].Payload, []byte("ping pong 16b ok")) {
@@ -77,10 +89,7 @@ func TestDelayedAckRidesOnTheReply(t *testing.T) {
 // Data nothing replies to is acknowledged by the delayed ACK timer: not
 // at once, and well within RFC 1122's 0.5 s.
 func TestDelayedAckTimer(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
-	c := srv.dial(t, 40002, 1000, 0)
-	app := srv.accept(t)
-	request(t, c, app, []byte("interactive now"), true)
+	c, app := interactive(t, 40002)
 	start := time.Now()
 	got := request(t, c, app, []byte("no reply to this"), false)
 	el := time.Since(start)
@@ -103,10 +112,7 @@ func wantDelayed(t *testing.T, what string, el time.Duration) {
 // At least every second full-sized segment is acknowledged at once
 // (RFC 1122 4.2.3.2), even while ACKs are being delayed.
 func TestDelayedAckEverySecondFullSegment(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
-	c := srv.dial(t, 40003, 1000, 0)
-	app := srv.accept(t)
-	request(t, c, app, []byte("interactive now"), true)
+	c, app := interactive(t, 40003)
 	full := bytes.Repeat([]byte("x"), 1460)
 	c.next(header.TCPFlagAck, full)
 	start := time.Now()

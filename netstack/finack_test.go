@@ -11,7 +11,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
-	"github.com/tcp-upper/tcp-upper/netstack"
 )
 
 // Patch 0014 (third_party/patches/gvisor): as Linux's tcp_fin, the ACK of
@@ -33,10 +32,7 @@ func clientFin(t *testing.T, c *rawClient, app net.Conn) {
 // An application that closes as soon as it reads the end: its FIN carries
 // the ACK of the client's FIN, with no pure ACK ahead of it.
 func TestFinAckRidesOnOurFin(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
-	c := srv.dial(t, 40101, 1000, 0)
-	app := srv.accept(t)
-	request(t, c, app, []byte("ping pong 16b ok"), true)
+	c, app := interactive(t, 40101)
 	clientFin(t, c, app)
 	app.Close()
 	s, ok := c.awaitAck()
@@ -52,10 +48,7 @@ func TestFinAckRidesOnOurFin(t *testing.T) {
 // delayed ACK timer acknowledges the FIN, not at once and well within
 // RFC 1122's 0.5 s.
 func TestFinAckTimer(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
-	c := srv.dial(t, 40102, 1000, 0)
-	app := srv.accept(t)
-	request(t, c, app, []byte("ping pong 16b ok"), true)
+	c, app := interactive(t, 40102)
 	start := time.Now()
 	clientFin(t, c, app)
 	s, ok := c.awaitAck()
@@ -72,10 +65,7 @@ func TestFinAckTimer(t *testing.T) {
 // A FIN that comes after ours (FIN-WAIT-2 to TIME-WAIT) is acknowledged at
 // once, as before and as Linux does: nothing of ours could carry it.
 func TestFinAckAtOnceAfterOurFin(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
-	c := srv.dial(t, 40103, 1000, 0)
-	app := srv.accept(t)
-	request(t, c, app, []byte("ping pong 16b ok"), true)
+	c, app := interactive(t, 40103)
 	app.Close()
 	fin, ok := c.await(2*time.Second, func(s rawtcp.Segment) bool { return s.Flags.Contains(header.TCPFlagFin) })
 	if !ok {

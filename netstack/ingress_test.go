@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -13,6 +14,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
+	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
@@ -20,7 +22,7 @@ import (
 // service) whose device the test drives by hand from the far end of an
 // in-memory pipe, the way the kernel drives a TUN.
 type ingress struct {
-	*rawService
+	*rawServer
 	offload bool
 }
 
@@ -40,9 +42,9 @@ func newIngress(tb testing.TB, offload bool) *ingress {
 	if offload {
 		l = offloadLink
 	}
-	rs := newRawService(tb, l)
+	rs := newRawServer(tb, l, netstack.Options{TimeWait: time.Second})
 	rs.serve(app.ServerOptions{})
-	return &ingress{rawService: rs, offload: offload}
+	return &ingress{rawServer: rs, offload: offload}
 }
 
 // feed writes pkt (with offload metadata o, on an offload pipe) into the

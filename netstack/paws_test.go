@@ -7,6 +7,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
 
@@ -24,7 +25,8 @@ import (
 // scripts/unpatched.sh go test ./netstack -run TestPAWS shows it failing
 // without the patch.
 func TestPAWSDropsOldTimestamp(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{})
 	c := srv.dial(t, 42000, 1000, 1000)
 	conn := srv.accept(t)
 

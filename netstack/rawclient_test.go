@@ -1,45 +1,64 @@
 package netstack_test
 
 import (
+	"context"
 	"net"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
-	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
+	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
 // The tests of our RFC MUST patches (third_party/patches/gvisor/0003 to
-// 0006) play the client by hand, the way TestReceiveWindowShrinkAcceptsInFlight
-// does: a rawServer is our stack listening on 9999 at the near end of an
-// in-memory pipe, and each rawClient is one connection a test drives from
-// the far end, segment by segment.
+// 0006), of hostile peers and FuzzServerScript play the client by hand,
+// the way TestReceiveWindowShrinkAcceptsInFlight does: a rawServer is our
+// stack listening on 9999 at the near end of an in-memory pipe, with the
+// uppercase service started only when the test says so (so connections
+// can be made, and broken, while none has been accepted yet), and each
+// rawClient is one connection a test drives from the far end, segment by
+// segment.
 
 var (
-	rawServerAddr = netip.MustParseAddrPort("10.0.2.2:9999")
+	rawServerAddr = netip.AddrPortFrom(serverIP, 9999)
 	rawClientIP   = netip.MustParseAddr("10.0.2.3")
 )
 
-// rawServer is our stack with a listener on 9999; accepted hands the test
-// each connection the listener accepts.
+// rawServer is our stack with a listener on 9999 over an in-memory device
+// built by a link, whose far end the test drives by hand.
 type rawServer struct {
-	st       *netstack.Stack
-	peer     *rawtcp.Peer
-	accepted chan net.Conn
+	st   *netstack.Stack
+	far  *tun.PipeDevice
+	segs chan rawtcp.Segment
+	ln   net.Listener
+	out  *syncBuffer
+	srv  *app.Server
+	// marker numbers barrier's probes.
+	marker uint32
+	// passed holds what recv and next read but did not return: another
+	// peer's segments, which barrier hands out.
+	passed []rawtcp.Segment
+	// dropped counts the segments the far end's reader found no room for.
+	dropped atomic.Uint64
 }
 
-func newRawServer(t *testing.T, opts netstack.Options) *rawServer {
+// newRawServer builds a rawServer on l with opts (Addr set to the
+// server's, 10.0.2.2/24); it is closed when the test ends, and the test
+// fails if the far end had to drop segments (its 4096 unread were full).
+func newRawServer(t testing.TB, l link, opts netstack.Options) *rawServer {
 	t.Helper()
-	leakcheck.Check(t)
-	srvDev, peerDev := tun.Pipe("srv0", "peer0", 1500)
+	near, far := l.pipe("srv0", "far0", 1500)
 	opts.Addr = netip.PrefixFrom(rawServerAddr.Addr(), 24)
-	st, err := netstack.New(srvDev, opts, nil)
+	st, err := netstack.New(near, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,41 +67,128 @@ func newRawServer(t *testing.T, opts netstack.Options) *rawServer {
 		st.Close()
 		t.Fatal(err)
 	}
-	s := &rawServer{st: st, peer: rawtcp.NewPeer(peerDev), accepted: make(chan net.Conn, 16)}
-	done := make(chan struct{})
+	rs := &rawServer{st: st, ln: ln, far: far, segs: make(chan rawtcp.Segment, 4096), out: &syncBuffer{}}
+	read := make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(read)
+		buf := make([]byte, tun.MaxOffloadPacket)
 		for {
-			c, err := ln.Accept()
+			n, _, err := far.ReadOffload(buf)
 			if err != nil {
 				return
 			}
-			s.accepted <- c
+			if s, err := rawtcp.Parse(buf[:n]); err == nil {
+				select {
+				case rs.segs <- s:
+				default:
+					rs.dropped.Add(1)
+				}
+			}
 		}
 	}()
 	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for len(s.accepted) > 0 {
-			(<-s.accepted).Close()
+		if rs.srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			rs.srv.Shutdown(ctx)
 		}
+		ln.Close()
 		st.Close()
-		peerDev.Close()
+		far.Close()
+		<-read
+		if n := rs.dropped.Load(); n > 0 {
+			t.Errorf("the far end dropped %d segments the test did not read in time", n)
+		}
 	})
-	return s
+	return rs
 }
 
-// accept returns the next connection the server's application accepted.
-func (s *rawServer) accept(t *testing.T) net.Conn {
+// serve starts the uppercase service on the listener.
+func (rs *rawServer) serve(opts app.ServerOptions) {
+	opts.Out = rs.out
+	rs.srv = app.NewServer(rs.ln, opts, nil)
+	go rs.srv.Serve()
+}
+
+// accept returns the next connection the listener accepts, within 2 s:
+// the test plays the application.
+func (rs *rawServer) accept(t *testing.T) net.Conn {
 	t.Helper()
+	got := make(chan net.Conn, 1)
+	go func() {
+		c, _ := rs.ln.Accept() // nil once the listener closes
+		got <- c
+	}()
 	select {
-	case c := <-s.accepted:
+	case c := <-got:
+		if c == nil {
+			t.Fatal("accept: the listener closed")
+		}
 		t.Cleanup(func() { c.Close() })
 		return c
 	case <-time.After(2 * time.Second):
 		t.Fatal("the server accepted no connection within 2s")
 		return nil
 	}
+}
+
+func (rs *rawServer) send(t testing.TB, s rawtcp.Segment) {
+	t.Helper()
+	if _, err := rs.far.Write(s.Marshal()); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+}
+
+// recv waits up to 5 s for a segment to dst that satisfies ok; the
+// segments it passes over are kept for barrier.
+func (rs *rawServer) recv(t testing.TB, dst netip.AddrPort, what string, ok func(rawtcp.Segment) bool) rawtcp.Segment {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case s := <-rs.segs:
+			if s.Dst == dst && ok(s) {
+				return s
+			}
+			rs.passed = append(rs.passed, s)
+		case <-timeout:
+			t.Fatalf("%s: no such segment to %v within 5s", what, dst)
+		}
+	}
+}
+
+// next waits up to timeout for a segment to dst, and returns it; what the
+// stack sends others meanwhile is kept for barrier.
+func (rs *rawServer) next(dst netip.AddrPort, timeout time.Duration) (rawtcp.Segment, bool) {
+	expire := time.After(timeout)
+	for {
+		select {
+		case s := <-rs.segs:
+			if s.Dst == dst {
+				return s, true
+			}
+			rs.passed = append(rs.passed, s)
+		case <-expire:
+			return rawtcp.Segment{}, false
+		}
+	}
+}
+
+// waitResets waits until the stack has taken n RSTs.
+func (rs *rawServer) waitResets(t *testing.T, n uint64) {
+	t.Helper()
+	waitFor(t, func() bool { return rs.st.Gvisor().Stats().TCP.ResetsReceived.Value() >= n })
+}
+
+// established reports whether the stack holds an ESTABLISHED connection
+// from the peer's port.
+func (rs *rawServer) established(port uint16) bool {
+	for _, ep := range rs.st.Gvisor().RegisteredEndpoints() {
+		if e, ok := ep.(*tcp.Endpoint); ok && e.TransportEndpointInfo.ID.RemotePort == port && e.EndpointState() == tcp.StateEstablished {
+			return true
+		}
+	}
+	return false
 }
 
 // rawClient is one hand-driven connection to a rawServer.
@@ -153,9 +259,7 @@ func tsOption(tsVal, tsEcr uint32) []byte {
 func (c *rawClient) send(s rawtcp.Segment) {
 	c.t.Helper()
 	s.Src, s.Dst = c.me, rawServerAddr
-	if err := c.srv.peer.Send(s); err != nil {
-		c.t.Fatal(err)
-	}
+	c.srv.send(c.t, s)
 }
 
 // next sends the client's next segment and moves SND.NXT past it.
@@ -179,12 +283,9 @@ func (c *rawClient) await(timeout time.Duration, ok func(rawtcp.Segment) bool) (
 		if left <= 0 {
 			return rawtcp.Segment{}, false
 		}
-		s, open := c.srv.peer.Recv(left)
-		if !open {
+		s, got := c.srv.next(c.me, left)
+		if !got {
 			return rawtcp.Segment{}, false
-		}
-		if s.Dst != c.me {
-			continue
 		}
 		if o := header.ParseTCPOptions(s.Options); o.TS {
 			c.tsRecent = o.TSVal
@@ -207,4 +308,21 @@ func (c *rawClient) awaitAck() (rawtcp.Segment, bool) {
 func tsEcr(s rawtcp.Segment) (uint32, bool) {
 	o := header.ParseTCPOptions(s.Options)
 	return o.TSEcr, o.TS
+}
+
+// echo sends line and waits for the server's uppercase echo.
+func (c *rawClient) echo(line string) {
+	c.t.Helper()
+	c.next(header.TCPFlagAck|header.TCPFlagPsh, []byte(line))
+	got, ok := c.await(5*time.Second, func(s rawtcp.Segment) bool { return len(s.Payload) > 0 })
+	if want := strings.ToUpper(line); !ok || string(got.Payload) != want {
+		c.t.Fatalf("echo of %q: got %q, want %q", line, got.Payload, want)
+	}
+	c.rcvNxt = c.rcvNxt.Add(seqnum.Size(len(got.Payload)))
+}
+
+// reset sends an exact RST.
+func (c *rawClient) reset() {
+	c.t.Helper()
+	c.send(rawtcp.Segment{Seq: uint32(c.sndNxt), Flags: header.TCPFlagRst})
 }

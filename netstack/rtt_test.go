@@ -10,6 +10,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
@@ -34,7 +35,8 @@ import (
 func TestRTTFromTransmitTime(t *testing.T) {
 	const port = 45000
 	w := newSenderWatch(port)
-	srv := newRawServer(t, netstack.Options{TCPProbe: w.probe})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{TCPProbe: w.probe})
 	c := srv.dial(t, port, 1000, 1000)
 	conn := srv.accept(t)
 	for i := 0; i < 8; i++ {

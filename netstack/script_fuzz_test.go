@@ -14,6 +14,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
+	"github.com/tcp-upper/tcp-upper/netstack"
 )
 
 // A script is what FuzzServerScript decodes its input into: a whole server
@@ -85,7 +86,7 @@ func runScript(t *testing.T, in []byte) {
 		l = offloadLink
 	}
 	serveAfter := int(in[0] >> 1)
-	rs := newRawService(t, l)
+	rs := newRawServer(t, l, netstack.Options{TimeWait: time.Second})
 	peers := make([]*scriptPeer, scriptPeers)
 	for i := range peers {
 		peers[i] = &scriptPeer{port: uint16(scriptPort + i), iss: uint32(i+1) * 100000, tsVal: 1000}
@@ -146,9 +147,9 @@ func runScript(t *testing.T, in []byte) {
 	}
 
 	// A fresh client is served.
-	fresh := rs.handshake(t, 50000)
-	rs.echoes(t, fresh, "still serving")
-	rs.reset(t, fresh)
+	fresh := rs.dial(t, 50000, 50000000, 0)
+	fresh.echo("still serving")
+	fresh.reset()
 
 	// Every peer resets what it opened; an RST that is not exact earns a
 	// challenge ACK (RFC 5961 §3), which tells the peer the exact number.
@@ -183,7 +184,7 @@ func runScript(t *testing.T, in []byte) {
 
 // segment builds the peer's next segment from a script step and updates
 // its view.
-func (p *scriptPeer) segment(rs *rawService, step []byte) rawtcp.Segment {
+func (p *scriptPeer) segment(rs *rawServer, step []byte) rawtcp.Segment {
 	if step[0]>>6 == 3 && p.last != nil {
 		return *p.last
 	}
@@ -276,7 +277,7 @@ func (p *scriptPeer) segment(rs *rawService, step []byte) rawtcp.Segment {
 // (a SYN to a closed port from another address follows it through the
 // same read goroutine, and its RST comes back only after), and returns
 // what the stack sent meanwhile (and what recv and next passed over).
-func (rs *rawService) barrier(t testing.TB) []rawtcp.Segment {
+func (rs *rawServer) barrier(t testing.TB) []rawtcp.Segment {
 	t.Helper()
 	rs.marker++
 	seq := rs.marker * 7919
@@ -298,26 +299,9 @@ func (rs *rawService) barrier(t testing.TB) []rawtcp.Segment {
 	}
 }
 
-// next waits up to timeout for a segment to dst, and returns it; what the
-// stack sends others meanwhile is kept for barrier.
-func (rs *rawService) next(dst netip.AddrPort, timeout time.Duration) (rawtcp.Segment, bool) {
-	expire := time.After(timeout)
-	for {
-		select {
-		case s := <-rs.segs:
-			if s.Dst == dst {
-				return s, true
-			}
-			rs.passed = append(rs.passed, s)
-		case <-expire:
-			return rawtcp.Segment{}, false
-		}
-	}
-}
-
 // busyEndpoints lists the stack's TCP endpoints in a state other than
 // LISTEN, TIME-WAIT and CLOSED.
-func (rs *rawService) busyEndpoints() []string {
+func (rs *rawServer) busyEndpoints() []string {
 	var busy []string
 	for _, ep := range rs.st.Gvisor().RegisteredEndpoints() {
 		e, ok := ep.(*tcp.Endpoint)

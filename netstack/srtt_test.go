@@ -10,6 +10,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
@@ -23,7 +24,8 @@ import (
 func TestMicrosecondSRTTWithoutEarlyProbes(t *testing.T) {
 	const port = 45100
 	w := newSenderWatch(port)
-	srv := newRawServer(t, netstack.Options{TCPProbe: w.probe})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{TCPProbe: w.probe})
 	start := time.Now()
 	c := dialSACK(t, srv, port, 1000, 1000)
 	// bound is the longest any RTT sample of the warm-up can have been:

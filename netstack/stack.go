@@ -269,7 +269,7 @@ func (st *Stack) Listen(port uint16) (net.Listener, error) {
 	if st.tracker != nil {
 		st.tracker.NoteListener(port, st.backlog)
 	}
-	return newListener(gonet.NewTCPListener(st.s, &wq, ep), ep, &wq), nil
+	return newListener(gonet.NewTCPListener(st.s, &wq, ep), ep, &wq, st.dev.Soon), nil
 }
 
 // Faults is the fault layer.
@@ -339,7 +339,7 @@ func (st *Stack) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error
 		return fail(&net.OpError{Op: "connect", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: errors.New(terr.String())})
 	}
 	local, _ := ep.GetLocalAddress()
-	return newConn(ep, &wq, local, full), nil
+	return newConn(ep, &wq, local, full, st.dev.Soon), nil
 }
 
 // Drain waits until every closing connection has finished its FIN

@@ -7,6 +7,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
@@ -29,7 +30,8 @@ import (
 // scripts/unpatched.sh go test ./netstack -run TestTimeWaitAcceptsNewerSyn
 // shows it failing without the patch.
 func TestTimeWaitAcceptsNewerSyn(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{TimeWait: netstack.DefaultTimeWait})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{TimeWait: netstack.DefaultTimeWait})
 	type syn struct {
 		seq   seqnum.Value
 		tsVal uint32 // 0: no timestamps

@@ -7,6 +7,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/tcp-upper/tcp-upper/internal/leakcheck"
 	"github.com/tcp-upper/tcp-upper/internal/rawtcp"
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
@@ -27,7 +28,8 @@ import (
 // the previous segment's TSval. scripts/unpatched.sh go test ./netstack
 // -run TestAckOfFinEchoes shows it failing without the patch.
 func TestAckOfFinEchoesItsTimestamp(t *testing.T) {
-	srv := newRawServer(t, netstack.Options{})
+	leakcheck.Check(t)
+	srv := newRawServer(t, plainLink, netstack.Options{})
 	for i, serverClosesFirst := range []bool{false, true} {
 		name := "client closes first"
 		if serverClosesFirst {

@@ -344,6 +344,8 @@ func TestLabCommandsNeedRoot(t *testing.T) {
 		{[]string{"exec", "--name", labName("nr"), "ant", "true"}, "tcp-upper-lab exec", "exec (entering the lab's namespaces) needs root"},
 		{[]string{"down", "--name", labName("nr")}, "tcp-upper-lab down", "taking the lab down needs root"},
 		{[]string{"run", "handshake"}, "tcp-upper-lab run", "running an experiment (it builds a lab of its own) needs root"},
+		{[]string{"bench"}, "tcp-upper-lab bench", "building the lab needs root"},
+		{[]string{"compare"}, "tcp-upper-lab compare", "building the lab needs root"},
 	} {
 		code, _, stderr := runCmd(t, 10*time.Second, cred, bin("tcp-upper-lab"), tc.args...)
 		if code != 1 {

@@ -1,11 +1,9 @@
 package tests
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
 	"regexp"
 	"strings"
 	"syscall"
@@ -14,20 +12,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/tcp-upper/tcp-upper/internal/headless"
 	"github.com/tcp-upper/tcp-upper/lab"
 )
-
-// chromium is Debian's browser (apt-get install chromium); a missing one
-// fails the test under TCP_UPPER_REQUIRE_ROOT (CI), as any missing tool.
-func chromium(t *testing.T) string {
-	t.Helper()
-	requireTool(t, "chromium")
-	p, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // TestWebView drives tcp-upper-lab web in a real browser (headless
 // Chromium): a connection opened in the lab appears in the table with its
@@ -35,7 +22,6 @@ func chromium(t *testing.T) string {
 // request without the token is refused; the page says so when the server
 // goes away and picks it up again when it is back.
 func TestWebView(t *testing.T) {
-	browser := chromium(t)
 	l := newLab(t)
 	ctl := t.TempDir() + "/ctl.sock"
 	srv := startServer(t, l, "--control", ctl)
@@ -52,16 +38,7 @@ func TestWebView(t *testing.T) {
 		t.Fatalf("no token printed: %q", web.stdout.String())
 	}
 
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU)...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate(url+"/"), chromedp.WaitVisible(chromedp.CSS(`#status.up`))); err != nil {
-		t.Fatalf("page did not connect: %v", err)
-	}
+	ctx := headless.Open(t, url+"/")
 
 	// A connection from ant: its row appears, ESTAB.
 	c := dialAnt(t, l, serverAddr)
@@ -245,7 +222,6 @@ func TestLiveLadder(t *testing.T) {
 // table lists them all, ESTABLISHED, within 5 s and nothing was dropped on
 // the way.
 func TestWebViewThousandConnections(t *testing.T) {
-	browser := chromium(t)
 	l := newLab(t)
 	ctl := t.TempDir() + "/ctl.sock"
 	startServer(t, l, "--control", ctl)
@@ -254,16 +230,7 @@ func TestWebViewThousandConnections(t *testing.T) {
 		t.Fatalf("web did not start: %q", web.stderr.String())
 	}
 	url := regexp.MustCompile(`http://127\.0\.0\.1:\d+`).FindString(web.stdout.String())
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU)...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate(url+"/"), chromedp.WaitVisible(chromedp.CSS(`#status.up`))); err != nil {
-		t.Fatalf("page did not connect: %v", err)
-	}
+	ctx := headless.Open(t, url+"/")
 	const n = 1000
 	start := time.Now()
 	for i := 0; i < n; i++ {

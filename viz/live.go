@@ -3,7 +3,6 @@ package viz
 import (
 	"fmt"
 	"io"
-	"sort"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -21,10 +20,14 @@ import (
 // events alone: retransmissions as marks, dropped segments (from the fault
 // events) as crossed arrows.
 //
-// A segment our stack sent is held back until the next record of its
-// connection, Flush, or FlushOlder: the fault layer, below the point where
-// the tracker sees it, may still drop it, and its fault event comes after
-// it.
+// A segment our stack sent is held back until its fault event comes,
+// Flush, or FlushOlder: the fault layer, below the point where the tracker
+// sees it, may still drop it, and its fault event comes after it, possibly
+// behind records of the tracker's other sources (the peer's segments, read
+// on another goroutine; our next segments, when the stack wrote a batch;
+// the stack's events). Every row that came after a held segment, of any
+// connection, waits behind it, so the rows are drawn in the order the
+// stream brought them: the order they reached the tracker.
 type Live struct {
 	w       io.Writer
 	cv      canvas
@@ -35,6 +38,23 @@ type Live struct {
 	// segments: segment events come (then the wire's retransmissions are
 	// arrows, not marks).
 	segments bool
+	// queue is what is not drawn yet, in the order it came: empty unless
+	// its first item is a segment we sent whose fate is not known yet.
+	queue []liveItem
+}
+
+// liveItem is a row the live ladder has not drawn yet.
+type liveItem struct {
+	lc *liveConn
+	// seg is a segment (its row is made when it is drawn: a
+	// retransmission is marked against the segments drawn before it); nil
+	// for row, a state or timer of the stack.
+	seg *Segment
+	row Row
+	// held: seg is one our stack sent whose fault event may still come.
+	held bool
+	// at is when Add took it (Live.now).
+	at time.Time
 }
 
 // liveConn is what the live ladder keeps of a connection.
@@ -43,9 +63,9 @@ type liveConn struct {
 	c    Conn        // Addr, Reported and the latest segments (for the explanations)
 	us   Side        // the side of the stack whose events these are
 	last [2]*Segment // the latest segment from each side
-	held *Segment    // a segment we sent, not drawn yet
-	// heldAt is when Add took held (Live.now).
-	heldAt time.Time
+	// named: the line naming the connection is written (before its
+	// first row).
+	named bool
 	// sent is the highest sequence number (relative) each side's drawn
 	// segments reached, for the retransmission mark.
 	sent     [2]uint32
@@ -92,9 +112,6 @@ func (l *Live) conn(ev *inspect.Event) *liveConn {
 	lc.c.Reported[Server] = stackOf(ev)
 	lc.c.Addr[Client], lc.c.Addr[Server] = ev.Conn.Remote, ev.Conn.Local
 	l.conns[ev.Conn] = lc
-	name := fmt.Sprintf("#%d is %s (peer) and %s (this stack)", lc.n, ev.Conn.Remote, ev.Conn.Local)
-	indent := max(min(l.cv.margin, l.cv.w-len(name)), 0)
-	fmt.Fprintf(l.w, "%*s%s\n", indent, "", truncate(name, l.cv.w))
 	return lc
 }
 
@@ -121,7 +138,8 @@ func (lc *liveConn) side(ev *inspect.Event) {
 	}
 }
 
-// Add draws the rows of one event (or holds a segment we sent; see Live).
+// Add draws the rows of one event, or queues them behind a segment held
+// back (see Live).
 func (l *Live) Add(ev inspect.Event) {
 	lc := l.conn(&ev)
 	lc.side(&ev)
@@ -132,43 +150,48 @@ func (l *Live) Add(ev inspect.Event) {
 		}
 		l.segments = true
 		s := l.segment(lc, &ev)
-		l.release(lc)
-		if s.From == lc.us && !s.Dropped {
-			lc.held, lc.heldAt = s, l.now()
-			return
-		}
-		l.drawSeg(lc, s)
+		l.queue = append(l.queue, liveItem{lc: lc, seg: s, held: s.From == lc.us && !s.Dropped, at: l.now()})
 	case inspect.KindFault:
 		l.fault(lc, ev)
 	default:
-		l.release(lc)
-		if r, ok := eventRow(&lc.c, &ev, l.segments); ok {
-			l.draw(lc, r)
+		r, ok := eventRow(&lc.c, &ev, l.segments)
+		if !ok {
+			return
 		}
+		l.queue = append(l.queue, liveItem{lc: lc, row: r})
 	}
+	l.drain(false, time.Time{})
 }
 
-// Flush draws the segments held back, oldest first: call it when the
-// stream has nothing more for now.
-func (l *Live) Flush() { l.flush(time.Time{}) }
+// Flush draws everything held back: call it when the stream has nothing
+// more for now.
+func (l *Live) Flush() { l.drain(true, time.Time{}) }
 
-// FlushOlder draws the segments held back for age or longer, oldest first:
-// call it now and then while the stream is busy (the next record of an
-// idle connection may never come, and Flush waits for a quiet stream).
-func (l *Live) FlushOlder(age time.Duration) { l.flush(l.now().Add(-age)) }
+// FlushOlder draws what is queued up to the first segment held back for
+// less than age: call it now and then while the stream is busy (a
+// segment the fault layer let through has no fault event, and Flush
+// waits for a quiet stream).
+func (l *Live) FlushOlder(age time.Duration) { l.drain(false, l.now().Add(-age)) }
 
-// flush draws the segments held back since before (all if zero).
-func (l *Live) flush(before time.Time) {
-	var held []*liveConn
-	for _, lc := range l.conns {
-		if lc.held != nil && (before.IsZero() || !lc.heldAt.After(before)) {
-			held = append(held, lc)
+// drain draws the queue from its front up to the first segment still held
+// back; it lets held segments go: all if all, else those Add took at
+// before or earlier (none if before is zero).
+func (l *Live) drain(all bool, before time.Time) {
+	for len(l.queue) > 0 {
+		it := &l.queue[0]
+		if it.held && !all && (before.IsZero() || it.at.After(before)) {
+			return
+		}
+		lc, seg, row := it.lc, it.seg, it.row
+		*it = liveItem{} // the array keeps it until append moves the queue
+		l.queue = l.queue[1:]
+		if seg != nil {
+			l.drawSeg(lc, seg)
+		} else {
+			l.draw(lc, row)
 		}
 	}
-	sort.Slice(held, func(i, j int) bool { return held[i].held.Time.Before(held[j].held.Time) })
-	for _, lc := range held {
-		l.release(lc)
-	}
+	l.queue = l.queue[:0]
 }
 
 // segment turns a segment event into the ladder's segment.
@@ -196,7 +219,8 @@ func (l *Live) segment(lc *liveConn, ev *inspect.Event) *Segment {
 
 // fault draws what a fault event says: our held segment dropped or
 // damaged on the way out, a damaged one coming in marked when it comes,
-// one dropped on the way in (never seen by the tracker) from the event.
+// one dropped on the way in (never seen by the tracker) from the event
+// (queued in its turn).
 func (l *Live) fault(lc *liveConn, ev inspect.Event) {
 	s := Build(nil, []inspect.Event{ev})
 	if len(s.Conns) == 0 || len(s.Conns[0].Segs) == 0 {
@@ -208,10 +232,15 @@ func (l *Live) fault(lc *liveConn, ev inspect.Event) {
 	if !out {
 		d.From = lc.us.Other()
 	}
-	if h := lc.held; out && h != nil && h.AbsSeq == d.AbsSeq && h.Flags == d.Flags && h.Len == d.Len {
-		h.Dropped, h.DropRule, h.Fate = true, d.DropRule, d.Fate
-		l.release(lc)
-		return
+	if out {
+		for i := range l.queue {
+			it := &l.queue[i]
+			if h := it.seg; it.held && it.lc == lc && h.AbsSeq == d.AbsSeq && h.Flags == d.Flags && h.Len == d.Len {
+				h.Dropped, h.DropRule, h.Fate = true, d.DropRule, d.Fate
+				it.held = false
+				return
+			}
+		}
 	}
 	if !out && d.Fate != "dropped" && l.segments {
 		if lc.hurt == nil {
@@ -220,22 +249,13 @@ func (l *Live) fault(lc *liveConn, ev inspect.Event) {
 		lc.hurt[d.AbsSeq] = &d
 		return
 	}
-	l.release(lc)
-	l.drawSeg(lc, &d)
+	l.queue = append(l.queue, liveItem{lc: lc, seg: &d})
 }
 
 // faultOut: the fault event is about a segment going out.
 func faultOut(ev *inspect.Event) bool {
 	m := faultRE.FindStringSubmatch(ev.Cause)
 	return m != nil && m[2] == "out"
-}
-
-// release draws the segment held back, if any.
-func (l *Live) release(lc *liveConn) {
-	if s := lc.held; s != nil {
-		lc.held = nil
-		l.drawSeg(lc, s)
-	}
 }
 
 func (l *Live) drawSeg(lc *liveConn, s *Segment) {
@@ -264,6 +284,14 @@ func (l *Live) drawSeg(lc *liveConn, s *Segment) {
 	l.draw(lc, r)
 }
 
+// draw writes a row, after the line naming its connection if this is the
+// connection's first.
 func (l *Live) draw(lc *liveConn, r Row) {
+	if !lc.named {
+		lc.named = true
+		name := fmt.Sprintf("#%d is %s (peer) and %s (this stack)", lc.n, lc.c.Addr[lc.us.Other()], lc.c.Addr[lc.us])
+		indent := max(min(l.cv.margin, l.cv.w-len(name)), 0)
+		fmt.Fprintf(l.w, "%*s%s\n", indent, "", truncate(name, l.cv.w))
+	}
 	writeRow(l.w, l.cv, r, r.Time.Format("15:04:05.000000"), fmt.Sprintf("#%d", lc.n), l.explain)
 }

@@ -776,7 +776,9 @@ func TestLiveDupAckAfterCut(t *testing.T) {
 
 // A segment our stack sent on a connection that then goes idle is drawn
 // once it has waited, however busy other connections keep the stream
-// (FlushOlder); one held back a moment is not.
+// (FlushOlder); one held back a moment is not. The rows of the other
+// connections that came after it wait behind it: the rows are in time
+// order.
 func TestLiveFlushOlder(t *testing.T) {
 	var b bytes.Buffer
 	l, err := NewLive(&b, LadderOptions{Width: 80})
@@ -803,6 +805,9 @@ func TestLiveFlushOlder(t *testing.T) {
 		if want := i >= 49; fin != want {
 			t.Fatalf("after %d ms: #1's FIN drawn %v, want %v:\n%s", i+1, fin, want, b.String())
 		}
+		if !fin && b.Len() > 0 {
+			t.Fatalf("after %d ms: rows drawn before #1's FIN, which came first:\n%s", i+1, b.String())
+		}
 	}
 	// #2's latest, held a moment: not yet.
 	if strings.Contains(b.String(), "P. 100:101(1)") {
@@ -811,5 +816,79 @@ func TestLiveFlushOlder(t *testing.T) {
 	l.Flush()
 	if !strings.Contains(b.String(), "P. 100:101(1)") {
 		t.Errorf("Flush left a segment held back:\n%s", b.String())
+	}
+	if s := rowStamps(b.String()); len(s) != 201 || !slices.IsSorted(s) {
+		t.Errorf("%d rows, want 201 in time order:\n%s", len(s), b.String())
+	}
+}
+
+// rowStamps is the time in the margin of each of a live ladder's rows.
+func rowStamps(ladder string) []string {
+	return regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d\.\d{6}`).FindAllString(ladder, -1)
+}
+
+// A segment our stack sent that the fault layer dropped is drawn once,
+// crossed, however the stream interleaves: the fault event comes after
+// the segment (the fault layer is below the tracker), and the tracker may
+// queue, between the two, the peer's segment (read on another goroutine),
+// our next segment (a batch is traced whole before the fault layer takes
+// its first packet) or a state change of the stack. The rows stay in time
+// order: what came between is drawn after the cross.
+func TestLiveDropAfterInterleaved(t *testing.T) {
+	id := inspect.ConnID{Local: netip.MustParseAddrPort("10.0.2.2:9999"), Remote: netip.MustParseAddrPort("10.0.1.2:40000")}
+	const iss, irs = 1000, 5000
+	t0 := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
+	at := func(us int) time.Time { return t0.Add(time.Duration(us) * time.Microsecond) }
+	seg := func(us int, g inspect.Segment) inspect.Event {
+		g.End = g.Seq + g.Len
+		return inspect.Event{Time: at(us), Kind: inspect.KindSegment, Stack: inspect.StackNetstack, Conn: id,
+			ISS: iss, ISSKnown: true, IRS: irs, IRSKnown: true, Seg: &g}
+	}
+	ours := seg(10, inspect.Segment{Out: true, Flags: header.TCPFlagPsh | header.TCPFlagAck, Seq: 1, Len: 4, Ack: 5, Win: 1000, WScale: -1})
+	fault := inspect.Event{Time: at(12), Kind: inspect.KindFault, Stack: inspect.StackNetstack, Conn: id, Rule: 1,
+		ISS: iss, ISSKnown: true, IRS: irs, IRSKnown: true,
+		Cause: "injected drop, out rule #1 (out data drop count=1): 10.0.2.2:9999 > 10.0.1.2:40000: Flags [P.], seq 1001:1005, ack 5005, length 4"}
+	retx := seg(200010, inspect.Segment{Out: true, Flags: header.TCPFlagPsh | header.TCPFlagAck, Seq: 1, Len: 4, Ack: 18, Win: 1000, WScale: -1})
+	for _, tc := range []struct {
+		name    string
+		between inspect.Event
+		label   string // what the row of between shows
+	}{
+		{"peer's segment", seg(11, inspect.Segment{Flags: header.TCPFlagPsh | header.TCPFlagAck, Seq: 5, Len: 13, Ack: 1, Win: 2000, WScale: -1}), "P. 5:18(13) ack 1 win 2000"},
+		{"our next segment", seg(11, inspect.Segment{Out: true, Flags: header.TCPFlagPsh | header.TCPFlagAck, Seq: 5, Len: 6, Ack: 5, Win: 1000, WScale: -1}), "P. 5:11(6) ack 5 win 1000"},
+		{"state change", inspect.Event{Time: at(11), Kind: inspect.KindState, Stack: inspect.StackNetstack, Conn: id,
+			From: inspect.Established, To: inspect.CloseWait}, "CLOSE-WAIT"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			l, err := NewLive(&b, LadderOptions{Width: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			clock := t0
+			l.now = func() time.Time { return clock }
+			for _, ev := range []inspect.Event{ours, tc.between, fault, retx} {
+				l.Add(ev)
+			}
+			l.Flush()
+			out := b.String()
+			if n := strings.Count(out, "P. 1:5(4) ack 5 "); n != 1 {
+				t.Fatalf("our dropped segment drawn %d times, want once:\n%s", n, out)
+			}
+			lines := strings.Split(out, "\n")
+			row := func(s string) int {
+				return slices.IndexFunc(lines, func(ln string) bool { return strings.Contains(ln, s) })
+			}
+			cross, label, between, again := row("dropped X"), row("P. 1:5(4) ack 5 "), row(tc.label), row("P. 1:5(4) ack 18")
+			if cross < 0 || label < 0 || label > cross || strings.Count(out, "X") != 1 {
+				t.Fatalf("our segment not drawn crossed (once):\n%s", out)
+			}
+			if !(cross < between && between < again) {
+				t.Errorf("rows out of order: the cross on line %d, %q on %d, the retransmission on %d:\n%s", cross, tc.label, between, again, out)
+			}
+			if stamps := rowStamps(out); !slices.IsSorted(stamps) {
+				t.Errorf("rows not in time order %q:\n%s", stamps, out)
+			}
+		})
 	}
 }

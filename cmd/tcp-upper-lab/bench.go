@@ -80,7 +80,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return cli.Usagef("bad --name: %v", err)
 	}
-	if cfg.Only, err = bench.ParseOnly(*only); err != nil {
+	if cfg.Only, err = cli.Only(*only, bench.Names(), "figure"); err != nil {
 		return cli.Usagef("bad --only: %v", err)
 	}
 	if cfg.NetstackFlags, err = bench.SplitArgs(*nsFlags); err != nil {

@@ -40,7 +40,7 @@ func cmdCompare(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	cfg := compare.Config{ServerBin: *server}
 	var err error
-	if cfg.Only, err = compare.ParseOnly(*only); err != nil {
+	if cfg.Only, err = cli.Only(*only, compare.Names(), "probe"); err != nil {
 		return cli.Usagef("bad --only: %v", err)
 	}
 	if cfg.Log, err = cli.Logger(stderr, *logLevel); err != nil {

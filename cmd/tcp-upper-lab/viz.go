@@ -210,7 +210,7 @@ func cmdWeb(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 // liveIdle is how long the live ladder waits for the stream's next record
 // before it draws the segments it holds back, and how long it holds one
-// back at most while the stream is busy with other connections.
+// back at least (at most twice that) while the stream is busy.
 const liveIdle = 50 * time.Millisecond
 
 // liveLadder draws a running server's ladder from its event stream until
@@ -249,8 +249,8 @@ func liveLadder(ctx context.Context, t *target, opts viz.LadderOptions, stdout, 
 	}()
 	idle := time.NewTimer(liveIdle)
 	defer idle.Stop()
-	// A busy stream never goes quiet: what a connection that went idle
-	// held back is drawn once it has waited liveIdle.
+	// A busy stream never goes quiet: a segment held back is drawn once
+	// it has waited liveIdle, and what queued behind it with it.
 	tick := time.NewTicker(liveIdle)
 	defer tick.Stop()
 	var dropped uint64

@@ -56,6 +56,7 @@ type config struct {
 	maxConns int
 	backlog  int
 	procs    int
+	handOff  bool
 	userTO   time.Duration
 	obs      watch.Flags
 	cpuProf  string
@@ -74,6 +75,7 @@ var netstackOnly = cli.NetstackOnly{
 	"offload":  "the kernel's TCP needs no TUN",
 	"addr":     "the kernel's TCP listens on 0.0.0.0 of its namespace",
 	"backlog":  "the kernel's backlog is net.core.somaxconn",
+	"hand-off": "the kernel's connections are always served from a goroutine",
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -93,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxConns, "max-conns", 0, "serve at most N connections at once; more are closed as soon as they are accepted, counted and logged (0: no limit)")
 	fs.IntVar(&c.backlog, "backlog", 4096, "listen backlog of our stack: with this many handshakes pending, SYNs are answered with SYN cookies")
 	fs.IntVar(&c.procs, "procs", 0, "Go threads running the server's Go code at once (GOMAXPROCS), on either stack; 0: Go's default (the GOMAXPROCS variable, or one per CPU). With 1, a segment our stack reads from the TUN reaches the application's goroutine on the same thread instead of waking another: faster connections and request/response on a busy machine, less parallel bulk on an idle one (see docs/PERFORMANCE.md)")
+	fs.BoolVar(&c.handOff, "hand-off", false, "serve every request from a goroutine woken for it, as the server did before; by default a short request is answered on the goroutine that received it from the TUN (see docs/PERFORMANCE.md), for comparison")
 	fs.DurationVar(&c.userTO, "user-timeout", 0, "abort a connection whose sent data or FIN stays unacknowledged this long (TCP_USER_TIMEOUT), so a vanished peer is freed (0: the stack's retransmission limit)")
 	c.obs.Register(fs)
 	userName := fs.String("user", "", "after opening the TUN, the control socket and the pcap file, run as this user (setgroups, setgid, setuid); needs root")
@@ -300,7 +303,7 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 	// device, then the watcher, which reports what could not be recorded.
 	n, err := node.Start(dev, node.Options{
 		Stack: opts, Serve: true, Port: uint16(c.port),
-		Server: app.ServerOptions{Out: obs.Ordered(stdout), IdleClose: c.idle, MaxConns: c.maxConns},
+		Server: app.ServerOptions{Out: obs.Ordered(stdout), IdleClose: c.idle, MaxConns: c.maxConns, HandOff: c.handOff},
 		Watch:  obs.Watcher(control.Hello{Program: prog, TUN: dev.Name(), Addr: c.addr.String()}),
 		Log:    log,
 	})

@@ -2,13 +2,19 @@ package tunlink
 
 import (
 	"bytes"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/header/parse"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/tcp-upper/tcp-upper/tun"
 )
 
 // segment builds an IPv4 packet of protocol proto: a 20-byte IP header, a
@@ -119,5 +125,78 @@ func TestHeadersApart(t *testing.T) {
 				t.Errorf("bytes differ")
 			}
 		})
+	}
+}
+
+// soonDispatcher calls Soon from its deliveries and logs the order of
+// deliveries and of what Soon ran.
+type soonDispatcher struct {
+	e   *Endpoint
+	mu  sync.Mutex
+	log []string
+	n   int
+	ran chan struct{}
+}
+
+func (d *soonDispatcher) add(s string) {
+	d.mu.Lock()
+	d.log = append(d.log, s)
+	d.mu.Unlock()
+}
+
+func (d *soonDispatcher) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, _ *stack.PacketBuffer) {
+	d.mu.Lock()
+	d.n++
+	i := d.n
+	d.mu.Unlock()
+	d.add(fmt.Sprintf("deliver %d", i))
+	d.e.Soon(func() {
+		d.add(fmt.Sprintf("soon %d", i))
+		// What Soon is given meanwhile runs in the same round.
+		d.e.Soon(func() { d.add(fmt.Sprintf("soon %d again", i)); d.ran <- struct{}{} })
+	})
+	d.add(fmt.Sprintf("delivered %d", i))
+}
+
+func (*soonDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+// TestSoonRunsAfterTheDelivery: what a delivery gives Soon runs on the
+// reader right after that delivery and before the next packet; outside a
+// delivery Soon starts a goroutine.
+func TestSoonRunsAfterTheDelivery(t *testing.T) {
+	a, b := tun.Pipe("soon0", "soon1", 1500)
+	defer b.Close()
+	e := New(a, Options{}, nil)
+	defer e.Close()
+	d := &soonDispatcher{e: e, ran: make(chan struct{}, 2)}
+	e.Attach(d)
+	pkt := segment(header.TCPProtocolNumber, 0, 20, 10)
+	for range 2 {
+		if _, err := b.Write(pkt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-d.ran
+	<-d.ran
+	d.mu.Lock()
+	got := strings.Join(d.log, ", ")
+	d.mu.Unlock()
+	want := "deliver 1, delivered 1, soon 1, soon 1 again, deliver 2, delivered 2, soon 2, soon 2 again"
+	if got != want {
+		t.Errorf("order:\n got %s\nwant %s", got, want)
+	}
+	if n := e.Stats().SoonAfterDelivery.Load(); n != 4 {
+		t.Errorf("SoonAfterDelivery %d, want 4", n)
+	}
+
+	done := make(chan struct{})
+	e.Soon(func() { close(done) })
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Soon outside a delivery did not run")
+	}
+	if n := e.Stats().SoonOnGoroutine.Load(); n != 1 {
+		t.Errorf("SoonOnGoroutine %d, want 1", n)
 	}
 }

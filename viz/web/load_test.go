@@ -7,7 +7,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,7 +18,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/tcp-upper/tcp-upper/app"
-	"github.com/tcp-upper/tcp-upper/internal/testenv"
+	"github.com/tcp-upper/tcp-upper/internal/headless"
 	"github.com/tcp-upper/tcp-upper/netstack"
 	"github.com/tcp-upper/tcp-upper/netstack/control"
 	"github.com/tcp-upper/tcp-upper/netstack/inspect"
@@ -54,11 +53,6 @@ const (
 // control socket and web view are all in this test's process) and the
 // browser used.
 func TestWebViewTenThousandEventsPerSecond(t *testing.T) {
-	testenv.RequireTool(t, "chromium")
-	browser, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The server: a stack with its tracker, an echo server on port 9999,
 	// its control socket; a client stack joined to it in memory.
 	a, b := tun.Pipe("srv0", "cli0", 1500)
@@ -96,17 +90,10 @@ func TestWebViewTenThousandEventsPerSecond(t *testing.T) {
 	go func() { v.Run(vctx); close(viewDone) }()
 	defer func() { vcancel(); <-viewDone }()
 	hs := httptest.NewServer(v.Handler())
-	defer hs.Close()
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU)...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate(hs.URL+"/"), chromedp.WaitVisible(chromedp.CSS(`#status.up`))); err != nil {
-		t.Fatalf("page did not connect: %v", err)
-	}
+	// Closed after the browser (cleanups run last first): Close waits for
+	// the page's event stream to end.
+	t.Cleanup(hs.Close)
+	ctx := headless.Open(t, hs.URL+"/")
 	// Every event from now on reaches the page or is counted: the view's
 	// stream has subscribed (the page's own subscription to the view
 	// is in place once its status is up).

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -191,4 +192,25 @@ func Logger(w io.Writer, level string) (*slog.Logger, error) {
 		return nil, Usagef("bad --log-level %q: want debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// Only checks a --only list (NAME[,NAME]..., spaces allowed around the
+// commas) against the names known and returns it, each name once, in the
+// list's order; an empty list is nil. An unknown name is an error that lists the known
+// ones: unknown probe "nope": want one of ...
+func Only(s string, known []string, what string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, n := range strings.Split(s, ",") {
+		n = strings.TrimSpace(n)
+		if !slices.Contains(known, n) {
+			return nil, fmt.Errorf("unknown %s %q: want one of %s", what, n, strings.Join(known, ", "))
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }

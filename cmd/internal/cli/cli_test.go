@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -60,5 +61,21 @@ func TestParseSaysTheForm(t *testing.T) {
 		if strings.Contains(b.String(), "parse error") {
 			t.Errorf("%v: still says parse error: %q", tc.args, b.String())
 		}
+	}
+}
+
+// Only: each known name once, in the list's order; an empty list is nil;
+// an unknown name is an error naming it and listing the known ones.
+func TestOnly(t *testing.T) {
+	known := []string{"rr", "connrate", "paws"}
+	got, err := Only("paws, rr,paws", known, "probe")
+	if err != nil || !slices.Equal(got, []string{"paws", "rr"}) {
+		t.Errorf("Only = %v, %v; want [paws rr]", got, err)
+	}
+	if got, err := Only("", known, "probe"); err != nil || got != nil {
+		t.Errorf("Only(\"\") = %v, %v", got, err)
+	}
+	if _, err := Only("rr,nope", known, "figure"); err == nil || err.Error() != `unknown figure "nope": want one of rr, connrate, paws` {
+		t.Errorf("Only(nope) error %v", err)
 	}
 }
