@@ -63,6 +63,8 @@ func (st *Stack) Counters() []Counter {
 		Counter{"link.gso_out", d.TxGSO.Load(), "super-segments written for the kernel to cut (with offloads)"},
 		Counter{"link.ready_after_delivery", d.SoonAfterDelivery.Load(), "connections made readable by a packet from the device and served by the reader right after it, with no goroutine woken"},
 		Counter{"link.ready_on_goroutine", d.SoonOnGoroutine.Load(), "connections made readable otherwise (a timer, a delayed packet, the application) and served on a goroutine of their own"},
+		Counter{"link.spins_in", d.RxSpins.Load(), "times the reader found the device empty and busy-polled it (--tun-spin)"},
+		Counter{"link.spin_parks_in", d.RxSpinParks.Load(), "busy-polls that ran out without a packet, after which the reader slept"},
 	)
 	f := st.faults.Stats()
 	c = append(c,

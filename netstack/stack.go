@@ -54,6 +54,9 @@ type Options struct {
 	// OnLinkError is called once if the device fails underneath the stack
 	// (for example the TUN was deleted).
 	OnLinkError func(error)
+	// TunSpin makes the TUN's reader busy-poll an empty device for up to
+	// this long before it sleeps (tunlink.Options.Spin).
+	TunSpin time.Duration
 	// Backlog is the listen backlog (default 4096, Linux's somaxconn).
 	// When this many handshakes are pending, further SYNs are answered
 	// with SYN cookies (counted as tcp.syn_cookies_sent), so a SYN flood
@@ -138,7 +141,7 @@ func New(dev tun.Device, opts Options, log *slog.Logger) (*Stack, error) {
 	}
 
 	// The pipeline, bottom up.
-	st.dev = tunlink.New(dev, tunlink.Options{OnError: opts.OnLinkError}, log)
+	st.dev = tunlink.New(dev, tunlink.Options{OnError: opts.OnLinkError, Spin: opts.TunSpin}, log)
 	var link stack.LinkEndpoint = st.dev
 	fopts := opts.Fault
 	userApply := fopts.OnApply

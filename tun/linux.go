@@ -53,7 +53,7 @@ type Linux struct {
 	file    *os.File
 	created bool
 	offload bool
-	raw     syscall.RawConn // for writev; set with offload
+	raw     syscall.RawConn // for readv and writev without water's file methods
 	netns   string
 	log     *slog.Logger
 
@@ -62,7 +62,10 @@ type Linux struct {
 	closed    atomic.Bool
 }
 
-var _ OffloadDevice = (*Linux)(nil)
+var (
+	_ OffloadDevice = (*Linux)(nil)
+	_ TryReader     = (*Linux)(nil)
+)
 
 // Open creates the TUN device cfg.Name, or attaches to it if it already
 // exists as a persistent device, and configures its kernel side.
@@ -133,10 +136,8 @@ func Open(cfg Config, log *slog.Logger) (*Linux, error) {
 		}
 		d.file = f
 		d.offload = cfg.Offload
-		if d.offload {
-			if d.raw, err = f.SyscallConn(); err != nil {
-				return fmt.Errorf("open tun %q: %w", cfg.Name, err)
-			}
+		if d.raw, err = f.SyscallConn(); err != nil {
+			return fmt.Errorf("open tun %q: %w", cfg.Name, err)
 		}
 
 		link, err := h.LinkByName(cfg.Name)
@@ -417,25 +418,69 @@ func (d *Linux) Offloads() bool { return d.offload }
 // ReadOffload implements OffloadDevice: one read gives the virtio-net
 // header and the packet, which lands in buf.
 func (d *Linux) ReadOffload(buf []byte) (int, Offload, error) {
+	n, o, _, err := d.readOffload(buf, true)
+	return n, o, err
+}
+
+// TryReadOffload implements TryReader: ReadOffload without waiting in
+// Go's netpoller when the device is empty.
+func (d *Linux) TryReadOffload(buf []byte) (int, Offload, bool, error) {
+	return d.readOffload(buf, false)
+}
+
+// TryRead implements TryReader.
+func (d *Linux) TryRead(buf []byte) (int, bool, error) {
+	if d.offload {
+		n, o, ok, err := d.readOffload(buf, false)
+		if err == nil && (o.GSO != GSONone || o.NeedsCsum) {
+			return 0, false, fmt.Errorf("read tun %q: an offloaded packet reached TryRead: use TryReadOffload", d.name)
+		}
+		return n, ok, err
+	}
+	var n int
+	var rerr error
+	err := d.raw.Read(func(fd uintptr) bool {
+		n, rerr = unix.Read(int(fd), buf)
+		return true // one attempt: EAGAIN is an answer, not a reason to wait
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err == unix.EAGAIN || err == unix.EINTR {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, d.ioError("read", err)
+	}
+	return n, true, nil
+}
+
+// readOffload reads one packet with its virtio-net header; with wait it
+// parks in Go's netpoller while the device is empty, without it ok is
+// false then.
+func (d *Linux) readOffload(buf []byte, wait bool) (int, Offload, bool, error) {
 	var hdr [VnetHdrLen]byte
 	var n int
 	var rerr error
 	err := d.raw.Read(func(fd uintptr) bool {
 		iov := [2][]byte{hdr[:], buf}
 		n, rerr = unix.Readv(int(fd), iov[:])
-		return rerr != unix.EAGAIN && rerr != unix.EINTR
+		return !wait || (rerr != unix.EAGAIN && rerr != unix.EINTR)
 	})
 	if err == nil {
 		err = rerr
 	}
+	if !wait && (err == unix.EAGAIN || err == unix.EINTR) {
+		return 0, Offload{}, false, nil
+	}
 	if err != nil {
-		return 0, Offload{}, d.ioError("read", err)
+		return 0, Offload{}, false, d.ioError("read", err)
 	}
 	o, err := ParseOffload(hdr[:min(n, VnetHdrLen)])
 	if err != nil {
-		return 0, Offload{}, nil // an empty packet: counted as not IP, not the end of the link
+		return 0, Offload{}, true, nil // an empty packet: counted as not IP, not the end of the link
 	}
-	return n - VnetHdrLen, o, nil
+	return n - VnetHdrLen, o, true, nil
 }
 
 // WriteOffload implements OffloadDevice with one writev.

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,7 +20,8 @@ import (
 
 // TestReadWaits: plain and with offloads, a reader blocked on an idle
 // device gets the datagrams the kernel routes into it, in order and
-// intact, and Close wakes it with ErrClosed.
+// intact, and Close wakes it with ErrClosed; so does one that polls the
+// device with TryRead or TryReadOffload, which say when it is empty.
 func TestReadWaits(t *testing.T) {
 	testenv.RequireRoot(t)
 	l, err := lab.New(fmt.Sprintf("tunrd-%d", os.Getpid()), nil)
@@ -34,9 +37,11 @@ func TestReadWaits(t *testing.T) {
 		}
 	}()
 	for _, offload := range []bool{false, true} {
-		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) {
-			testReadWaits(t, l, offload)
-		})
+		for _, try := range []bool{false, true} {
+			t.Run(fmt.Sprintf("offload=%v,try=%v", offload, try), func(t *testing.T) {
+				testReadWaits(t, l, offload, try)
+			})
+		}
 	}
 }
 
@@ -45,7 +50,7 @@ type readResult struct {
 	err     error
 }
 
-func testReadWaits(t *testing.T, l *lab.Lab, offload bool) {
+func testReadWaits(t *testing.T, l *lab.Lab, offload, try bool) {
 	dev, err := tun.Open(tun.Config{Name: "tun0", MTU: 1500, Addr: lab.TunAddr, NetNS: l.NetNSPath(lab.Apple), Offload: offload}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -69,14 +74,28 @@ func testReadWaits(t *testing.T, l *lab.Lab, offload bool) {
 	defer closeDev()
 
 	got := make(chan readResult, 16)
+	var empty atomic.Int64 // polls that found the device empty
 	go func() {
 		buf := make([]byte, tun.MaxOffloadPacket)
 		for {
 			var n int
 			var err error
-			if offload {
+			switch {
+			case try:
+				for ok := false; !ok && err == nil; {
+					if offload {
+						n, _, ok, err = dev.TryReadOffload(buf)
+					} else {
+						n, ok, err = dev.TryRead(buf)
+					}
+					if !ok && err == nil {
+						empty.Add(1)
+						runtime.Gosched()
+					}
+				}
+			case offload:
 				n, _, err = dev.ReadOffload(buf)
-			} else {
+			default:
 				n, err = dev.Read(buf)
 			}
 			if err != nil {
@@ -131,5 +150,14 @@ func testReadWaits(t *testing.T, l *lab.Lab, offload bool) {
 	}
 	if _, err := dev.Read(make([]byte, 1500)); !errors.Is(err, tun.ErrClosed) {
 		t.Errorf("Read on a closed device: %v, want ErrClosed", err)
+	}
+	if try {
+		// Each datagram was sent after the previous one was read.
+		if empty.Load() == 0 {
+			t.Errorf("no poll found the device empty")
+		}
+		if _, _, err := dev.TryRead(make([]byte, 1500)); !errors.Is(err, tun.ErrClosed) {
+			t.Errorf("TryRead on a closed device: %v, want ErrClosed", err)
+		}
 	}
 }

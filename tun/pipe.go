@@ -54,7 +54,10 @@ type PipeDevice struct {
 	dropped   atomic.Uint64
 }
 
-var _ OffloadDevice = (*PipeDevice)(nil)
+var (
+	_ OffloadDevice = (*PipeDevice)(nil)
+	_ TryReader     = (*PipeDevice)(nil)
+)
 
 // Name implements Device.
 func (d *PipeDevice) Name() string { return d.name }
@@ -88,6 +91,30 @@ func (d *PipeDevice) ReadOffload(buf []byte) (int, Offload, error) {
 		return 0, Offload{}, ErrClosed
 	case p := <-d.in:
 		return copy(buf, p.data), p.o, nil
+	}
+}
+
+// TryRead implements TryReader.
+func (d *PipeDevice) TryRead(buf []byte) (int, bool, error) {
+	n, o, ok, err := d.TryReadOffload(buf)
+	if err == nil && (o.GSO != GSONone || o.NeedsCsum) {
+		return 0, false, fmt.Errorf("read %s: an offloaded packet reached TryRead: use TryReadOffload", d.name)
+	}
+	return n, ok, err
+}
+
+// TryReadOffload implements TryReader.
+func (d *PipeDevice) TryReadOffload(buf []byte) (int, Offload, bool, error) {
+	select {
+	case <-d.done:
+		return 0, Offload{}, false, ErrClosed
+	default:
+	}
+	select {
+	case p := <-d.in:
+		return copy(buf, p.data), p.o, true, nil
+	default:
+		return 0, Offload{}, false, nil
 	}
 }
 

@@ -30,5 +30,17 @@ type Device interface {
 	Close() error
 }
 
+// TryReader is a device whose reader can look for a packet without
+// waiting for one, for a reader that busy-polls before it sleeps
+// (tunlink's Options.Spin). A Linux TUN and a Pipe are both.
+type TryReader interface {
+	// TryRead is Read that returns at once: ok is false, with no error,
+	// if no packet was queued.
+	TryRead(buf []byte) (n int, ok bool, err error)
+	// TryReadOffload is OffloadDevice.ReadOffload that returns at once:
+	// ok is false, with no error, if no packet was queued.
+	TryReadOffload(buf []byte) (n int, o Offload, ok bool, err error)
+}
+
 // ErrClosed is returned by Read and Write after Close.
 var ErrClosed = errors.New("tun: device closed")

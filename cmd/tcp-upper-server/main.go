@@ -51,6 +51,7 @@ type config struct {
 	mtu      int
 	mtuSet   bool
 	offload  bool
+	spin     time.Duration
 	logLevel string
 	idle     time.Duration
 	maxConns int
@@ -76,12 +77,13 @@ var netstackOnly = cli.NetstackOnly{
 	"addr":     "the kernel's TCP listens on 0.0.0.0 of its namespace",
 	"backlog":  "the kernel's backlog is net.core.somaxconn",
 	"hand-off": "the kernel's connections are always served from a goroutine",
+	"tun-spin": "the kernel's TCP needs no TUN",
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{port: 9999}
 	c.addr.Set("10.0.2.2/24")
-	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--max-conns N] [--backlog N] [--user-timeout D]\n       [--fault RULE]... [--seed N] [--user NAME]")
+	fs := cli.NewFlagSet(prog, stderr, prog+" [-p PORT] [--stack netstack|kernel] [--tun NAME] [--addr CIDR] [--tun-addr CIDR|none] [--mtu N] [--tun-spin D]\n       [--trace|--trace-x] [--pcap FILE] [--events [--events-format text|json]] [--time-wait D] [--idle-close D] [--control PATH|none]\n       [--max-conns N] [--backlog N] [--user-timeout D]\n       [--fault RULE]... [--seed N] [--user NAME]")
 	fs.Var(&c.port, "p", "TCP port to listen on (short for --port)")
 	fs.Var(&c.port, "port", "TCP port to listen on")
 	fs.StringVar(&c.stack, "stack", "netstack", "whose TCP serves: netstack (gVisor on a TUN) or kernel (plain net.Listen)")
@@ -90,6 +92,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	tunAddr := fs.String("tun-addr", "", "address for the kernel side of the TUN (default: the first host of --addr's network, e.g. 10.0.2.1/24); none leaves a pre-configured device alone")
 	fs.IntVar(&c.mtu, "mtu", 1500, "MTU of the TUN and of the stack's NIC")
 	fs.BoolVar(&c.offload, "offload", true, "open the TUN with checksum and segmentation offloads (IFF_VNET_HDR): TCP segments of up to 64 KiB cross it in one piece, as on a kernel NIC; --offload=false for the plain one-packet-per-read TUN")
+	fs.DurationVar(&c.spin, "tun-spin", 0, "after the TUN runs empty, keep polling it for up to this long before sleeping in Go's netpoller, so the next packet of an exchange finds the reader awake; costs CPU while idle between bursts (0: sleep at once; at most 1ms; for performance work, see docs/PERFORMANCE.md)")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
 	fs.DurationVar(&c.idle, "idle-close", 0, "close a connection that has received nothing for this long, so the server closes first and TIME-WAIT lands in our stack (0: never)")
 	fs.IntVar(&c.maxConns, "max-conns", 0, "serve at most N connections at once; more are closed as soon as they are accepted, counted and logged (0: no limit)")
@@ -117,6 +120,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.backlog < 1 || c.backlog > 65535 {
 		return nil, cli.Usagef("bad --backlog %d: want 1 to 65535", c.backlog)
+	}
+	if c.spin < 0 || c.spin > time.Millisecond {
+		return nil, cli.Usagef("bad --tun-spin %v: want 0 to 1ms", c.spin)
 	}
 	if c.procs < 0 || c.procs > 1024 {
 		return nil, cli.Usagef("bad --procs %d: want 1 to 1024, or 0 for Go's default", c.procs)
@@ -293,6 +299,8 @@ func serveNetstack(ctx context.Context, c *config, stdout, stderr io.Writer, log
 		Addr:        c.addr.Prefix,
 		Backlog:     c.backlog,
 		UserTimeout: c.userTO,
+
+		TunSpin: c.spin,
 	}
 	obs, err := watch.New(&c.obs, &opts, stderr, log)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseFlagsDefaults(t *testing.T) {
@@ -76,6 +77,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--backlog", "0"}, "bad --backlog 0"},
 		{[]string{"--backlog", "70000"}, "bad --backlog 70000"},
 		{[]string{"--procs", "-1"}, "bad --procs -1"},
+		{[]string{"--tun-spin", "2ms"}, "bad --tun-spin 2ms: want 0 to 1ms"},
+		{[]string{"--tun-spin", "-1us"}, "bad --tun-spin -1µs"},
+		{[]string{"--stack", "kernel", "--tun-spin", "30us"}, "--tun-spin: only with --stack netstack (the kernel's TCP needs no TUN)"},
 		{[]string{"--user-timeout", "-1s"}, "bad --user-timeout -1s"},
 		{[]string{"--time-wait", "5"}, `bad --time-wait "5": want a duration such as 10s, 500ms`},
 		{[]string{"--idle-close", "soon"}, `bad --idle-close "soon": want a duration such as 10s, 500ms`},
@@ -142,5 +146,23 @@ func TestProcs(t *testing.T) {
 		if got := runtime.GOMAXPROCS(0); got != tc.want {
 			t.Errorf("%v: GOMAXPROCS %d, want %d", tc.args, got, tc.want)
 		}
+	}
+}
+
+// --tun-spin reaches the config; the default spins not.
+func TestTunSpinFlags(t *testing.T) {
+	c, err := parseFlags(nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.spin != 0 {
+		t.Errorf("default: spin %v, want 0", c.spin)
+	}
+	c, err = parseFlags([]string{"--tun-spin", "30us"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.spin != 30*time.Microsecond {
+		t.Errorf("--tun-spin 30us: spin %v", c.spin)
 	}
 }
