@@ -149,20 +149,23 @@ func TestProcs(t *testing.T) {
 	}
 }
 
-// --tun-spin reaches the config; the default spins not.
+// --tun-spin reaches the config; by default the reader spins 50 µs, and 0
+// turns spinning off.
 func TestTunSpinFlags(t *testing.T) {
-	c, err := parseFlags(nil, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.spin != 0 {
-		t.Errorf("default: spin %v, want 0", c.spin)
-	}
-	c, err = parseFlags([]string{"--tun-spin", "30us"}, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.spin != 30*time.Microsecond {
-		t.Errorf("--tun-spin 30us: spin %v", c.spin)
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 50 * time.Microsecond},
+		{[]string{"--tun-spin", "30us"}, 30 * time.Microsecond},
+		{[]string{"--tun-spin", "0"}, 0},
+	} {
+		c, err := parseFlags(tc.args, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.spin != tc.want {
+			t.Errorf("%v: spin %v, want %v", tc.args, c.spin, tc.want)
+		}
 	}
 }
