@@ -24,6 +24,7 @@ import (
 	"github.com/tcp-upper/tcp-upper/app"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/cli"
 	"github.com/tcp-upper/tcp-upper/cmd/internal/watch"
+	"github.com/tcp-upper/tcp-upper/internal/gcfloor"
 	"github.com/tcp-upper/tcp-upper/internal/kevents"
 	"github.com/tcp-upper/tcp-upper/lab"
 	"github.com/tcp-upper/tcp-upper/netstack"
@@ -58,6 +59,7 @@ type config struct {
 	backlog  int
 	procs    int
 	handOff  bool
+	gcFloor  int // MiB
 	userTO   time.Duration
 	obs      watch.Flags
 	cpuProf  string
@@ -72,7 +74,7 @@ const DefaultTunSpin = 50 * time.Microsecond
 // netstackOnly are the server's own flags that mean nothing to the
 // kernel's TCP (the observation flags are observe's); the rest (port,
 // --idle-close, --max-conns, --user-timeout, --user, --log-level,
-// --cpuprofile, --memprofile, --procs) serve both stacks.
+// --cpuprofile, --memprofile, --procs, --gc-floor) serve both stacks.
 var netstackOnly = cli.NetstackOnly{
 	"tun":      "the kernel's TCP needs no TUN",
 	"tun-addr": "the kernel's TCP needs no TUN",
@@ -103,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.backlog, "backlog", 4096, "listen backlog of our stack: with this many handshakes pending, SYNs are answered with SYN cookies")
 	fs.IntVar(&c.procs, "procs", 0, "Go threads running the server's Go code at once (GOMAXPROCS), on either stack; 0: Go's default (the GOMAXPROCS variable, or one per CPU). With 1, a segment our stack reads from the TUN reaches the application's goroutine on the same thread instead of waking another: faster connections and request/response on a busy machine, less parallel bulk on an idle one (see docs/PERFORMANCE.md)")
 	fs.BoolVar(&c.handOff, "hand-off", false, "serve every request from a goroutine woken for it, as the server did before; by default a short request is answered on the goroutine that received it from the TUN (see docs/PERFORMANCE.md), for comparison")
+	fs.IntVar(&c.gcFloor, "gc-floor", 32, "MiB: keep the Go garbage collector's heap goal at least this large while the live heap is small, so a busy server collects every 32 MiB of allocation rather than every 4 MiB (each collection delays the request/responses around it; see docs/PERFORMANCE.md); 0: Go's default")
 	fs.DurationVar(&c.userTO, "user-timeout", 0, "abort a connection whose sent data or FIN stays unacknowledged this long (TCP_USER_TIMEOUT), so a vanished peer is freed (0: the stack's retransmission limit)")
 	c.obs.Register(fs)
 	userName := fs.String("user", "", "after opening the TUN, the control socket and the pcap file, run as this user (setgroups, setgid, setuid); needs root")
@@ -130,6 +133,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.procs < 0 || c.procs > 1024 {
 		return nil, cli.Usagef("bad --procs %d: want 1 to 1024, or 0 for Go's default", c.procs)
+	}
+	if c.gcFloor < 0 || c.gcFloor > 4096 {
+		return nil, cli.Usagef("bad --gc-floor %d: want 1 to 4096 MiB, or 0 for Go's default", c.gcFloor)
 	}
 	if c.userTO < 0 {
 		return nil, cli.Usagef("bad --user-timeout %v: want a positive duration, or 0 for none", c.userTO)
@@ -222,6 +228,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}()
 	}
 	c.applyProcs()
+	defer gcfloor.Start(uint64(c.gcFloor) << 20)()
 	if c.stack == "kernel" {
 		return cli.Exit(stderr, prog, serveKernel(ctx, c, stdout, stderr, log))
 	}

@@ -80,6 +80,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--tun-spin", "2ms"}, "bad --tun-spin 2ms: want 0 to 1ms"},
 		{[]string{"--tun-spin", "-1us"}, "bad --tun-spin -1µs"},
 		{[]string{"--stack", "kernel", "--tun-spin", "30us"}, "--tun-spin: only with --stack netstack (the kernel's TCP needs no TUN)"},
+		{[]string{"--gc-floor", "-1"}, "bad --gc-floor -1"},
+		{[]string{"--gc-floor", "5000"}, "bad --gc-floor 5000"},
 		{[]string{"--user-timeout", "-1s"}, "bad --user-timeout -1s"},
 		{[]string{"--time-wait", "5"}, `bad --time-wait "5": want a duration such as 10s, 500ms`},
 		{[]string{"--idle-close", "soon"}, `bad --idle-close "soon": want a duration such as 10s, 500ms`},
