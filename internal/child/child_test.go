@@ -14,8 +14,10 @@ func here(cmd *exec.Cmd) error { return cmd.Start() }
 // and so is one that exits while running (Exited).
 func TestStartStop(t *testing.T) {
 	// sleep in the background: the shell runs its trap at once (and the
-	// trap ends the sleep).
-	ready := `trap 'kill $!; exit 0' TERM; echo "listening at port: 1, waiting for connections..."; sleep 20 & wait`
+	// trap ends the sleep). The sleep starts before the ready line, so
+	// that a SIGTERM right after it finds $! set: a sleep left running
+	// would hold the output pipe open for 20 s.
+	ready := `trap 'kill $!; exit 0' TERM; sleep 20 & echo "listening at port: 1, waiting for connections..."; wait`
 	p, err := Start(context.Background(), here, "sh", []string{"-c", ready}, "waiting for connections", false)
 	if err != nil {
 		t.Fatal(err)
