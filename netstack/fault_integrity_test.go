@@ -42,13 +42,21 @@ func testIntegrityUnderFaults(t *testing.T, l link) {
 	// then idles the transfer for a minute (measured: 1 run in 6 with or
 	// without our patches). Cap the backoff at 1 s: the test is about
 	// what arrives, not how long the worst streak waits.
-	srv, cli := pair(t, l, netstack.Options{MaxRTO: time.Second, Fault: fault.Options{Seed: 7, Rules: rules}}, netstack.Options{MaxRTO: time.Second})
+	// Inspect: a failure logs both ends' sockets as the trackers see them.
+	srv, cli := pair(t, l, netstack.Options{MaxRTO: time.Second, Inspect: true, Fault: fault.Options{Seed: 7, Rules: rules}}, netstack.Options{MaxRTO: time.Second, Inspect: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	conn := echo(ctx, t, srv, cli, app.ServerOptions{})
 	const total = 16 << 20
 	res, err := app.Bulk(ctx, conn, app.BulkOptions{Total: total, Seed: 3, Chunk: 64 << 10, StallAfter: time.Minute})
 	if err != nil {
+		for name, st := range map[string]*netstack.Stack{"server": srv, "client": cli} {
+			st.Tracker().Sync()
+			for _, k := range st.Tracker().Sockets() {
+				t.Logf("%s socket: %+v", name, k)
+			}
+			t.Logf("%s counters: %v", name, counters(st))
+		}
 		t.Fatalf("bulk under faults: %v", err)
 	}
 	if res.Received != total {
