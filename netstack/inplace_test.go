@@ -11,6 +11,44 @@ import (
 	"github.com/tcp-upper/tcp-upper/netstack"
 )
 
+// shortExchanges runs an uppercase server with opts on srv, makes n
+// sequential 16-byte exchanges with it from cli, checking every echo, and
+// shuts the server down; it returns the server, for its counts.
+func shortExchanges(t *testing.T, srv, cli *netstack.Stack, opts app.ServerOptions, n int) *app.Server {
+	t.Helper()
+	ln, err := srv.Listen(9999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := app.NewServer(ln, opts, nil)
+	go server.Serve()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	got := make([]byte, 16)
+	for i := range n {
+		msg := []byte("request number " + string(rune('a'+i%26)))[:16]
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(upper(msg)) {
+			t.Fatalf("exchange %d: echo %q for %q", i, got, msg)
+		}
+	}
+	c.Close()
+	if err := server.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return server
+}
+
 // TestShortRequestsAnsweredInPlace: on our stack a connection exchanging
 // short requests is answered by the goroutine that delivered each request
 // from the device, right after it (app.TryConn, tunlink's Soon): of 200
@@ -23,37 +61,8 @@ func TestShortRequestsAnsweredInPlace(t *testing.T) {
 	forLinks(t, func(t *testing.T, l link) {
 		for _, handOff := range []bool{false, true} {
 			srv, cli := pair(t, l, netstack.Options{}, netstack.Options{})
-			ln, err := srv.Listen(9999)
-			if err != nil {
-				t.Fatal(err)
-			}
-			server := app.NewServer(ln, app.ServerOptions{HandOff: handOff}, nil)
-			go server.Serve()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			c, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.SetDeadline(time.Now().Add(20 * time.Second))
 			const n = 200
-			got := make([]byte, 16)
-			for i := range n {
-				msg := []byte("request number " + string(rune('a'+i%26)))[:16]
-				if _, err := c.Write(msg); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := io.ReadFull(c, got); err != nil {
-					t.Fatal(err)
-				}
-				if string(got) != string(upper(msg)) {
-					t.Fatalf("exchange %d: echo %q for %q", i, got, msg)
-				}
-			}
-			c.Close()
-			if err := server.Shutdown(ctx); err != nil {
-				t.Fatal(err)
-			}
+			server := shortExchanges(t, srv, cli, app.ServerOptions{HandOff: handOff}, n)
 			m := counters(srv)
 			inPlace, reader, spawned := server.InPlace(), m["link.ready_after_delivery"], m["link.ready_on_goroutine"]
 			t.Logf("hand-off %v: %d of %d answered in place; readiness %d on the reader, %d on goroutines", handOff, inPlace, n, reader, spawned)

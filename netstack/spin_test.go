@@ -1,9 +1,6 @@
 package netstack_test
 
 import (
-	"context"
-	"io"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -18,37 +15,8 @@ import (
 func TestTunSpinServes(t *testing.T) {
 	forLinks(t, func(t *testing.T, l link) {
 		srv, cli := pair(t, l, netstack.Options{TunSpin: 2 * time.Millisecond}, netstack.Options{})
-		ln, err := srv.Listen(9999)
-		if err != nil {
-			t.Fatal(err)
-		}
-		server := app.NewServer(ln, app.ServerOptions{}, nil)
-		go server.Serve()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c, err := cli.Dial(ctx, netip.MustParseAddrPort("10.0.2.2:9999"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(20 * time.Second))
 		const n = 200
-		got := make([]byte, 16)
-		for i := range n {
-			msg := []byte("request number " + string(rune('a'+i%26)))[:16]
-			if _, err := c.Write(msg); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, got); err != nil {
-				t.Fatal(err)
-			}
-			if string(got) != string(upper(msg)) {
-				t.Fatalf("exchange %d: echo %q for %q", i, got, msg)
-			}
-		}
-		c.Close()
-		if err := server.Shutdown(ctx); err != nil {
-			t.Fatal(err)
-		}
+		server := shortExchanges(t, srv, cli, app.ServerOptions{}, n)
 		m := counters(srv)
 		spins, parks := m["link.spins_in"], m["link.spin_parks_in"]
 		t.Logf("%d spins, %d ran out; %d of %d answered in place", spins, parks, server.InPlace(), n)
