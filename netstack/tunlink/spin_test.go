@@ -74,14 +74,7 @@ func TestSpinBounded(t *testing.T) {
 			}
 			p := segment(header.TCPProtocolNumber, 0, header.TCPMinimumSize, 10)
 			send(t, far, p)
-			select {
-			case b := <-got:
-				if !bytes.Equal(b, p) {
-					t.Fatalf("delivered %x, want %x", b, p)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("a packet sent to a parked reader was not delivered")
-			}
+			got.expect(t, p, "a parked reader")
 			waitFor(t, 5*time.Second, "the second spin's park", func() bool { return st.RxSpinParks.Load() == 2 })
 			if n := st.RxSpins.Load(); n != 2 {
 				t.Fatalf("spins %d after the second park, want 2", n)
@@ -108,14 +101,7 @@ func TestSpinCatchesAndCloses(t *testing.T) {
 			waitFor(t, 5*time.Second, "the reader spinning", func() bool { return st.RxSpins.Load() == 1 })
 			p := segment(header.TCPProtocolNumber, 0, header.TCPMinimumSize, 10)
 			send(t, far, p)
-			select {
-			case b := <-got:
-				if !bytes.Equal(b, p) {
-					t.Fatalf("delivered %x, want %x", b, p)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("a packet sent to a spinning reader was not delivered")
-			}
+			got.expect(t, p, "a spinning reader")
 			waitFor(t, 5*time.Second, "the reader spinning again", func() bool { return st.RxSpins.Load() == 2 })
 			start := time.Now()
 			e.Close()
@@ -127,5 +113,18 @@ func TestSpinCatchesAndCloses(t *testing.T) {
 				t.Errorf("%d parks, want 0: the packet came while the reader spun, and Close came before the spin ran out", n)
 			}
 		})
+	}
+}
+
+// expect waits up to 5 s for the delivery of p, sent to who.
+func (c chanDispatcher) expect(t *testing.T, p []byte, who string) {
+	t.Helper()
+	select {
+	case b := <-c:
+		if !bytes.Equal(b, p) {
+			t.Fatalf("delivered %x, want %x", b, p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("a packet sent to %s was not delivered", who)
 	}
 }
