@@ -61,8 +61,8 @@ func (st *Stack) Counters() []Counter {
 		Counter{"link.fragments_dropped_in", d.RxFragmentsDropped.Load(), "IP fragments dropped with offloads (their transport checksum cannot be checked by the link; TCP sets DF)"},
 		Counter{"link.gso_in", d.RxGSO.Load(), "super-segments read (several wire segments in one, with offloads)"},
 		Counter{"link.gso_out", d.TxGSO.Load(), "super-segments written for the kernel to cut (with offloads)"},
-		Counter{"link.ready_after_delivery", d.SoonAfterDelivery.Load(), "connections made readable by a packet from the device and served by the reader right after it, with no goroutine woken"},
-		Counter{"link.ready_on_goroutine", d.SoonOnGoroutine.Load(), "connections made readable otherwise (a timer, a delayed packet, the application) and served on a goroutine of their own"},
+		Counter{"link.ready_after_delivery", d.SoonAfterDelivery.Load(), "readiness (a connection became readable) run by the device reader right after the packet it was delivering, with no goroutine woken (mostly what that packet caused)"},
+		Counter{"link.ready_on_goroutine", d.SoonOnGoroutine.Load(), "readiness reported while the reader was not delivering (a timer, a delayed packet, the application), run on a goroutine of its own"},
 		Counter{"link.spins_in", d.RxSpins.Load(), "times the reader found the device empty and busy-polled it (--tun-spin)"},
 		Counter{"link.spin_parks_in", d.RxSpinParks.Load(), "busy-polls that ran out without a packet, after which the reader slept"},
 	)
