@@ -57,9 +57,72 @@ type Linux struct {
 	netns   string
 	log     *slog.Logger
 
+	// rd and wr are the read and the write in progress, kept here so that
+	// neither allocates: a function literal over local variables, handed
+	// to raw, escapes to the heap on every call (with the reader polling
+	// an empty device, tens of thousands of times a second). readMu and
+	// writeMu let one read and one write run at a time.
+	readMu  sync.Mutex
+	rd      rawRead
+	writeMu sync.Mutex
+	wr      rawWrite
+
 	closeOnce sync.Once
 	closeErr  error
 	closed    atomic.Bool
+}
+
+// rawRead is one read(2) (readv(2) with the virtio-net header) for
+// raw.Read.
+type rawRead struct {
+	hdr  [VnetHdrLen]byte
+	iov  [2][]byte // hdr and the caller's buffer
+	vnet bool      // with the header
+	wait bool      // park in the netpoller on EAGAIN
+	n    int
+	err  error
+	fn   func(fd uintptr) bool // do, bound once
+}
+
+func (r *rawRead) do(fd uintptr) bool {
+	if r.vnet {
+		r.n, r.err = unix.Readv(int(fd), r.iov[:])
+	} else {
+		r.n, r.err = unix.Read(int(fd), r.iov[1])
+	}
+	return !r.wait || (r.err != unix.EAGAIN && r.err != unix.EINTR)
+}
+
+// read reads into buf, with the header if vnet; it returns the bytes read
+// (header included) and the header. d.readMu is held.
+func (d *Linux) read(buf []byte, vnet, wait bool) (int, [VnetHdrLen]byte, error) {
+	r := &d.rd
+	if r.fn == nil {
+		r.fn = r.do
+	}
+	r.iov = [2][]byte{r.hdr[:], buf}
+	r.vnet, r.wait = vnet, wait
+	err := d.raw.Read(r.fn)
+	if err == nil {
+		err = r.err
+	}
+	n, hdr := r.n, r.hdr
+	r.iov[1], r.err = nil, nil // keep neither the caller's buffer nor its error
+	return n, hdr, err
+}
+
+// rawWrite is one writev(2) with the virtio-net header, for raw.Write.
+type rawWrite struct {
+	hdr [VnetHdrLen]byte
+	iov [][]byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool // do, bound once
+}
+
+func (w *rawWrite) do(fd uintptr) bool {
+	w.n, w.err = unix.Writev(int(fd), w.iov)
+	return w.err != unix.EAGAIN && w.err != unix.EINTR
 }
 
 var (
@@ -437,15 +500,9 @@ func (d *Linux) TryRead(buf []byte) (int, bool, error) {
 		}
 		return n, ok, err
 	}
-	var n int
-	var rerr error
-	err := d.raw.Read(func(fd uintptr) bool {
-		n, rerr = unix.Read(int(fd), buf)
-		return true // one attempt: EAGAIN is an answer, not a reason to wait
-	})
-	if err == nil {
-		err = rerr
-	}
+	d.readMu.Lock()
+	n, _, err := d.read(buf, false, false) // one attempt: EAGAIN is an answer
+	d.readMu.Unlock()
 	if err == unix.EAGAIN || err == unix.EINTR {
 		return 0, false, nil
 	}
@@ -459,17 +516,9 @@ func (d *Linux) TryRead(buf []byte) (int, bool, error) {
 // parks in Go's netpoller while the device is empty, without it ok is
 // false then.
 func (d *Linux) readOffload(buf []byte, wait bool) (int, Offload, bool, error) {
-	var hdr [VnetHdrLen]byte
-	var n int
-	var rerr error
-	err := d.raw.Read(func(fd uintptr) bool {
-		iov := [2][]byte{hdr[:], buf}
-		n, rerr = unix.Readv(int(fd), iov[:])
-		return !wait || (rerr != unix.EAGAIN && rerr != unix.EINTR)
-	})
-	if err == nil {
-		err = rerr
-	}
+	d.readMu.Lock()
+	n, hdr, err := d.read(buf, true, wait)
+	d.readMu.Unlock()
 	if !wait && (err == unix.EAGAIN || err == unix.EINTR) {
 		return 0, Offload{}, false, nil
 	}
@@ -485,20 +534,21 @@ func (d *Linux) readOffload(buf []byte, wait bool) (int, Offload, bool, error) {
 
 // WriteOffload implements OffloadDevice with one writev.
 func (d *Linux) WriteOffload(bufs [][]byte, o Offload) (int, error) {
-	var hdr [VnetHdrLen]byte
-	o.Marshal(hdr[:])
-	var stack [8][]byte
-	iov := append(stack[:0], hdr[:])
-	iov = append(iov, bufs...)
-	var n int
-	var werr error
-	err := d.raw.Write(func(fd uintptr) bool {
-		n, werr = unix.Writev(int(fd), iov)
-		return werr != unix.EAGAIN && werr != unix.EINTR
-	})
-	if err == nil {
-		err = werr
+	d.writeMu.Lock()
+	w := &d.wr
+	if w.fn == nil {
+		w.fn = w.do
 	}
+	o.Marshal(w.hdr[:])
+	w.iov = append(append(w.iov[:0], w.hdr[:]), bufs...)
+	err := d.raw.Write(w.fn)
+	if err == nil {
+		err = w.err
+	}
+	n := w.n
+	clear(w.iov) // keep none of the caller's buffers
+	w.err = nil
+	d.writeMu.Unlock()
 	if err != nil {
 		return 0, d.ioError("write", err)
 	}
