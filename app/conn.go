@@ -55,7 +55,9 @@ type ReadNotifier interface {
 // ReadNotifier, a connection exchanging short requests then parks as soon
 // as it has answered, and is served where its readiness is reported: on
 // our stack (netstack.Conn) that is the goroutine that delivered the
-// request, so a request is answered with no goroutine to wake.
+// request, so a request is answered with no goroutine to wake. Such a
+// connection's NotifyReadable must call ready outside its own locks, since
+// ready reads and writes it.
 type TryConn interface {
 	// TryRead reads what has arrived into b: (0, nil) when nothing has,
 	// io.EOF once the peer closed and everything was read.
