@@ -198,6 +198,12 @@ type sender struct {
 	// peer has ever advertised (tcp-upper patch; save/restore, generated
 	// in tcp_state_autogen.go, does not keep it: we do not use it).
 	maxSndWnd seqnum.Size
+
+	// sndWL1 and sndWL2 are SND.WL1 and SND.WL2 (RFC 9293 3.2): the
+	// sequence and acknowledgment numbers of the segment SndWnd was last
+	// taken from (tcp-upper patch; not kept by save/restore either).
+	sndWL1 seqnum.Value
+	sndWL2 seqnum.Value
 }
 
 // protectedWriteList wraps the write list, checking for invalid state when
@@ -1589,6 +1595,26 @@ func (s *sender) inRecovery() bool {
 	return false
 }
 
+// newerWindow reports whether the window of seg, an acceptable segment,
+// is newer than the one the sender holds (tcp-upper patch). As RFC 9293
+// 3.10.7.4: SND.UNA =< SEG.ACK, and SND.WL1 < SEG.SEQ, or SND.WL1 = SEG.SEQ
+// and SND.WL2 =< SEG.ACK. As Linux (tcp_ack leaves the window alone for an
+// ACK below SND.UNA; tcp_may_update_window), an ACK that advances SND.UNA
+// is newer too, whatever its SEQ: the peer sent it after every segment we
+// took an ACK from, all lower. It matters when a segment the peer sent
+// earlier with a higher SEQ (data past a hole, whose ACK field we take at
+// once, where RFC 9293 processes segments in sequence order) moved
+// SND.WL1 past the SEQ of the retransmission that fills the hole.
+// +checklocks:s.ep.mu
+func (s *sender) newerWindow(seg *segment) bool {
+	ack, seq := seg.ackNumber, seg.sequenceNumber
+	if ack.LessThan(s.SndUna) {
+		return false
+	}
+	return s.SndUna.LessThan(ack) || s.sndWL1.LessThan(seq) ||
+		(s.sndWL1 == seq && s.sndWL2.LessThanEq(ack))
+}
+
 // handleRcvdSegment is called when a segment is received; it is responsible for
 // updating the send-related state.
 // +checklocks:s.ep.mu
@@ -1671,16 +1697,26 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 	}
 
 	// Stash away the current window size.
-	s.SndWnd = rcvdSeg.window
-	if s.maxSndWnd < s.SndWnd {
-		s.maxSndWnd = s.SndWnd
+	//
+	// tcp-upper patch: only if the segment is newer than the one the
+	// window was last taken from (RFC 9293 3.10.7.4, SND.WL1/SND.WL2).
+	// Upstream took the window of every acceptable segment: an older one,
+	// reordered or duplicated, opened a window the peer had shut since
+	// (and we sent past its edge), or shut an open one.
+	if s.newerWindow(rcvdSeg) {
+		s.SndWnd = rcvdSeg.window
+		s.sndWL1, s.sndWL2 = rcvdSeg.sequenceNumber, ack
+		if s.maxSndWnd < s.SndWnd {
+			s.maxSndWnd = s.SndWnd
+		}
 	}
 
 	// Disable zero window probing if remote advertises a non-zero receive
 	// window. This can be with an ACK to the zero window probe (where the
 	// acknumber refers to the already acknowledged byte) OR to any previously
-	// unacknowledged segment.
-	if s.zeroWindowProbing && rcvdSeg.window > 0 &&
+	// unacknowledged segment. (tcp-upper patch: the window we took, not
+	// that of a segment too old to give it.)
+	if s.zeroWindowProbing && s.SndWnd > 0 &&
 		(ack == s.SndUna || (ack-1).InRange(s.SndUna, s.SndNxt)) {
 		s.disableZeroWindowProbing()
 	}
