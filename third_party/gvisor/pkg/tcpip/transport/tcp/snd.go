@@ -989,7 +989,15 @@ func (s *sender) maybeSendSegment(seg *segment, limit int, end seqnum.Value) (se
 		// the segment right here if there are no pending segments. If
 		// there are pending segments, segment transmits are deferred to
 		// the retransmit timer handler.
-		if s.SndUna != s.SndNxt {
+		//
+		// tcp-upper patch: only the first transmission of a segment is
+		// deferred. A retransmission (the retransmit timer handler's
+		// own, a loss probe's, a recovery's) sends what fits in the
+		// window, as Linux's tcp_retransmit_skb: deferred, it was
+		// deferred to the very handler that could not send it, which
+		// then left no timer armed (Outstanding is 0 after a timeout),
+		// and a peer whose window update was lost waited forever.
+		if s.SndUna != s.SndNxt && seg.xmitCount == 0 {
 			switch {
 			case available >= seg.payloadSize():
 				// OK to send, the whole segments fits in the
@@ -1115,11 +1123,16 @@ func (s *sender) postXmit(dataSent bool, shouldScheduleProbe bool) {
 			s.schedulePTO()
 		} else if !s.resendTimer.enabled() {
 			s.probeTimer.disable()
-			if s.Outstanding > 0 {
-				// Enable the resend timer if it's not enabled yet and there is
-				// outstanding data.
-				s.resendTimer.enable(s.RTO)
-			}
+			// Enable the resend timer if it's not enabled yet and there is
+			// outstanding data.
+			//
+			// tcp-upper patch: whenever data is unacknowledged (RFC 6298
+			// 5.1, RFC 8985 7.3), not only while Outstanding is
+			// positive: Outstanding leaves out segments marked lost
+			// (SetPipe) and is 0 after a timeout, so a loss probe that
+			// retransmitted the last segment, or a timeout that could
+			// send nothing, left no timer, and nothing was sent again.
+			s.resendTimer.enable(s.RTO)
 		}
 	}
 }
