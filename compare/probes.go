@@ -44,6 +44,8 @@ func Probes() []Probe {
 			RFC: "RFC 7323 5.3 R1 (ACK, drop)", Expect: "ACK, data dropped", run: probePAWS},
 		{Name: "sack-out-of-order", Doc: "bytes 100-200 before bytes 0-100: the duplicate ACK's SACK block, then the echo",
 			RFC: "RFC 2018 4, RFC 9293 3.10.7.4", Expect: "dup ACK, SACK 100-200; hole filled: echoed 200", run: probeSACK},
+		{Name: "reordered-window", Doc: "100 bytes with window 0 arrive after the next 100 bytes, sent later with the window open: whose window the server keeps (the echo goes out only if the window is open)",
+			RFC: "RFC 9293 3.10.7.4 (SND.WL1/SND.WL2: update SND.WND only from a newer segment)", Expect: "newer window kept: echoed 200", run: probeReorderedWindow},
 		{Name: "duplicate-data", Doc: "the first 10 bytes again after they were ACKed and echoed: the ACK's SACK blocks",
 			RFC: "RFC 2883 4 (D-SACK: MAY)", Allowed: 1, run: probeDuplicate},
 		{Name: "urgent-data", Doc: "6 bytes with URG and the urgent pointer at their end: what is echoed",
@@ -359,6 +361,52 @@ func probeSACK(e *env, c *conn) (string, error) {
 	data, _, _ := c.readEcho(200, false, time.Second)
 	parts = append(parts, fmt.Sprintf("hole filled: echoed %d", len(data)))
 	return strings.Join(parts, "; "), nil
+}
+
+func probeReorderedWindow(e *env, c *conn) (string, error) {
+	if err := c.dial(fullOpts); err != nil {
+		return "", err
+	}
+	// The newer segment: bytes 100-200, window open. The older: bytes
+	// 0-100, sent before it with the window shut, reordered behind it,
+	// with the same TSval (sent in the same tick, so PAWS passes it).
+	base := c.sndNxt
+	newer := c.seg(header.TCPFlagAck|header.TCPFlagPsh, bytes.Repeat([]byte("b"), 100))
+	newer.Seq = base + 100
+	older := newer
+	older.Seq = base
+	older.Window = 0
+	older.Payload = bytes.Repeat([]byte("a"), 100)
+	if err := c.write(newer); err != nil {
+		return "", err
+	}
+	c.collect(quiet) // the duplicate ACK of the out-of-order data
+	if err := c.write(older); err != nil {
+		return "", err
+	}
+	c.sndNxt = base + 200
+	// Not acknowledged: an ACK would open the window whatever the server
+	// took (a server that took the window 0 probes it within an RTO, and
+	// echoes once the ACK of its probe comes).
+	echoed, probed := 0, false
+	for _, s := range c.collect(quiet) {
+		switch {
+		case s.Flags&header.TCPFlagRst != 0:
+			return "RST", nil
+		case s.Seq == c.rcvNxt+uint32(echoed) && len(s.Payload) > 0:
+			echoed += len(s.Payload)
+		case s.Seq == c.rcvNxt-1:
+			probed = true
+		}
+	}
+	switch {
+	case echoed == 200:
+		return "newer window kept: echoed 200", nil
+	case probed:
+		return fmt.Sprintf("older window 0 taken: zero-window probe, %d of 200 bytes echoed", echoed), nil
+	default:
+		return fmt.Sprintf("%d of 200 bytes echoed within %v", echoed, quiet), nil
+	}
 }
 
 // zeroWindow is what one zero-window conversation showed.

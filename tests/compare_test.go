@@ -26,7 +26,8 @@ func compareLabs() map[string]bool {
 
 // TestCompare runs tcp-upper-lab compare as root on the probes our gVisor
 // patches fix (an ACK above SND.NXT or too old, PAWS, a SYN in TIME-WAIT,
-// the ACK of a FIN: 0003, 0004, 0006, 0014) and on a few basic ones, and asserts that our stack
+// the ACK of a FIN, a reordered older segment's window: 0003, 0004, 0006,
+// 0014, 0015) and on a few basic ones, and asserts that our stack
 // does what the kernel does in each, as the RFC requires; then that the
 // compare lab and its servers are gone.
 func TestCompare(t *testing.T) {
@@ -45,6 +46,9 @@ func TestCompare(t *testing.T) {
 		// Linux's tcp_fin, patch 0014: the ACK of the client's FIN
 		// rides on the server's FIN.
 		"passive-close": "FIN and ACK in one segment",
+		// RFC 9293 3.10.7.4, patch 0015: the window of an older
+		// segment, reordered behind a newer one, is not taken.
+		"reordered-window": "newer window kept: echoed 200",
 	}
 	var names []string
 	for n := range want {

@@ -675,6 +675,9 @@ func (h *handshake) transitionToStateEstablishedLocked(s *segment) {
 	// receive window scaling if the peer doesn't support it
 	// (indicated by a negative send window scale).
 	initSender(h.ep, h.iss, h.ackNum-1, h.sndWnd, h.mss, h.sndWndScale)
+	// tcp-upper patch: SND.WL1 and SND.WL2 of the segment the window came
+	// from (RFC 9293 3.10.7.3 and 3.10.7.4).
+	h.ep.snd.sndWL1, h.ep.snd.sndWL2 = s.sequenceNumber, s.ackNumber
 
 	// Use the final handshake ACK's ingress time (s.rcvdTime) rather than the
 	// current clock to seed the initial RTT/RTO. If the ACK was delayed inside

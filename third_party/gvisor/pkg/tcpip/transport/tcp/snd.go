@@ -198,6 +198,12 @@ type sender struct {
 	// peer has ever advertised (tcp-upper patch; save/restore, generated
 	// in tcp_state_autogen.go, does not keep it: we do not use it).
 	maxSndWnd seqnum.Size
+
+	// sndWL1 and sndWL2 are SND.WL1 and SND.WL2 (RFC 9293 3.2): the
+	// sequence and acknowledgment numbers of the segment SndWnd was last
+	// taken from (tcp-upper patch; not kept by save/restore either).
+	sndWL1 seqnum.Value
+	sndWL2 seqnum.Value
 }
 
 // protectedWriteList wraps the write list, checking for invalid state when
@@ -983,7 +989,15 @@ func (s *sender) maybeSendSegment(seg *segment, limit int, end seqnum.Value) (se
 		// the segment right here if there are no pending segments. If
 		// there are pending segments, segment transmits are deferred to
 		// the retransmit timer handler.
-		if s.SndUna != s.SndNxt {
+		//
+		// tcp-upper patch: only the first transmission of a segment is
+		// deferred. A retransmission (the retransmit timer handler's
+		// own, a loss probe's, a recovery's) sends what fits in the
+		// window, as Linux's tcp_retransmit_skb: deferred, it was
+		// deferred to the very handler that could not send it, which
+		// then left no timer armed (Outstanding is 0 after a timeout),
+		// and a peer whose window update was lost waited forever.
+		if s.SndUna != s.SndNxt && seg.xmitCount == 0 {
 			switch {
 			case available >= seg.payloadSize():
 				// OK to send, the whole segments fits in the
@@ -1109,11 +1123,16 @@ func (s *sender) postXmit(dataSent bool, shouldScheduleProbe bool) {
 			s.schedulePTO()
 		} else if !s.resendTimer.enabled() {
 			s.probeTimer.disable()
-			if s.Outstanding > 0 {
-				// Enable the resend timer if it's not enabled yet and there is
-				// outstanding data.
-				s.resendTimer.enable(s.RTO)
-			}
+			// Enable the resend timer if it's not enabled yet and there is
+			// outstanding data.
+			//
+			// tcp-upper patch: whenever data is unacknowledged (RFC 6298
+			// 5.1, RFC 8985 7.3), not only while Outstanding is
+			// positive: Outstanding leaves out segments marked lost
+			// (SetPipe) and is 0 after a timeout, so a loss probe that
+			// retransmitted the last segment, or a timeout that could
+			// send nothing, left no timer, and nothing was sent again.
+			s.resendTimer.enable(s.RTO)
 		}
 	}
 }
@@ -1589,6 +1608,26 @@ func (s *sender) inRecovery() bool {
 	return false
 }
 
+// newerWindow reports whether the window of seg, an acceptable segment,
+// is newer than the one the sender holds (tcp-upper patch). As RFC 9293
+// 3.10.7.4: SND.UNA =< SEG.ACK, and SND.WL1 < SEG.SEQ, or SND.WL1 = SEG.SEQ
+// and SND.WL2 =< SEG.ACK. As Linux (tcp_ack leaves the window alone for an
+// ACK below SND.UNA; tcp_may_update_window), an ACK that advances SND.UNA
+// is newer too, whatever its SEQ: the peer sent it after every segment we
+// took an ACK from, all lower. It matters when a segment the peer sent
+// earlier with a higher SEQ (data past a hole, whose ACK field we take at
+// once, where RFC 9293 processes segments in sequence order) moved
+// SND.WL1 past the SEQ of the retransmission that fills the hole.
+// +checklocks:s.ep.mu
+func (s *sender) newerWindow(seg *segment) bool {
+	ack, seq := seg.ackNumber, seg.sequenceNumber
+	if ack.LessThan(s.SndUna) {
+		return false
+	}
+	return s.SndUna.LessThan(ack) || s.sndWL1.LessThan(seq) ||
+		(s.sndWL1 == seq && s.sndWL2.LessThanEq(ack))
+}
+
 // handleRcvdSegment is called when a segment is received; it is responsible for
 // updating the send-related state.
 // +checklocks:s.ep.mu
@@ -1671,16 +1710,26 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 	}
 
 	// Stash away the current window size.
-	s.SndWnd = rcvdSeg.window
-	if s.maxSndWnd < s.SndWnd {
-		s.maxSndWnd = s.SndWnd
+	//
+	// tcp-upper patch: only if the segment is newer than the one the
+	// window was last taken from (RFC 9293 3.10.7.4, SND.WL1/SND.WL2).
+	// Upstream took the window of every acceptable segment: an older one,
+	// reordered or duplicated, opened a window the peer had shut since
+	// (and we sent past its edge), or shut an open one.
+	if s.newerWindow(rcvdSeg) {
+		s.SndWnd = rcvdSeg.window
+		s.sndWL1, s.sndWL2 = rcvdSeg.sequenceNumber, ack
+		if s.maxSndWnd < s.SndWnd {
+			s.maxSndWnd = s.SndWnd
+		}
 	}
 
 	// Disable zero window probing if remote advertises a non-zero receive
 	// window. This can be with an ACK to the zero window probe (where the
 	// acknumber refers to the already acknowledged byte) OR to any previously
-	// unacknowledged segment.
-	if s.zeroWindowProbing && rcvdSeg.window > 0 &&
+	// unacknowledged segment. (tcp-upper patch: the window we took, not
+	// that of a segment too old to give it.)
+	if s.zeroWindowProbing && s.SndWnd > 0 &&
 		(ack == s.SndUna || (ack-1).InRange(s.SndUna, s.SndNxt)) {
 		s.disableZeroWindowProbing()
 	}
