@@ -18,24 +18,32 @@ import (
 	"github.com/tcp-upper/tcp-upper/tun"
 )
 
-// TestReadWaits: plain and with offloads, a reader blocked on an idle
-// device gets the datagrams the kernel routes into it, in order and
-// intact, and Close wakes it with ErrClosed; so does one that polls the
-// device with TryRead or TryReadOffload, which say when it is empty.
-func TestReadWaits(t *testing.T) {
+// upLab builds a lab named prefix-PID for the test (root only) and takes it
+// down when the test ends.
+func upLab(t *testing.T, prefix string) *lab.Lab {
+	t.Helper()
 	testenv.RequireRoot(t)
-	l, err := lab.New(fmt.Sprintf("tunrd-%d", os.Getpid()), nil)
+	l, err := lab.New(fmt.Sprintf("%s-%d", prefix, os.Getpid()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Up(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		if err := l.Down(); err != nil {
 			t.Errorf("lab down: %v", err)
 		}
-	}()
+	})
+	return l
+}
+
+// TestReadWaits: plain and with offloads, a reader blocked on an idle
+// device gets the datagrams the kernel routes into it, in order and
+// intact, and Close wakes it with ErrClosed; so does one that polls the
+// device with TryRead or TryReadOffload, which say when it is empty.
+func TestReadWaits(t *testing.T) {
+	l := upLab(t, "tunrd")
 	for _, offload := range []bool{false, true} {
 		for _, try := range []bool{false, true} {
 			t.Run(fmt.Sprintf("offload=%v,try=%v", offload, try), func(t *testing.T) {
@@ -166,19 +174,7 @@ func testReadWaits(t *testing.T, l *lab.Lab, offload, try bool) {
 // spinning reader does tens of thousands of times a second) and writing a
 // packet allocate nothing, plain and with offloads.
 func TestPollAndWriteAllocateNothing(t *testing.T) {
-	testenv.RequireRoot(t)
-	l, err := lab.New(fmt.Sprintf("tunal-%d", os.Getpid()), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Up(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := l.Down(); err != nil {
-			t.Errorf("lab down: %v", err)
-		}
-	}()
+	l := upLab(t, "tunal")
 	// An IPv4 packet of an unused protocol (253, for experiments) from the
 	// stack's side to the kernel's side of tun0, which drops it.
 	pkt := []byte{0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 253, 0, 0, 10, 0, 2, 2, 10, 0, 2, 1}
